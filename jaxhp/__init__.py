@@ -1,0 +1,53 @@
+"""jaxhp: train many models at once and choose their hyperparameters well.
+
+Parameters are a JAX pytree learned by a jit-compiled Optax step inside
+``lax.scan``; hyperparameters are arguments fixed before training: static
+fields are compile-time constants, tunable fields are traced float32 leaves,
+so ``jax.vmap`` trains many settings in one compiled program.
+"""
+
+from jaxhp import datasets as datasets
+from jaxhp import models as models
+from jaxhp._data import DataError as DataError
+from jaxhp._data import Split as Split
+from jaxhp._data import check_split as check_split
+from jaxhp._data import sample_batch as sample_batch
+from jaxhp._data import split_data as split_data
+from jaxhp._data import standardize as standardize
+from jaxhp._hparams import Field as Field
+from jaxhp._hparams import HParams as HParams
+from jaxhp._hparams import HParamsError as HParamsError
+from jaxhp._hparams import stack as stack
+from jaxhp._hparams import static as static
+from jaxhp._hparams import tunable as tunable
+from jaxhp._model import Model as Model
+from jaxhp._model import ModelError as ModelError
+from jaxhp._train import Run as Run
+from jaxhp._train import TrainState as TrainState
+from jaxhp._train import evaluate as evaluate
+from jaxhp._train import train as train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "Field",
+    "HParams",
+    "HParamsError",
+    "Model",
+    "ModelError",
+    "Run",
+    "Split",
+    "TrainState",
+    "check_split",
+    "datasets",
+    "evaluate",
+    "models",
+    "sample_batch",
+    "split_data",
+    "stack",
+    "standardize",
+    "static",
+    "train",
+    "tunable",
+]

@@ -1,0 +1,212 @@
+"""Data: the train / validation / test split, its checks, and minibatches.
+
+A *part* is a pytree of arrays sharing a leading example axis (for example
+``{"x": (n, d), "y": (n,)}``). A :class:`Split` holds three parts. The test
+part is never passed to training: only selection's final evaluation reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class DataError(ValueError):
+    """The data is malformed: names the part, the array and the shapes."""
+
+
+class Split(NamedTuple):
+    """Train, validation and test parts (pytrees with a leading example axis)."""
+
+    train: Any
+    val: Any
+    test: Any
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """Number of examples in (train, val, test)."""
+        return tuple(part_size(p) for p in self)  # type: ignore[return-value]
+
+
+def _leaves_with_names(part) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(part)
+    return [(jax.tree_util.keystr(path) or "<array>", leaf) for path, leaf in flat]
+
+
+def part_size(part) -> int:
+    """The number of examples in a part (its leading axis)."""
+    leaves = jax.tree_util.tree_leaves(part)
+    if not leaves:
+        raise DataError("a data part has no arrays")
+    return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
+
+
+def check_part(part, name: str = "data") -> int:
+    """Checks one part: arrays with a common leading axis, non-empty, finite.
+
+    Returns:
+      The number of examples.
+
+    Raises:
+      DataError: naming the array and its shape.
+    """
+    named = _leaves_with_names(part)
+    if not named:
+        raise DataError(f"`{name}` holds no arrays")
+    sizes = {}
+    for path, leaf in named:
+        shape = np.shape(leaf)
+        if len(shape) == 0:
+            raise DataError(f"`{name}{path}` is a scalar; every array needs a leading "
+                            "example axis")
+        sizes[path] = shape[0]
+    if len(set(sizes.values())) > 1:
+        desc = ", ".join(f"{name}{p} has {n}" for p, n in sizes.items())
+        raise DataError(f"`{name}`: arrays disagree on the number of examples ({desc})")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise DataError(f"`{name}` is empty (0 examples)")
+    for path, leaf in named:
+        arr = np.asarray(leaf)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise DataError(f"`{name}{path}` (shape {arr.shape}) holds {bad} NaN/Inf "
+                            "value(s); clean or impute the data first")
+    return n
+
+
+def check_split(split: Split) -> tuple[int, int, int]:
+    """Checks every part, and that the parts agree in structure and feature shapes.
+
+    Returns:
+      The sizes of (train, val, test).
+
+    Raises:
+      DataError: naming the part, the array and the shapes.
+    """
+    if not isinstance(split, Split):
+        raise TypeError(f"expected a jaxhp.Split, got {type(split).__name__}")
+    sizes = tuple(check_part(p, n) for p, n in zip(split, Split._fields))
+    ref = dict(_leaves_with_names(split.train))
+    for pname in ("val", "test"):
+        other = dict(_leaves_with_names(getattr(split, pname)))
+        if set(other) != set(ref):
+            raise DataError(f"`{pname}` has arrays {sorted(other)} but `train` has "
+                            f"{sorted(ref)}")
+        for path, leaf in other.items():
+            a, b = np.shape(ref[path])[1:], np.shape(leaf)[1:]
+            if a != b:
+                raise DataError(f"feature shapes differ: train{path} is "
+                                f"{np.shape(ref[path])}, {pname}{path} is "
+                                f"{np.shape(leaf)} (trailing {a} vs {b})")
+    return sizes  # type: ignore[return-value]
+
+
+def _check_xy(x, y) -> None:
+    if np.shape(x)[:1] != np.shape(y)[:1]:
+        raise DataError(f"X and y lengths differ: X has shape {np.shape(x)}, "
+                        f"y has shape {np.shape(y)}")
+
+
+def split_data(
+    data: Any,
+    *,
+    key: jax.Array,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    stratify: str | np.ndarray | None = None,
+) -> Split:
+    """Splits a part into train / validation / test, deterministically from a key.
+
+    Args:
+      data: a pytree of arrays with a common leading axis, e.g. ``{"x": X, "y": y}``.
+      key: a PRNG key; the same key gives the same split.
+      fractions: three positive fractions summing to 1.
+      stratify: a leaf name of ``data`` (e.g. ``"y"``) or an array of labels:
+        each class is split with the same fractions.
+
+    Returns:
+      A :class:`Split`.
+
+    Raises:
+      ValueError: for bad fractions; DataError for malformed data.
+
+    Example:
+      >>> split = split_data({"x": X, "y": y}, key=jax.random.key(0), stratify="y")
+    """
+    if isinstance(data, dict) and "x" in data and "y" in data:
+        _check_xy(data["x"], data["y"])
+    n = check_part(data, "data")
+    fr = np.asarray(fractions, np.float64)
+    if fr.shape != (3,) or np.any(fr <= 0) or not np.isclose(fr.sum(), 1.0):
+        raise ValueError(f"`fractions` must be three positive numbers summing to 1, "
+                         f"got {tuple(fractions)}")
+    if stratify is None:
+        groups = [np.arange(n)]
+    else:
+        labels = np.asarray(data[stratify] if isinstance(stratify, str) else stratify)
+        if labels.shape[:1] != (n,):
+            raise DataError(f"`stratify` labels have shape {labels.shape}, expected ({n},)")
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+    rng = np.random.default_rng(seed.tolist())
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for idx in groups:
+        idx = rng.permutation(idx)
+        cut1 = int(round(fr[0] * len(idx)))
+        cut2 = cut1 + int(round(fr[1] * len(idx)))
+        for j, sl in enumerate((idx[:cut1], idx[cut1:cut2], idx[cut2:])):
+            parts[j].append(sl)
+    out = []
+    for pieces in parts:
+        sel = np.sort(np.concatenate(pieces))
+        out.append(jax.tree_util.tree_map(lambda a, s=sel: np.asarray(a)[s], data))
+    split = Split(*out)
+    check_split(split)
+    return split
+
+
+def standardize(split: Split, keys: Sequence[str] = ("x",)) -> Split:
+    """Standardises the named leaves with the mean and std of the train part only.
+
+    Constant features (std 0) are centred and left unscaled.
+
+    Args:
+      split: a :class:`Split` whose parts are dicts.
+      keys: the entries to standardise.
+
+    Returns:
+      A new :class:`Split`; validation and test use the training statistics.
+    """
+    check_split(split)
+    parts = [dict(p) for p in split]
+    for k in keys:
+        if k not in parts[0]:
+            raise KeyError(f"standardize(): no entry `{k}` in the data; "
+                           f"entries are {sorted(parts[0])}")
+        tr = np.asarray(parts[0][k], np.float64)
+        mu, sd = tr.mean(axis=0), tr.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        for p in parts:
+            p[k] = ((np.asarray(p[k], np.float64) - mu) / sd).astype(np.float32)
+    return Split(*parts)
+
+
+def sample_batch(part, key: jax.Array, step, batch_size: int | None):
+    """The minibatch of a training step, sampled on device (pure, traceable).
+
+    Examples are drawn without replacement within an epoch: epoch ``e`` uses
+    the permutation drawn from ``fold_in(key, e)``. With ``batch_size`` unset
+    or equal to the number of examples, the whole part is the batch.
+    """
+    n = part_size(part)
+    if batch_size is None or batch_size >= n:
+        return part
+    per_epoch = n // batch_size
+    epoch, pos = step // per_epoch, step % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), part)

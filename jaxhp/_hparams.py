@@ -1,0 +1,495 @@
+"""Hyperparameter classes whose fields declare their kind: static or tunable.
+
+A *static* field is structural (a width, a number of steps, an optimizer
+name): it lives in the pytree's aux data, so it is a compile-time constant and
+a new value compiles a new program. A *tunable* field is a numeric scalar (a
+learning rate, an L2 strength): it is a float32 array leaf, traced under
+``jit``, batched under ``vmap`` and differentiable.
+
+The kind is *declared* where the field is declared, never guessed from the
+runtime type of a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+STATIC = "static"
+TUNABLE = "tunable"
+_MISSING = object()
+
+
+class HParamsError(ValueError, TypeError):
+    """Invalid hyperparameter values: lists every bad field with its rule.
+
+    It is both a ``ValueError`` and a ``TypeError`` so that callers may catch
+    either; ``problems`` holds one message per bad field.
+    """
+
+    def __init__(self, cls_name: str, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(f"{cls_name}: {n} invalid field{'s' * (n != 1)}:\n{lines}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """The declaration of one hyperparameter field: its kind and its rule."""
+
+    kind: str
+    default: Any = _MISSING
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+    doc: str = ""
+
+    @property
+    def is_static(self) -> bool:
+        return self.kind == STATIC
+
+    @property
+    def is_tunable(self) -> bool:
+        return self.kind == TUNABLE
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _MISSING
+
+    def rule(self) -> str:
+        """A short human-readable statement of the field's rule."""
+        parts = []
+        if self.choices is not None:
+            parts.append(f"one of {list(self.choices)}")
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else repr(self.low)
+            hi = "inf" if self.high is None else repr(self.high)
+            lb = "(" if (self.low_open or self.low is None) else "["
+            rb = ")" if (self.high_open or self.high is None) else "]"
+            parts.append(f"in {lb}{lo}, {hi}{rb}")
+        if self.log:
+            parts.append("> 0 (log scale)")
+        if self.integer:
+            parts.append("an integer")
+        kind = "static" if self.is_static else "tunable float32 scalar"
+        return f"{kind}" + (", " + ", ".join(parts) if parts else "")
+
+    def check_number(self, v: float) -> str | None:
+        """Checks one concrete number against the rule; returns the broken rule."""
+        if not math.isfinite(v):
+            return "must be finite (got NaN or Inf)"
+        if self.integer and v != int(v):
+            return "must be an integer"
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return f"must be {'>' if self.low_open else '>='} {self.low!r}"
+        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
+            return f"must be {'<' if self.high_open else '<='} {self.high!r}"
+        if self.log and v <= 0:
+            return "must be > 0 because the field is log-scaled"
+        return None
+
+
+def _check_rule_args(kind, default, low, high, log, integer, choices) -> None:
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{kind}(): bounds reversed: low={low!r} > high={high!r}")
+    if log and low is not None and low < 0:
+        raise ValueError(f"{kind}(): log=True needs low >= 0, got low={low!r}")
+    if choices is not None and len(choices) == 0:
+        raise ValueError(f"{kind}(): choices must not be empty")
+
+
+def static(
+    default: Any = _MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    choices: Sequence | None = None,
+    doc: str = "",
+) -> Any:
+    """Declares a static (structural) field: part of the compile key.
+
+    Args:
+      default: the default value (a hashable Python value: int, float, str,
+        bool, None or a tuple). Omit it to make the field required.
+      low, high: optional numeric bounds; ``low_open``/``high_open`` make
+        them strict.
+      integer: the value must be an integer.
+      choices: the allowed values.
+      doc: a one-line description.
+
+    Returns:
+      A field declaration, to be assigned in an :class:`HParams` subclass.
+
+    Example:
+      >>> class MLP(HParams):
+      ...     width: int = static(128, low=1, integer=True)
+    """
+    _check_rule_args("static", default, low, high, False, integer, choices)
+    return Field(STATIC, default, low, high, low_open, high_open, False, integer,
+                 None if choices is None else tuple(choices), doc)
+
+
+def tunable(
+    default: Any = _MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    log: bool = False,
+    integer: bool = False,
+    choices: Sequence[float] | None = None,
+    doc: str = "",
+) -> Any:
+    """Declares a tunable (numeric) field: a traced float32 scalar leaf.
+
+    Args:
+      default: the default value, a real number. Omit it to make the field
+        required.
+      low, high: optional bounds; ``low_open``/``high_open`` make them strict.
+      log: the field is positive and naturally searched on a log scale
+        (hypergradients are taken with respect to its logarithm).
+      integer: the value must be integral.
+      choices: the allowed values.
+      doc: a one-line description.
+
+    Returns:
+      A field declaration, to be assigned in an :class:`HParams` subclass.
+
+    Example:
+      >>> class Ridge(HParams):
+      ...     learning_rate: float = tunable(0.1, low=0, low_open=True, log=True)
+    """
+    _check_rule_args("tunable", default, low, high, log, integer, choices)
+    return Field(TUNABLE, default, low, high, low_open, high_open, log, integer,
+                 None if choices is None else tuple(float(c) for c in choices), doc)
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _short(v) -> str:
+    if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0):
+        v = v.item()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, np.ndarray):
+        return np.array2string(v, precision=4, threshold=6)
+    return repr(v)
+
+
+def _check_static(name: str, f: Field, v: Any) -> str | None:
+    if isinstance(v, (np.ndarray, jax.Array)) or _is_tracer(v):
+        return (f"`{name}`={_short(v)}: a static field takes a plain Python value "
+                f"(int, float, str, bool, tuple), not an array")
+    try:
+        hash(v)
+    except TypeError:
+        return f"`{name}`={v!r}: a static field must be hashable (got {type(v).__name__})"
+    if f.choices is not None:
+        if v not in f.choices:
+            return f"`{name}`={v!r}: must be one of {list(f.choices)}"
+        return None
+    if v is None and f.default is None:
+        return None
+    if f.low is not None or f.high is not None or f.integer:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return f"`{name}`={v!r}: must be a number ({f.rule()})"
+        broken = f.check_number(float(v))
+        if broken:
+            return f"`{name}`={v!r}: {broken} (rule: {f.rule()})"
+    return None
+
+
+def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
+    """Converts a tunable value to a float32 array and checks it."""
+    if _is_tracer(v):
+        return v, None
+    if isinstance(v, (str, bytes)) or isinstance(v, bool) or v is None:
+        return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
+                   f"got {type(v).__name__} ({f.rule()})")
+    try:
+        arr = np.asarray(v)
+    except Exception:  # noqa: BLE001 - any failure means "not a number"
+        return v, f"`{name}`={v!r}: not convertible to a number"
+    if arr.dtype.kind not in "iuf":
+        return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
+                   f"got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    flat = np.asarray(arr, np.float64).ravel()
+    for x in flat:
+        broken = f.check_number(float(x))
+        if broken:
+            return arr, f"`{name}`={_short(float(x))}: {broken} (rule: {f.rule()})"
+    if f.choices is not None:
+        allowed = np.asarray(f.choices, np.float32)
+        if not np.all(np.isin(arr, allowed)):
+            return arr, f"`{name}`={_short(arr)}: must be one of {list(f.choices)}"
+    return arr, None
+
+
+def did_you_mean(name: str, options: Sequence[str]) -> str:
+    """Returns a ' (did you mean `x`?)' hint, or an empty string."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+class HParams:
+    """Base class of hyperparameter settings.
+
+    Subclass it and declare each field with :func:`static` or :func:`tunable`.
+    Instances are immutable, validated at construction, comparable, and JAX
+    pytrees: tunable fields are float32 leaves, static fields are aux data.
+
+    Example:
+      >>> class Ridge(HParams):
+      ...     learning_rate: float = tunable(0.1, low=0, low_open=True, log=True)
+      ...     l2: float = tunable(1e-3, low=0)
+      ...     steps: int = static(500, low=1, integer=True)
+      >>> hp = Ridge(learning_rate=0.05)
+      >>> hp.replace(steps=100).steps
+      100
+    """
+
+    _fields: ClassVar[dict[str, Field]] = {}
+    _static_names: ClassVar[tuple[str, ...]] = ()
+    _tunable_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fields: dict[str, Field] = {}
+        for base in reversed(cls.__mro__[1:]):
+            fields.update(getattr(base, "_fields", {}))
+        for name in cls.__dict__.get("__annotations__", {}):
+            value = cls.__dict__.get(name, _MISSING)
+            if not isinstance(value, Field):
+                raise TypeError(
+                    f"{cls.__name__}.{name}: every field must be declared with "
+                    f"jaxhp.static(...) or jaxhp.tunable(...); got {value!r}. "
+                    "The kind is declared, never guessed from the value's type.")
+            if name.startswith("_") or name in ("replace", "fields"):
+                raise TypeError(f"{cls.__name__}.{name}: reserved field name")
+            fields[name] = value
+        for name, value in list(cls.__dict__.items()):
+            if isinstance(value, Field) and name not in fields:
+                fields[name] = value
+            if isinstance(value, Field):
+                delattr(cls, name)
+        cls._fields = fields
+        cls._static_names = tuple(n for n, f in fields.items() if f.is_static)
+        cls._tunable_names = tuple(n for n, f in fields.items() if f.is_tunable)
+        jax.tree_util.register_pytree_with_keys(
+            cls, cls._tree_flatten_with_keys, cls._tree_unflatten, cls._tree_flatten)
+
+    # ----------------------------------------------------------- construction
+    def __init__(self, **values: Any):
+        cls = type(self)
+        problems = []
+        for name in values:
+            if name not in cls._fields:
+                problems.append(f"`{name}`: unknown field of {cls.__name__}"
+                                f"{did_you_mean(name, cls._fields)}; "
+                                f"fields are {list(cls._fields)}")
+        for name, f in cls._fields.items():
+            v = values.get(name, f.default)
+            if v is _MISSING:
+                problems.append(f"`{name}`: required ({f.rule()}), no value given")
+                continue
+            if f.is_static:
+                problem = _check_static(name, f, v)
+            else:
+                v, problem = _to_tunable(name, f, v)
+            if problem:
+                problems.append(problem)
+            object.__setattr__(self, name, v)
+        if problems:
+            raise HParamsError(cls.__name__, problems)
+        self._check_shapes()
+        self.__check__()
+
+    def __check__(self) -> None:
+        """Override to check invariants across fields; raise ``ValueError``."""
+
+    def _check_shapes(self) -> None:
+        shapes = {np.shape(getattr(self, n)) for n in self._tunable_names
+                  if not _is_tracer(getattr(self, n))}
+        if len(shapes) > 1:
+            raise HParamsError(type(self).__name__, [
+                f"tunable fields have different shapes {sorted(shapes)}; "
+                "a batched setting needs one shape for every tunable"])
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(
+            f"{type(self).__name__} is immutable; use .replace({name}=...)")
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"{type(self).__name__} is immutable")
+
+    # ---------------------------------------------------------------- pytree
+    def _tree_flatten(self):
+        return ([getattr(self, n) for n in self._tunable_names],
+                tuple(getattr(self, n) for n in self._static_names))
+
+    def _tree_flatten_with_keys(self):
+        children, aux = self._tree_flatten()
+        keys = [jax.tree_util.GetAttrKey(n) for n in self._tunable_names]
+        return list(zip(keys, children)), aux
+
+    @classmethod
+    def _tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        for n, v in zip(cls._static_names, aux):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(cls._tunable_names, children):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    # ----------------------------------------------------------------- views
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        """The field declarations, in order."""
+        return dict(cls._fields)
+
+    @classmethod
+    def static_names(cls) -> tuple[str, ...]:
+        """Names of the static fields, in order."""
+        return cls._static_names
+
+    @classmethod
+    def tunable_names(cls) -> tuple[str, ...]:
+        """Names of the tunable fields, in order."""
+        return cls._tunable_names
+
+    def statics(self) -> dict[str, Any]:
+        """The static part, as a dict."""
+        return {n: getattr(self, n) for n in self._static_names}
+
+    def tunables(self) -> dict[str, Any]:
+        """The tunable part, as a dict of float32 arrays."""
+        return {n: getattr(self, n) for n in self._tunable_names}
+
+    def static_key(self) -> tuple:
+        """A hashable key of the static part: settings with equal keys share a program."""
+        return tuple(getattr(self, n) for n in self._static_names)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The shape of the tunable leaves: ``()`` for one setting."""
+        if not self._tunable_names:
+            return ()
+        return tuple(np.shape(getattr(self, self._tunable_names[0])))
+
+    def __len__(self) -> int:
+        shape = self.batch_shape
+        if not shape:
+            raise TypeError(f"len() of an unbatched {type(self).__name__}")
+        return shape[0]
+
+    def __getitem__(self, index) -> HParams:
+        if not self.batch_shape:
+            raise TypeError(f"{type(self).__name__} is not batched; nothing to index")
+        return jax.tree_util.tree_map(
+            lambda x: x[index] if _is_tracer(x) else np.asarray(np.asarray(x)[index]), self)
+
+    def replace(self, **changes: Any) -> HParams:
+        """Returns a copy with some fields changed, validated like construction."""
+        values = {n: getattr(self, n) for n in self._fields}
+        values.update(changes)
+        return type(self)(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (floats for tunables of one setting), for JSON."""
+        out = {}
+        for n in self._fields:
+            v = getattr(self, n)
+            if n in self._tunable_names and not _is_tracer(v):
+                v = np.asarray(v).tolist()
+            out[n] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HParams:
+        """Builds a validated instance from :meth:`to_dict`'s output."""
+        d = dict(d)
+        for n in cls._static_names:
+            if isinstance(d.get(n), list):
+                d[n] = tuple(d[n])
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        shape = self.batch_shape
+        head = type(self).__name__ + (f"[{', '.join(map(str, shape))}]" if shape else "")
+        body = ", ".join(f"{n}={_short(getattr(self, n))}" for n in self._fields)
+        return f"{head}({body})"
+
+    def __eq__(self, other) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        if self.static_key() != other.static_key():
+            return False
+        for n in self._tunable_names:
+            a, b = getattr(self, n), getattr(other, n)
+            if _is_tracer(a) or _is_tracer(b):
+                if a is not b:
+                    return False
+            elif not np.array_equal(np.asarray(a), np.asarray(b)):
+                return False
+        return True
+
+    def __hash__(self) -> int:
+        vals = []
+        for n in self._tunable_names:
+            v = getattr(self, n)
+            vals.append(id(v) if _is_tracer(v) else np.asarray(v).tobytes())
+        return hash((type(self).__name__, self.static_key(), tuple(vals)))
+
+
+def stack(settings: Sequence[HParams]) -> HParams:
+    """Stacks settings that share their static part into one batched setting.
+
+    Args:
+      settings: instances of one :class:`HParams` class with equal static fields.
+
+    Returns:
+      An instance whose tunable leaves have a leading axis of ``len(settings)``.
+
+    Raises:
+      ValueError: if ``settings`` is empty, mixes classes or static values.
+
+    Example:
+      >>> batch = stack([Ridge(learning_rate=0.1), Ridge(learning_rate=0.2)])
+      >>> len(batch)
+      2
+    """
+    settings = list(settings)
+    if not settings:
+        raise ValueError("stack(): no settings to stack")
+    first = settings[0]
+    for i, s in enumerate(settings[1:], 1):
+        if type(s) is not type(first):
+            raise ValueError(f"stack(): setting {i} is a {type(s).__name__}, "
+                             f"setting 0 a {type(first).__name__}")
+        if s.static_key() != first.static_key():
+            diff = [f"`{n}`: {getattr(first, n)!r} vs {getattr(s, n)!r}"
+                    for n in first.static_names() if getattr(first, n) != getattr(s, n)]
+            raise ValueError(f"stack(): setting {i} differs from setting 0 in static "
+                             f"fields ({'; '.join(diff)}); group settings by "
+                             "static_key() first")
+    return jax.tree_util.tree_map(
+        lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *settings)

@@ -1,0 +1,266 @@
+"""One training run: ``init -> lax.scan(step) -> evaluate``, pure and vmappable.
+
+:func:`run_pure` is the run as a pure function of ``(hp, train, val, key)``;
+it knows nothing about sweeps, so the sweep engine simply ``vmap``s it.
+:func:`train` is the user-facing, validated, jit-compiled single run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxhp._data import Split, check_split, part_size, sample_batch
+from jaxhp._hparams import HParams
+from jaxhp._model import Model, abstract_batch, check_model, loss_fn, metrics_fn
+
+# Key derivation: a run's randomness comes from its key only, split by role.
+INIT, DATA, NOISE = 0, 1, 2
+
+
+class TrainState(NamedTuple):
+    """The learned state: step count, parameters and optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class Run(NamedTuple):
+    """The outcome of one training run (leaves gain a leading axis in a sweep).
+
+    Attributes:
+      state: the final :class:`TrainState` (frozen at the last finite state if
+        the run diverged).
+      train_loss: the objective on the whole training part at the end.
+      val: the validation metrics at the end (a dict of scalars).
+      loss_curve: the training loss per step (or per window of ``loss_every``
+        steps, averaged); NaN from the step a run diverged.
+      val_curve: validation metrics after every ``eval_every`` steps.
+      diverged_at: the step at which the loss or parameters became non-finite,
+        ``-1`` for a healthy run.
+    """
+
+    state: TrainState
+    train_loss: jax.Array
+    val: dict
+    loss_curve: jax.Array
+    val_curve: dict
+    diverged_at: jax.Array
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` or ``"diverged"`` (for one, concrete run)."""
+        return "diverged" if int(self.diverged_at) >= 0 else "ok"
+
+
+class LoopConfig(NamedTuple):
+    """Static settings of the training loop (not hyperparameters: no effect on results)."""
+
+    steps: int
+    batch_size: int | None
+    eval_every: int | None
+    loss_every: int | None
+
+
+def eval_steps(cfg: LoopConfig) -> np.ndarray:
+    """The steps after which ``val_curve`` entries are recorded."""
+    if not cfg.eval_every:
+        return np.zeros((0,), np.int32)
+    return np.arange(1, cfg.steps // cfg.eval_every + 1, dtype=np.int32) * cfg.eval_every
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
+
+
+def _downsample(losses: jax.Array, every: int | None) -> jax.Array:
+    if not every:
+        return jnp.zeros((0,), losses.dtype)
+    if every == 1:
+        return losses
+    n = losses.shape[0]
+    pad = (-n) % every
+    padded = jnp.concatenate([losses, jnp.full((pad,), jnp.nan, losses.dtype)])
+    windows = padded.reshape(-1, every)
+    counts = jnp.arange(windows.shape[0]) < (n // every)
+    full = jnp.mean(windows, axis=1)
+    if pad == 0:
+        return full
+    tail = jnp.nansum(windows[-1]) / (every - pad)
+    return jnp.where(counts, full, tail)
+
+
+def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
+             key: jax.Array) -> Run:
+    """One training run as a pure function (no validation; see :func:`train`)."""
+    init_key, data_key, noise_key = (jax.random.fold_in(key, i) for i in (INIT, DATA, NOISE))
+    opt = model.optimizer(hp)
+    params = model.init(init_key, hp)
+    state = TrainState(jnp.asarray(0, jnp.int32), params, opt.init(params))
+
+    def step(carry, t):
+        state, dead_at = carry
+        batch = sample_batch(train_part, data_key, t, cfg.batch_size)
+        k = jax.random.fold_in(noise_key, t)
+        (loss, _), grads = jax.value_and_grad(
+            lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                         opt_state)
+        healthy = dead_at < 0
+        ok = jnp.isfinite(loss) & _all_finite(new.params)
+        keep = healthy & ok
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+        dead_at = jnp.where(healthy & ~ok, t, dead_at)
+        return (state, dead_at), jnp.where(keep, loss, jnp.nan)
+
+    def block(carry, start, length):
+        return jax.lax.scan(step, carry, start + jnp.arange(length, dtype=jnp.int32))
+
+    def evaluate(params):
+        return metrics_fn(model, params, val_part, hp)
+
+    carry = (state, jnp.asarray(-1, jnp.int32))
+    every = cfg.eval_every or cfg.steps
+    n_blocks, rem = divmod(cfg.steps, every)
+
+    def outer(carry, b):
+        carry, losses = block(carry, b * every, every)
+        return carry, (losses, evaluate(carry[0].params))
+
+    carry, (losses, val_curve) = jax.lax.scan(
+        outer, carry, jnp.arange(n_blocks, dtype=jnp.int32))
+    losses = losses.reshape(-1)
+    if rem:
+        carry, tail = block(carry, n_blocks * every, rem)
+        losses = jnp.concatenate([losses, tail])
+    if not cfg.eval_every:
+        val_curve = jax.tree_util.tree_map(lambda v: v[:0], val_curve)
+    state, dead_at = carry
+    train_loss = loss_fn(model, state.params, train_part, hp)[0]
+    return Run(state, train_loss, evaluate(state.params),
+               _downsample(losses, cfg.loss_every), val_curve, dead_at)
+
+
+def resolve_loop(hp: HParams, n_train: int, eval_every: int | None,
+                 loss_every: int | None) -> LoopConfig:
+    """Reads ``steps``/``batch_size`` from the hyperparameters and checks the loop."""
+    names = type(hp).fields()
+    if "steps" not in names or not names["steps"].is_static:
+        raise ValueError(f"{type(hp).__name__} needs a static `steps` field "
+                         "(jaxhp.static(...)): the number of training steps")
+    steps = hp.steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"`steps`={steps!r}: must be an integer >= 1")
+    batch_size = getattr(hp, "batch_size", None)
+    if "batch_size" in names and not names["batch_size"].is_static:
+        raise ValueError("`batch_size` must be a static field")
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size`={batch_size!r}: must be an integer >= 1 or None")
+        if batch_size > n_train:
+            raise ValueError(f"`batch_size`={batch_size} is larger than the training "
+                             f"set ({n_train} examples); use at most {n_train}, or "
+                             "None for full-batch training")
+    for name, v in (("eval_every", eval_every), ("loss_every", loss_every)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"`{name}`={v!r}: must be a non-negative integer or None")
+    if eval_every and eval_every > steps:
+        raise ValueError(f"`eval_every`={eval_every} exceeds `steps`={steps}")
+    return LoopConfig(steps, batch_size, eval_every or None, loss_every or None)
+
+
+def validate(model: Model, hp: HParams, split: Split) -> None:
+    """Checks data and model functions once per (model, statics, shapes)."""
+    if not isinstance(hp, HParams):
+        raise TypeError(f"hp must be a jaxhp.HParams instance, got {type(hp).__name__}")
+    check_split(split)
+    one = hp[0] if hp.batch_shape else hp
+    batch = abstract_batch(split.train)
+    key = (model, jax.tree_util.tree_structure(one),
+           tuple(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+               lambda s: (s.shape, str(s.dtype)), batch))))
+    if key not in _VALIDATED:
+        check_model(model, one, batch)
+        _VALIDATED.add(key)
+
+
+_VALIDATED: set = set()
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg"))
+def _train_jit(model, cfg, hp, train_part, val_part, key):
+    return run_pure(model, cfg, hp, train_part, val_part, key)
+
+
+def train(
+    model: Model,
+    hp: HParams,
+    split: Split,
+    *,
+    key: jax.Array,
+    eval_every: int | None = None,
+    loss_every: int | None = 1,
+) -> Run:
+    """Trains one setting: one jit-compiled ``init -> scan(step)`` program.
+
+    The Optax optimizer is built inside the traced function from ``hp``, so a
+    new value of a tunable field reuses the compiled program; a new static
+    value compiles a new one. The test part of ``split`` is never read.
+
+    Args:
+      model: the model's functions (:class:`Model`).
+      hp: one hyperparameter setting; ``hp.steps`` (static) sets the number
+        of steps and ``hp.batch_size`` (static, optional) the minibatch size.
+      split: the data; only ``train`` and ``val`` are used.
+      key: a PRNG key; initialisation, minibatch order and dropout derive
+        from it (``fold_in(key, 0/1/2)``).
+      eval_every: record validation metrics every this many steps.
+      loss_every: record the training loss averaged over windows of this many
+        steps (1: every step; 0 or None: no curve).
+
+    Returns:
+      A :class:`Run`. A run whose loss becomes NaN/Inf is frozen at its last
+      finite state and reported with ``diverged_at``, not raised.
+
+    Raises:
+      HParamsError, DataError, ModelError, ValueError: before anything compiles.
+
+    Example:
+      >>> run = train(model, model.hparams(learning_rate=0.1), split,
+      ...             key=jax.random.key(0))
+      >>> run.val["mse"]
+    """
+    validate(model, hp, split)
+    if hp.batch_shape:
+        raise ValueError(f"train() takes one setting, got a batch of shape "
+                         f"{hp.batch_shape}; use jaxhp.sweep for many")
+    cfg = resolve_loop(hp, part_size(split.train), eval_every, loss_every)
+    return _train_jit(model, cfg, hp, split.train, split.val, key)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _evaluate_jit(model, params, hp, part):
+    return metrics_fn(model, params, part, hp)
+
+
+def evaluate(model: Model, params, hp: HParams, part) -> dict[str, jax.Array]:
+    """The model's metrics (``loss`` included) on any part of the data.
+
+    Example:
+      >>> evaluate(model, run.state.params, hp, split.val)["mse"]
+    """
+    return _evaluate_jit(model, params, hp, part)
+
+
+def n_params(params) -> int:
+    """The number of scalars in a parameter pytree."""
+    return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
