@@ -1,0 +1,140 @@
+"""Plain-array persistence: atomic writes, ``.npz`` + ``.json``, never pickle.
+
+Every file is written to a temporary name in the same folder, flushed,
+fsynced and renamed over the target, so a reader sees the old file or the new
+one, never half of one. A results pair is ``NAME.npz`` (arrays, loaded with
+``allow_pickle=False``) plus ``NAME.json`` (metadata, written last, holding
+the format version and the SHA-256 of the ``.npz``): a truncated or tampered
+array file is refused by its checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+TMP_PREFIX = ".jaxhp-tmp-"
+
+
+class FormatError(ValueError):
+    """A results or checkpoint file is unreadable, tampered or of another version."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON atomically (sorted keys, so equal objects give equal bytes)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True,
+                                        default=_json_default).encode())
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The bytes of an ``.npz`` of plain arrays (object arrays refused)."""
+    for k, v in arrays.items():
+        if np.asarray(v).dtype.kind == "O":
+            raise TypeError(f"array `{k}` has dtype object; only plain arrays are saved")
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_pair(stem: str | os.PathLike, arrays: dict[str, np.ndarray],
+              meta: dict[str, Any], kind: str) -> tuple[Path, Path]:
+    """Saves ``stem.npz`` then ``stem.json`` (with version and checksum), atomically."""
+    stem = Path(stem)
+    data = npz_bytes(arrays)
+    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    atomic_write_bytes(npz, data)
+    atomic_write_json(js, {"format": kind, "format_version": FORMAT_VERSION,
+                           "npz_sha256": sha256(data), "meta": meta})
+    return npz, js
+
+
+def load_pair(stem: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Loads a pair written by :func:`save_pair`, checking version and checksum.
+
+    Raises:
+      FormatError: naming the file and the problem.
+    """
+    stem = Path(stem)
+    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    for p in (npz, js):
+        if not p.exists():
+            raise FormatError(f"{p}: file not found")
+    try:
+        header = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{js}: not valid JSON ({e}); the file is truncated or "
+                          "corrupted") from e
+    if not isinstance(header, dict) or header.get("format") != kind:
+        raise FormatError(f"{js}: not a jaxhp {kind} file")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{js}: format version {version!r} is not supported by this "
+                          f"jaxhp (reads version {FORMAT_VERSION}); re-run the sweep "
+                          "or load it with the jaxhp that wrote it")
+    data = npz.read_bytes()
+    if sha256(data) != header.get("npz_sha256"):
+        raise FormatError(f"{npz}: checksum mismatch: the array file is truncated, "
+                          f"tampered or does not belong to {js.name}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise FormatError(f"{npz}: holds a pickled object, refused ({e})") from e
+    return arrays, header["meta"]
+
+
+def clean_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Removes leftover temporary files of killed writes; returns what it removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(TMP_PREFIX + "*"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -1,0 +1,482 @@
+"""SweepResult: per-member outcomes, selection on validation, one test evaluation.
+
+Arrays are indexed ``[setting, seed]``. Selection (:meth:`SweepResult.best`,
+:meth:`SweepResult.top_k`) reads validation metrics only; a setting with a
+diverged or failed member is never selected. The test part is read by
+:meth:`SweepResult.evaluate_test` only, once.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxhp._data import Split
+from jaxhp._hparams import HParams, did_you_mean
+from jaxhp._io import load_pair, save_pair
+
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "r2", "f1", "precision", "recall")
+
+
+class SelectionError(ValueError):
+    """No setting can be selected (all diverged or failed), or a bad metric."""
+
+
+class Selection(NamedTuple):
+    """A selected setting and its validation score (mean and std over seeds)."""
+
+    index: int
+    setting: Any
+    metric: str
+    mode: str
+    value: float
+    std: float
+    per_seed: np.ndarray
+
+
+class TestReport(NamedTuple):
+    """The single test evaluation of a selected setting."""
+
+    selection: Selection
+    metrics: dict[str, float]
+    per_seed: dict[str, np.ndarray]
+    refit: bool
+    params: list
+
+
+def _metric_name(metric: str) -> str:
+    return metric[4:] if metric.startswith("val_") else metric
+
+
+def _mode(metric: str, mode: str | None) -> str:
+    if mode is None:
+        return "max" if _metric_name(metric) in HIGHER_IS_BETTER else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"`mode`={mode!r}: must be 'min' or 'max'")
+    return mode
+
+
+class _Builder:
+    """Accumulates chunk outputs of a sweep into a :class:`SweepResult`."""
+
+    def __init__(self, settings, seed_ids, **context):
+        self.settings, self.seed_ids, self.context = settings, seed_ids, context
+        n, s = len(settings), len(seed_ids)
+        self.rows: list[Any] = [None] * n
+        self.errors = [""] * n
+        self.groups: list[dict] = []
+        self.shape = (n, s)
+
+    def add(self, indices: Sequence[int], out, m: int) -> None:
+        # out leaves: (seeds, chunk, ...) -> per setting (seeds, ...)
+        for j, i in enumerate(indices[:m]):
+            self.rows[i] = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[:, j]), out)
+
+    def fail(self, indices: Sequence[int], message: str) -> None:
+        for i in indices:
+            self.errors[i] = message
+            self.rows[i] = None
+
+    def best_so_far(self, metric: str, mode: str | None) -> float | None:
+        vals = [np.nanmean(r.val[metric]) for r in self.rows
+                if r is not None and metric in r.val and np.all(r.diverged_at < 0)]
+        vals = [v for v in vals if np.isfinite(v)]
+        if not vals:
+            return None
+        return (max if _mode(metric, mode) == "max" else min)(vals)
+
+    def build(self) -> SweepResult:
+        n, s = self.shape
+        done = [r for r in self.rows if r is not None]
+        metric_names = sorted(done[0].val) if done else []
+        t_len = max((r.loss_curve.shape[-1] for r in done), default=0)
+        e_len = max((next(iter(r.val_curve.values())).shape[-1] if r.val_curve else 0
+                     for r in done), default=0)
+        status = np.full((n, s), FAILED, dtype="<U8")
+        diverged_at = np.full((n, s), -1, np.int32)
+        train_loss = np.full((n, s), np.nan, np.float32)
+        val = {k: np.full((n, s), np.nan, np.float32) for k in metric_names}
+        loss_curve = np.full((n, s, t_len), np.nan, np.float32)
+        val_curve = {k: np.full((n, s, e_len), np.nan, np.float32) for k in metric_names}
+        for i, r in enumerate(self.rows):
+            if r is None:
+                continue
+            diverged_at[i] = r.diverged_at
+            status[i] = np.where(r.diverged_at >= 0, DIVERGED, OK)
+            train_loss[i] = r.train_loss
+            for k in metric_names:
+                val[k][i] = r.val[k]
+                ev = r.val_curve[k]
+                val_curve[k][i, :, :ev.shape[-1]] = ev
+            loss_curve[i, :, :r.loss_curve.shape[-1]] = r.loss_curve
+        params = None
+        if done and done[0].state is not None:
+            params = [None if r is None else r.state.params for r in self.rows]
+        ctx = self.context
+        devices = ctx.pop("devices")
+        meta = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "jax_version": jax.__version__,
+            "jaxhp_version": _version(),
+            "python": platform.python_version(),
+            "device_kind": devices[0].device_kind,
+            "platform": devices[0].platform,
+            "n_devices": len(devices),
+            "model": ctx["model"].name,
+            "hparams": type(self.settings[0]).__qualname__,
+            "key_impl": str(jax.random.key_impl(ctx["key"])),
+            "key_data": np.asarray(jax.random.key_data(ctx["key"])).tolist(),
+        }
+        return SweepResult(
+            settings=list(self.settings), seed_ids=np.asarray(self.seed_ids, np.int64),
+            status=status, diverged_at=diverged_at, train_loss=train_loss, val=val,
+            loss_curve=loss_curve, val_curve=val_curve, errors=np.asarray(self.errors),
+            groups=self.groups, meta=meta, params=params, model=ctx["model"],
+            split=ctx["split"], key=ctx["key"])
+
+
+def _version() -> str:
+    from jaxhp import __version__
+
+    return __version__
+
+
+class SweepResult:
+    """The outcome of a sweep: one row per setting, one column per seed.
+
+    Attributes:
+      settings: the settings (``HParams``; plain dicts after ``load`` without
+        ``hparams=``).
+      seed_ids: the seed indices; member ``(i, s)`` used ``fold_in(key, seed_ids[s])``.
+      status: ``"ok"``, ``"diverged"`` or ``"failed"`` per member.
+      diverged_at: the step a member diverged at, ``-1`` if healthy.
+      train_loss: the final training objective per member.
+      val: validation metrics per member (dict of ``(n_settings, n_seeds)``).
+      loss_curve, val_curve: curves, NaN-padded to a common length.
+      errors: the error message of a failed setting's group, ``""`` otherwise.
+      groups: per static group: statics, chunk size, compile and run seconds.
+      meta: versions, device, key; recorded for reproducibility.
+    """
+
+    def __init__(self, *, settings, seed_ids, status, diverged_at, train_loss, val,
+                 loss_curve, val_curve, errors, groups, meta, params=None, model=None,
+                 split=None, key=None):
+        self.settings = settings
+        self.seed_ids = seed_ids
+        self.status = status
+        self.diverged_at = diverged_at
+        self.train_loss = train_loss
+        self.val = val
+        self.loss_curve = loss_curve
+        self.val_curve = val_curve
+        self.errors = errors
+        self.groups = groups
+        self.meta = meta
+        self._params = params
+        self._model, self._split, self._key = model, split, key
+        self._test_used = False
+
+    builder = staticmethod(lambda settings, seed_ids, **ctx: _Builder(settings, seed_ids,
+                                                                       **ctx))
+
+    # ------------------------------------------------------------- summaries
+    @property
+    def n_settings(self) -> int:
+        return len(self.settings)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seed_ids)
+
+    def __len__(self) -> int:
+        return self.n_settings
+
+    @property
+    def compile_count(self) -> int:
+        """Programs compiled by this sweep (one per static group, if not cached)."""
+        return int(sum(g.get("compiled", 0) for g in self.groups))
+
+    @property
+    def compile_seconds(self) -> float:
+        return float(sum(g["compile_s"] for g in self.groups))
+
+    @property
+    def run_seconds(self) -> float:
+        return float(sum(g["run_s"] for g in self.groups))
+
+    def setting_status(self) -> np.ndarray:
+        """Per setting: ``ok`` if every seed is ok, else ``failed`` or ``diverged``."""
+        out = np.full(self.n_settings, OK, dtype="<U8")
+        out[np.any(self.status == DIVERGED, axis=1)] = DIVERGED
+        out[np.any(self.status == FAILED, axis=1)] = FAILED
+        return out
+
+    def metric(self, metric: str) -> np.ndarray:
+        """A validation metric per member, ``(n_settings, n_seeds)``."""
+        name = _metric_name(metric)
+        if name not in self.val:
+            raise SelectionError(f"unknown validation metric {metric!r}"
+                                 f"{did_you_mean(name, list(self.val))}; available: "
+                                 f"{sorted(self.val)}")
+        return self.val[name]
+
+    def aggregate(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std over seeds of a validation metric (NaN if not all seeds ok)."""
+        v = self.metric(metric).astype(np.float64)
+        ok = np.all(self.status == OK, axis=1) & np.all(np.isfinite(v), axis=1)
+        v = np.where(ok[:, None], v, 0.0)
+        return np.where(ok, v.mean(axis=1), np.nan), np.where(ok, v.std(axis=1), np.nan)
+
+    # -------------------------------------------------------------- selection
+    def _order(self, metric: str, mode: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+        mode = _mode(metric, mode)
+        mean, _ = self.aggregate(metric)
+        eligible = np.flatnonzero(np.isfinite(mean))
+        if eligible.size == 0:
+            counts = {k: int(np.sum(self.setting_status() == k))
+                      for k in (DIVERGED, FAILED)}
+            raise SelectionError(
+                f"no setting can be selected: all {self.n_settings} settings have a "
+                f"diverged or failed member ({counts[DIVERGED]} diverged, "
+                f"{counts[FAILED]} failed); lower the learning rates or check errors")
+        key = mean[eligible] if mode == "min" else -mean[eligible]
+        order = eligible[np.argsort(key, kind="stable")]
+        return order, mean, mode
+
+    def _selection(self, i: int, metric: str, mode: str) -> Selection:
+        mean, std = self.aggregate(metric)
+        return Selection(int(i), self.settings[i], _metric_name(metric), mode,
+                         float(mean[i]), float(std[i]), self.metric(metric)[i].copy())
+
+    def best(self, metric: str = "loss", mode: str | None = None) -> Selection:
+        """The setting with the best mean validation metric over seeds.
+
+        Args:
+          metric: a validation metric (``"mse"``, ``"accuracy"``; a ``val_``
+            prefix is accepted).
+          mode: ``"min"`` or ``"max"``; default ``"max"`` for accuracy-like
+            names, else ``"min"``.
+
+        Returns:
+          A :class:`Selection`.
+
+        Raises:
+          SelectionError: unknown metric, or every setting diverged or failed.
+
+        Example:
+          >>> result.best("mse").setting
+        """
+        order, _, mode = self._order(metric, mode)
+        return self._selection(order[0], metric, mode)
+
+    def top_k(self, k: int, metric: str = "loss", mode: str | None = None) -> list[Selection]:
+        """The ``k`` best settings by mean validation metric (healthy ones only)."""
+        if k < 1:
+            raise ValueError(f"`k`={k}: must be >= 1")
+        order, _, mode = self._order(metric, mode)
+        return [self._selection(i, metric, mode) for i in order[:k]]
+
+    def rank(self, metric: str = "loss", mode: str | None = None) -> np.ndarray:
+        """Rank per setting (1 = best); unselectable settings rank last."""
+        try:
+            order, _, _ = self._order(metric, mode)
+        except SelectionError:
+            order = np.zeros(0, np.int64)
+        ranks = np.full(self.n_settings, self.n_settings, np.int64)
+        ranks[order] = np.arange(1, order.size + 1)
+        return ranks
+
+    # ----------------------------------------------------------------- export
+    def _setting_dicts(self) -> list[dict]:
+        return [s.to_dict() if isinstance(s, HParams) else dict(s) for s in self.settings]
+
+    def cv_results(self, metric: str = "loss", mode: str | None = None) -> dict[str, Any]:
+        """The results in scikit-learn's ``cv_results_`` layout (seeds as splits).
+
+        Keys: ``params``, ``param_<field>``, ``mean_val_<m>``, ``std_val_<m>``,
+        ``split<k>_val_<m>`` (seed ``k``), ``rank_val_<metric>``,
+        ``mean_train_loss``, ``status``, ``mean_fit_time``.
+        """
+        dicts = self._setting_dicts()
+        out: dict[str, Any] = {"params": dicts}
+        for name in dicts[0]:
+            out[f"param_{name}"] = np.asarray([d[name] for d in dicts])
+        for m in sorted(self.val):
+            mean, std = self.aggregate(m)
+            out[f"mean_val_{m}"], out[f"std_val_{m}"] = mean, std
+            for k in range(self.n_seeds):
+                out[f"split{k}_val_{m}"] = self.val[m][:, k]
+        out[f"rank_val_{_metric_name(metric)}"] = self.rank(metric, mode)
+        healthy = self.status == OK
+        out["mean_train_loss"] = np.where(
+            healthy.all(axis=1),
+            np.where(healthy, self.train_loss, 0.0).mean(axis=1), np.nan)
+        out["status"] = self.setting_status()
+        fit = np.zeros(self.n_settings)
+        for g, idx in zip(self.groups, self._group_indices()):
+            fit[idx] = g["run_s"] / max(1, g["n_settings"])
+        out["mean_fit_time"] = fit
+        return out
+
+    def _group_indices(self) -> list[np.ndarray]:
+        keys = [(tuple(sorted(g["statics"].items()))) for g in self.groups]
+        dicts = self._setting_dicts()
+        out = []
+        for k, g in zip(keys, self.groups):
+            names = set(g["statics"])
+            out.append(np.asarray([i for i, d in enumerate(dicts)
+                                   if tuple(sorted((n, d[n]) for n in names)) == k]))
+        return out
+
+    def to_pandas(self, metric: str = "loss", mode: str | None = None):
+        """The ``cv_results`` table as a pandas DataFrame (needs ``jaxhp[table]``)."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("to_pandas() needs pandas: pip install 'jaxhp[table]'") from e
+        cols = {k: v for k, v in self.cv_results(metric, mode).items() if k != "params"}
+        return pd.DataFrame(cols)
+
+    # -------------------------------------------------------- params and test
+    def params(self, index: int, seed: int = 0, *, model=None, split: Split | None = None):
+        """Trained parameters of member ``(index, seed)``.
+
+        Kept parameters are returned as they were trained in the sweep;
+        otherwise the member is retrained alone with its key (equal to the
+        sweep's member within float tolerance).
+        """
+        if self._params is not None and self._params[index] is not None:
+            return jax.tree_util.tree_map(lambda a: a[seed], self._params[index])
+        from jaxhp._train import train
+
+        model, split, key = self._context(model, split)
+        run = train(model, self._hp(index), split,
+                    key=jax.random.fold_in(key, int(self.seed_ids[seed])))
+        return run.state.params
+
+    def _hp(self, index: int) -> HParams:
+        s = self.settings[index]
+        if not isinstance(s, HParams):
+            raise TypeError("settings were loaded without their class; pass "
+                            "`hparams=YourHParams` to SweepResult.load")
+        return s
+
+    def _context(self, model, split):
+        model = model if model is not None else self._model
+        split = split if split is not None else self._split
+        if model is None or split is None or self._key is None:
+            raise ValueError("this result has no model or data attached (loaded from "
+                             "disk?): pass `model=` and `split=`")
+        return model, split, self._key
+
+    def evaluate_test(self, metric: str = "loss", mode: str | None = None, *,
+                      refit: bool = False, model=None, split: Split | None = None,
+                      allow_repeat: bool = False) -> TestReport:
+        """Selects on validation, then evaluates the chosen setting on test, once.
+
+        The selected setting is retrained with each of the sweep's seeds (on
+        train, or on train + validation with ``refit=True``, like
+        scikit-learn's ``refit``) and evaluated on the test part.
+
+        Args:
+          metric, mode: the selection rule (see :meth:`best`).
+          refit: retrain on train + validation before testing.
+          model, split: needed only for a result loaded from disk.
+          allow_repeat: permit a second test evaluation (the test set is then
+            no longer an unbiased estimate; the default refuses).
+
+        Returns:
+          A :class:`TestReport` with mean and per-seed test metrics and params.
+
+        Example:
+          >>> report = result.evaluate_test("mse")
+          >>> report.metrics["mse"]
+        """
+        if self._test_used and not allow_repeat:
+            raise RuntimeError("the test set was already evaluated for this sweep; a "
+                               "second look turns it into a validation set. Pass "
+                               "allow_repeat=True if you really mean it")
+        from jaxhp._train import evaluate, train
+
+        model, split, key = self._context(model, split)
+        sel = self.best(metric, mode)
+        hp = self._hp(sel.index)
+        train_part = split.train
+        if refit:
+            train_part = jax.tree_util.tree_map(
+                lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]),
+                split.train, split.val)
+        fit_split = Split(train_part, split.val, split.test)
+        per_seed: dict[str, list] = {}
+        params = []
+        for s in self.seed_ids:
+            run = train(model, hp, fit_split, key=jax.random.fold_in(key, int(s)))
+            m = evaluate(model, run.state.params, hp, split.test)
+            params.append(run.state.params)
+            for k, v in m.items():
+                per_seed.setdefault(k, []).append(float(v))
+        self._test_used = True
+        arrays = {k: np.asarray(v) for k, v in per_seed.items()}
+        return TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
+                          refit, params)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Saves to ``path.npz`` + ``path.json`` atomically (plain arrays and JSON).
+
+        Parameters are not saved; the settings, statuses, metrics, curves,
+        groups and metadata are.
+        """
+        arrays = {"seed_ids": self.seed_ids, "status": self.status,
+                  "diverged_at": self.diverged_at, "train_loss": self.train_loss,
+                  "loss_curve": self.loss_curve, "errors": self.errors.astype(str)}
+        for k, v in self.val.items():
+            arrays[f"val/{k}"] = v
+        for k, v in self.val_curve.items():
+            arrays[f"val_curve/{k}"] = v
+        meta = {"result": self.meta, "groups": self.groups,
+                "settings": self._setting_dicts(),
+                "hparams": self.meta.get("hparams")}
+        save_pair(path, arrays, meta, "sweep-result")
+
+    @classmethod
+    def load(cls, path, hparams: type | None = None) -> SweepResult:
+        """Loads a result saved by :meth:`save` (never unpickles anything).
+
+        Args:
+          path: the stem given to :meth:`save`.
+          hparams: the settings' class, to get ``HParams`` instances back
+            (otherwise settings are plain dicts).
+
+        Raises:
+          FormatError: a missing, truncated, tampered or pickled file.
+        """
+        arrays, meta = load_pair(path, "sweep-result")
+        settings = meta["settings"]
+        if hparams is not None:
+            settings = [hparams.from_dict(d) for d in settings]
+        val = {k[4:]: v for k, v in arrays.items() if k.startswith("val/")}
+        val_curve = {k[10:]: v for k, v in arrays.items() if k.startswith("val_curve/")}
+        result_meta = meta["result"]
+        key = None
+        if "key_data" in result_meta:
+            key = jax.random.wrap_key_data(np.asarray(result_meta["key_data"], np.uint32),
+                                           impl=result_meta.get("key_impl"))
+        return cls(settings=settings, seed_ids=arrays["seed_ids"], status=arrays["status"],
+                   diverged_at=arrays["diverged_at"], train_loss=arrays["train_loss"],
+                   val=val, loss_curve=arrays["loss_curve"], val_curve=val_curve,
+                   errors=arrays["errors"], groups=meta["groups"], meta=result_meta,
+                   key=key)
+
+    def __repr__(self) -> str:
+        st = self.setting_status()
+        return (f"SweepResult({self.n_settings} settings x {self.n_seeds} seeds, "
+                f"{int(np.sum(st == OK))} ok, {int(np.sum(st == DIVERGED))} diverged, "
+                f"{int(np.sum(st == FAILED))} failed; {len(self.groups)} groups, "
+                f"compile {self.compile_seconds:.2f}s, run {self.run_seconds:.2f}s)")
