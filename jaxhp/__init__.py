@@ -20,8 +20,25 @@ from jaxhp._hparams import HParamsError as HParamsError
 from jaxhp._hparams import stack as stack
 from jaxhp._hparams import static as static
 from jaxhp._hparams import tunable as tunable
+from jaxhp._io import FormatError as FormatError
 from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
+from jaxhp._result import Selection as Selection
+from jaxhp._result import SelectionError as SelectionError
+from jaxhp._result import SweepResult as SweepResult
+from jaxhp._result import TestReport as TestReport
+from jaxhp._distributions import Distribution as Distribution
+from jaxhp._space import Space as Space
+from jaxhp._distributions import SpaceError as SpaceError
+from jaxhp._distributions import choice as choice
+from jaxhp._distributions import fixed as fixed
+from jaxhp._space import grid as grid
+from jaxhp._distributions import intrange as intrange
+from jaxhp._distributions import loguniform as loguniform
+from jaxhp._space import quasirandom as quasirandom
+from jaxhp._space import random as random
+from jaxhp._distributions import uniform as uniform
+from jaxhp._sweep import sweep as sweep
 from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
@@ -31,23 +48,40 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
+    "Distribution",
     "Field",
+    "FormatError",
     "HParams",
     "HParamsError",
     "Model",
     "ModelError",
     "Run",
+    "Selection",
+    "SelectionError",
+    "Space",
+    "SpaceError",
     "Split",
+    "SweepResult",
+    "TestReport",
     "TrainState",
     "check_split",
+    "choice",
     "datasets",
     "evaluate",
+    "fixed",
+    "grid",
+    "intrange",
+    "loguniform",
     "models",
+    "quasirandom",
+    "random",
     "sample_batch",
     "split_data",
     "stack",
     "standardize",
     "static",
+    "sweep",
     "train",
     "tunable",
+    "uniform",
 ]

@@ -24,9 +24,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxhp._data import Split, part_size
-from jaxhp._hparams import HParams, stack
-from jaxhp._model import Model, metrics_fn
+from jaxhp._data import DataError, Split, check_split, part_size
+from jaxhp._hparams import HParams, HParamsError, stack
+from jaxhp._model import Model, ModelError, metrics_fn
 from jaxhp._result import SweepResult
 from jaxhp._train import LoopConfig, eval_steps, resolve_loop, run_pure, validate
 
@@ -73,6 +73,10 @@ def _check_args(seeds, chunk_size, memory_budget) -> np.ndarray:
         raise ValueError(f"`memory_budget`={memory_budget!r}: must be a positive "
                          "number of bytes")
     return seed_ids.astype(np.uint32)
+
+
+class _GroupFailed(Exception):
+    """A static group whose model functions failed during validation."""
 
 
 def group_settings(settings: Sequence[HParams]) -> list[list[int]]:
@@ -242,20 +246,32 @@ def sweep(
     settings = _settings_from(space, model, base)
     if not settings:
         raise ValueError("sweep(): the space has no settings")
-    n_train = part_size(split.train) if isinstance(split, Split) else 0
+    n_train = check_split(split)[0]
     groups = group_settings(settings)
-    cfgs = []
-    for idx in groups:  # validate everything before anything compiles
-        validate(model, settings[idx[0]], split)
+    cfgs, failures = [], {}
+    for gi, idx in enumerate(groups):  # validate everything before anything compiles
         cfgs.append(resolve_loop(settings[idx[0]], n_train, eval_every, loss_every))
+        try:
+            validate(model, settings[idx[0]], split)
+        except (ModelError, DataError, HParamsError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a user function failed for this group
+            if on_error == "raise":
+                raise
+            failures[gi] = f"{type(e).__name__}: {e}"
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None
-    n_metrics = len(jax.eval_shape(
+    healthy = [idx[0] for gi, idx in enumerate(groups) if gi not in failures]
+    n_metrics = 0 if not healthy else len(jax.eval_shape(
         lambda p, h: metrics_fn(model, p, split.val, h),
-        jax.eval_shape(model.init, jax.random.key(0), settings[0]), settings[0]))
+        jax.eval_shape(model.init, jax.random.key(0), settings[healthy[0]]),
+        settings[healthy[0]]))
 
     plans = []
-    for idx, cfg in zip(groups, cfgs):
+    for gi, (idx, cfg) in enumerate(zip(groups, cfgs)):
+        if gi in failures:
+            plans.append((idx, cfg, 1, 0))
+            continue
         per = member_bytes(model, settings[idx[0]], cfg, n_metrics, keep_params)
         c = plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
                         memory_budget, max_chunk)
@@ -263,7 +279,7 @@ def sweep(
     bar = _progress(sum(p[3] for p in plans), progress)
     builder = SweepResult.builder(settings, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
-    seed_arr = jnp.asarray(seed_ids)
+    seed_arr = jax.device_put(seed_ids)
     try:
         for gi, (idx, cfg, c, n_chunks) in enumerate(plans):
             info = {"statics": settings[idx[0]].statics(), "n_settings": len(idx),
@@ -271,6 +287,8 @@ def sweep(
                     "run_s": 0.0, "error": None, "eval_steps": eval_steps(cfg).tolist(),
                     "steps": cfg.steps}
             try:
+                if gi in failures:
+                    raise _GroupFailed(failures[gi])
                 _run_group(model, cfg, keep_params, settings, idx, c, split, key,
                            seed_arr, mesh, info, builder, bar, select)
             except KeyboardInterrupt:
@@ -278,8 +296,9 @@ def sweep(
             except Exception as e:  # noqa: BLE001 - the failure policy
                 if on_error == "raise":
                     raise
-                builder.fail(idx, f"{type(e).__name__}: {e}")
-                info["error"] = f"{type(e).__name__}: {e}"
+                msg = str(e) if isinstance(e, _GroupFailed) else f"{type(e).__name__}: {e}"
+                builder.fail(idx, msg)
+                info["error"] = msg
             builder.groups.append(info)
     finally:
         if bar is not None:

@@ -1,0 +1,7 @@
+"""``python -m jaxhp demo``: the same as the ``jaxhp`` console script."""
+
+import sys
+
+from jaxhp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""The sweep engine: members equal solo runs, one compile per static group, health."""
+
+import jax
+import numpy as np
+import pytest
+from helpers import count_compiles
+
+import jaxhp
+from jaxhp import models
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    return jaxhp.datasets.load("diabetes")
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return jaxhp.datasets.load("iris")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return jaxhp.datasets.load("digits")
+
+
+def ridge_settings(n, steps=200, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    return [models.LinearHP(learning_rate=float(10 ** rng.uniform(-2.5, -0.5)),
+                            l2=float(10 ** rng.uniform(-4, 0)), steps=steps, **kw)
+            for _ in range(n)]
+
+
+def assert_member_equals_solo(model, result, settings, split, i, s, rtol):
+    run = jaxhp.train(model, settings[i], split,
+                      key=jax.random.fold_in(KEY, int(result.seed_ids[s])))
+    np.testing.assert_allclose(result.loss_curve[i, s], np.asarray(run.loss_curve),
+                               rtol=rtol, atol=1e-7)
+    for k, v in run.val.items():
+        np.testing.assert_allclose(result.val[k][i, s], float(v), rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["linear", "softmax"])
+def test_every_member_equals_solo_run(kind, diabetes, iris):
+    if kind == "linear":
+        split, model = diabetes, models.linear_regression(10)
+        settings = ridge_settings(5, batch_size=32)
+    else:
+        split, model = iris, models.softmax_regression(4, 3)
+        rng = np.random.default_rng(1)
+        settings = [models.SoftmaxHP(learning_rate=float(10 ** rng.uniform(-2, 0)),
+                                     l2=float(10 ** rng.uniform(-4, -1)), steps=150,
+                                     batch_size=30) for _ in range(5)]
+    result = jaxhp.sweep(model, settings, split, key=KEY, seeds=2)
+    assert result.val[next(iter(result.val))].shape == (5, 2)
+    for i in range(5):
+        for s in range(2):
+            assert_member_equals_solo(model, result, settings, split, i, s, rtol=1e-5)
+
+
+def test_mlp_member_equals_solo_over_first_steps(digits):
+    model = models.mlp_classifier(64, 10)
+    settings = [models.MLPHP(learning_rate=lr, dropout=d, steps=20, width=32)
+                for lr, d in [(1e-3, 0.0), (3e-3, 0.2), (1e-2, 0.1)]]
+    result = jaxhp.sweep(model, settings, digits, key=KEY, seeds=2)
+    for i in range(3):
+        for s in range(2):
+            assert_member_equals_solo(model, result, settings, digits, i, s, rtol=1e-4)
+
+
+def test_seeds_change_minibatches_and_settings_share_them(diabetes):
+    model = models.linear_regression(10)
+    a = models.LinearHP(learning_rate=0.05, steps=30, batch_size=16)
+    result = jaxhp.sweep(model, [a, a.replace(l2=0.5)], diabetes, key=KEY, seeds=2)
+    # different seeds draw different minibatches ...
+    assert not np.allclose(result.loss_curve[0, 0], result.loss_curve[0, 1])
+    # ... and the first step's loss (same init, same batch) is shared by settings
+    # that differ only in l2's effect on the penalty (zero at w=0)
+    np.testing.assert_array_equal(result.loss_curve[0, :, 0], result.loss_curve[1, :, 0])
+
+
+def test_one_compile_per_static_group_whatever_the_size(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(23, steps=40) + ridge_settings(9, steps=60, seed=1)
+    with count_compiles() as c:
+        result = jaxhp.sweep(model, settings, diabetes, key=KEY, chunk_size=4)
+    assert c.count == 2 == result.compile_count == len(result.groups)
+    assert [g["n_chunks"] for g in result.groups] == [6, 3]  # uneven last chunks
+    # more settings, same groups and chunk size: the programs are reused
+    with count_compiles() as c:
+        jaxhp.sweep(model, settings * 2, diabetes, key=KEY, chunk_size=4)
+    assert c.count == 0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, "all"])
+def test_chunking_and_order_do_not_change_results(diabetes, chunk_size):
+    model = models.linear_regression(10)
+    settings = ridge_settings(7, batch_size=32)
+    ref = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=2)
+    res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=chunk_size)
+    np.testing.assert_allclose(res.val["mse"], ref.val["mse"], rtol=1e-5)
+    perm = np.random.default_rng(0).permutation(7)
+    shuf = jaxhp.sweep(model, [settings[i] for i in perm], diabetes, key=KEY, seeds=2,
+                       chunk_size=chunk_size)
+    np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
+
+
+def test_diverging_member_is_flagged_and_others_untouched(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(4, steps=100)
+    bad = settings[2].replace(learning_rate=50.0)
+    healthy = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=4)
+    mixed = jaxhp.sweep(model, settings[:2] + [bad] + settings[3:], diabetes, key=KEY,
+                        seeds=2, chunk_size=4)
+    assert list(mixed.setting_status()) == ["ok", "ok", "diverged", "ok"]
+    assert np.all(mixed.diverged_at[2] >= 0) and np.all(mixed.diverged_at[[0, 1, 3]] == -1)
+    assert np.all(np.isnan(mixed.loss_curve[2, :, -1]))
+    for i in (0, 1, 3):  # bit-identical
+        np.testing.assert_array_equal(mixed.val["mse"][i], healthy.val["mse"][i])
+        np.testing.assert_array_equal(mixed.loss_curve[i], healthy.loss_curve[i])
+    # removing it (one setting per chunk) leaves the others bit-identical too
+    alone = jaxhp.sweep(model, settings[:2] + settings[3:], diabetes, key=KEY, seeds=2,
+                        chunk_size=1)
+    with_bad = jaxhp.sweep(model, settings[:2] + [bad] + settings[3:], diabetes, key=KEY,
+                           seeds=2, chunk_size=1)
+    np.testing.assert_array_equal(alone.val["mse"], with_bad.val["mse"][[0, 1, 3]])
+    assert mixed.best("mse").index != 2
+
+
+def test_all_diverged_selection_raises(diabetes):
+    model = models.linear_regression(10)
+    settings = [models.LinearHP(learning_rate=lr, steps=50) for lr in (20.0, 40.0)]
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY)
+    with pytest.raises(jaxhp.SelectionError, match="all 2 settings .* diverged"):
+        result.best("mse")
+
+
+def test_selection_ignores_the_test_labels(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(16, steps=100)
+    y = np.random.default_rng(0).permutation(diabetes.test["y"])
+    shuffled = diabetes._replace(test={"x": diabetes.test["x"], "y": y})
+    a = jaxhp.sweep(model, settings, diabetes, key=KEY).best("mse")
+    b = jaxhp.sweep(model, settings, shuffled, key=KEY).best("mse")
+    assert a.index == b.index and a.value == b.value
+
+
+def test_best_top_k_and_test_evaluation_once(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(12, steps=100)
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
+    top = result.top_k(3, "val_mse")
+    assert [t.value for t in top] == sorted(t.value for t in top)
+    assert top[0].index == result.best("mse").index
+    mean, _ = result.aggregate("mse")
+    assert top[0].value == np.nanmin(mean)
+    assert result.rank("mse")[top[0].index] == 1
+    report = result.evaluate_test("mse")
+    run = jaxhp.train(model, settings[top[0].index], diabetes, key=jax.random.fold_in(KEY, 0))
+    test_mse = jaxhp.evaluate(model, run.state.params, settings[top[0].index],
+                              diabetes.test)["mse"]
+    np.testing.assert_allclose(report.per_seed["mse"][0], float(test_mse), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="already evaluated"):
+        result.evaluate_test("mse")
+    refit = result.evaluate_test("mse", refit=True, allow_repeat=True)
+    assert refit.refit and refit.metrics["mse"] != report.metrics["mse"]
+    with pytest.raises(jaxhp.SelectionError, match="did you mean `mse`"):
+        result.best("mes")
+
+
+def test_cv_results_layout_and_pandas(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(5, steps=50)
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=3)
+    cv = result.cv_results("mse")
+    for k in ("params", "param_learning_rate", "param_l2", "mean_val_mse", "std_val_mse",
+              "split0_val_mse", "split2_val_mse", "rank_val_mse", "status",
+              "mean_fit_time"):
+        assert k in cv
+    assert len(cv["params"]) == 5 and cv["param_steps"].tolist() == [50] * 5
+    assert sorted(cv["rank_val_mse"].tolist()) == [1, 2, 3, 4, 5]
+    df = result.to_pandas("mse")
+    assert list(df["rank_val_mse"]) == list(cv["rank_val_mse"])
+
+
+def test_save_load_round_trip_and_pickle_refused(diabetes, tmp_path):
+    model = models.linear_regression(10)
+    settings = ridge_settings(4, steps=40) + [models.LinearHP(learning_rate=30.0, steps=40)]
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, eval_every=10)
+    result.save(tmp_path / "r")
+    back = jaxhp.SweepResult.load(tmp_path / "r", hparams=models.LinearHP)
+    assert back.settings == result.settings
+    for name in ("status", "diverged_at", "train_loss", "loss_curve", "seed_ids"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    for k in result.val:
+        np.testing.assert_array_equal(back.val[k], result.val[k])
+        np.testing.assert_array_equal(back.val_curve[k], result.val_curve[k])
+    assert back.best("mse").index == result.best("mse").index
+    # a test evaluation of a loaded result needs the model and data again
+    report = back.evaluate_test("mse", model=model, split=diabetes)
+    assert np.isfinite(report.metrics["mse"])
+    # an .npz holding a pickled object is refused (checksum matched: still refused)
+    import io
+    import json
+
+    from jaxhp._io import sha256
+
+    buf = io.BytesIO()
+    np.savez(buf, status=np.array([{"evil": 1}], dtype=object))
+    (tmp_path / "r.npz").write_bytes(buf.getvalue())
+    header = json.loads((tmp_path / "r.json").read_text())
+    header["npz_sha256"] = sha256(buf.getvalue())
+    (tmp_path / "r.json").write_text(json.dumps(header))
+    with pytest.raises(jaxhp.FormatError, match="pickled"):
+        jaxhp.SweepResult.load(tmp_path / "r")
+
+
+def test_static_groups_can_vary_in_steps(diabetes):
+    model = models.linear_regression(10)
+    settings = [models.LinearHP(learning_rate=0.1, steps=s) for s in (20, 50)]
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, eval_every=10)
+    assert result.loss_curve.shape == (2, 1, 50)
+    assert np.all(np.isnan(result.loss_curve[0, 0, 20:]))
+    assert result.val_curve["mse"].shape == (2, 1, 5)
+    assert [g["eval_steps"] for g in result.groups] == [[10, 20], [10, 20, 30, 40, 50]]
+
+
+def test_failing_group_is_recorded_and_others_run(diabetes):
+    base = models.linear_regression(10)
+
+    def init(key, hp):
+        if hp.steps == 30:
+            raise RuntimeError("no model of 30 steps")
+        return base.init(key, hp)
+
+    model = base._replace(init=init)
+    settings = [models.LinearHP(steps=20), models.LinearHP(steps=30),
+                models.LinearHP(steps=20, learning_rate=0.2)]
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
+    assert list(result.setting_status()) == ["ok", "failed", "ok"]
+    assert "no model of 30 steps" in result.errors[1] and result.errors[0] == ""
+    assert "no model of 30 steps" in result.groups[1]["error"]
+    assert result.best("mse").index in (0, 2)
+    with pytest.raises(RuntimeError, match="no model of 30 steps"):
+        jaxhp.sweep(model, settings, diabetes, key=KEY, on_error="raise")
