@@ -8,6 +8,7 @@ so ``jax.vmap`` trains many settings in one compiled program.
 
 from jaxhp import datasets as datasets
 from jaxhp import models as models
+from jaxhp._checkpoint import CheckpointMismatch as CheckpointMismatch
 from jaxhp._data import DataError as DataError
 from jaxhp._data import Split as Split
 from jaxhp._data import check_split as check_split
@@ -47,6 +48,7 @@ from jaxhp._train import train as train
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointMismatch",
     "DataError",
     "Distribution",
     "Field",

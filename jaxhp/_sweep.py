@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxhp._data import DataError, Split, check_split, part_size
+from jaxhp._checkpoint import Checkpoint, fingerprint
+from jaxhp._data import DataError, Split, check_split
 from jaxhp._hparams import HParams, HParamsError, stack
-from jaxhp._model import Model, ModelError, metrics_fn
+from jaxhp._io import FormatError
+from jaxhp._model import Model, ModelError, metrics_fn, model_fingerprint
 from jaxhp._result import SweepResult
 from jaxhp._train import LoopConfig, eval_steps, resolve_loop, run_pure, validate
 
@@ -199,6 +201,8 @@ def sweep(
     on_error: str = "record",
     progress: bool | None = None,
     select: tuple[str, str | None] = ("loss", None),
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> SweepResult:
     """Trains every setting of a space with every seed: one program per static group.
 
@@ -226,13 +230,19 @@ def sweep(
         message and runs the others; ``"raise"`` re-raises.
       progress: a tqdm bar over chunks (``None``: only on a terminal).
       select: ``(metric, mode)`` shown as best-so-far in the progress bar.
+      checkpoint_dir: persist every finished chunk there (atomically, with a
+        manifest); running the same sweep again skips the finished chunks and
+        gives bit-identical results. A changed sweep (space, seeds, data,
+        model, key, versions, chunk plan) is refused, listing what differs.
+      overwrite: discard an existing checkpoint in ``checkpoint_dir``.
 
     Returns:
       A :class:`~jaxhp.SweepResult`.
 
     Raises:
       HParamsError, SpaceError, DataError, ModelError, ValueError: bad input,
-      before anything compiles.
+      before anything compiles. CheckpointMismatch: resuming a different sweep.
+      KeyboardInterrupt: re-raised after the finished chunks are saved.
 
     Example:
       >>> space = jaxhp.random(1024, learning_rate=jaxhp.loguniform(1e-3, 1),
@@ -276,6 +286,15 @@ def sweep(
         c = plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
                         memory_budget, max_chunk)
         plans.append((idx, cfg, c, math.ceil(len(idx) / c)))
+    ckpt = None
+    if checkpoint_dir is not None:
+        loop = {"eval_every": eval_every, "loss_every": loss_every,
+                "keep_params": keep_params}
+        plan = [[len(p[0]), p[2], p[3]] for p in plans]
+        ckpt = Checkpoint(checkpoint_dir, fingerprint(
+            space=space, settings=settings, model_fp=model_fingerprint(model),
+            split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
+            overwrite=overwrite)
     bar = _progress(sum(p[3] for p in plans), progress)
     builder = SweepResult.builder(settings, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
@@ -285,13 +304,20 @@ def sweep(
             info = {"statics": settings[idx[0]].statics(), "n_settings": len(idx),
                     "chunk_size": c, "n_chunks": n_chunks, "compile_s": 0.0,
                     "run_s": 0.0, "error": None, "eval_steps": eval_steps(cfg).tolist(),
-                    "steps": cfg.steps}
+                    "steps": cfg.steps, "compiled": 0, "chunks_computed": 0,
+                    "chunks_loaded": 0}
             try:
                 if gi in failures:
                     raise _GroupFailed(failures[gi])
                 _run_group(model, cfg, keep_params, settings, idx, c, split, key,
-                           seed_arr, mesh, info, builder, bar, select)
+                           seed_arr, mesh, info, builder, bar, select, gi, ckpt)
             except KeyboardInterrupt:
+                if ckpt is not None:
+                    print(f"jaxhp: interrupted; {len(ckpt.done)} finished chunk(s) are "
+                          f"saved in {ckpt.folder}; run the same sweep to resume",
+                          file=sys.stderr)
+                raise
+            except (FormatError, OSError):  # the checkpoint's fault, not the group's
                 raise
             except Exception as e:  # noqa: BLE001 - the failure policy
                 if on_error == "raise":
@@ -307,24 +333,30 @@ def sweep(
 
 
 def _run_group(model, cfg, keep_params, settings, idx, c, split, key, seed_arr, mesh,
-               info, builder, bar, select):
+               info, builder, bar, select, gi, ckpt):
     group_hp = stack([settings[i] for i in idx])
     n = len(idx)
-    for start in range(0, n, c):
+    shared = (split.train, split.val, key, seed_arr)
+    if mesh is not None:
+        pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
+        shared = jax.device_put(shared, rep)
+    for ci, start in enumerate(range(0, n, c)):
         chunk = _pad(group_hp[start:start + c], c)
-        args = (chunk, split.train, split.val, key, seed_arr)
-        if mesh is not None:
-            pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
-            args = (jax.device_put(chunk, pop), jax.device_put(split.train, rep),
-                    jax.device_put(split.val, rep), jax.device_put(key, rep),
-                    jax.device_put(seed_arr, rep))
-        compiled, dt = _compiled(model, cfg, keep_params, args, mesh)
-        info["compile_s"] += dt
-        info["compiled"] = info.get("compiled", 0) + (dt > 0)
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        out = jax.device_get(out)
-        info["run_s"] += time.perf_counter() - t0
+        args = (chunk if mesh is None else jax.device_put(chunk, pop), *shared)
+        if ckpt is not None and ckpt.has(gi, ci):
+            structure = jax.eval_shape(_population_fn(model, cfg, keep_params), *args)
+            out = ckpt.load(gi, ci, structure)
+            info["chunks_loaded"] += 1
+        else:
+            compiled, dt = _compiled(model, cfg, keep_params, args, mesh)
+            info["compile_s"] += dt
+            info["compiled"] += int(dt > 0)
+            t0 = time.perf_counter()
+            out = jax.device_get(jax.block_until_ready(compiled(*args)))
+            info["run_s"] += time.perf_counter() - t0
+            info["chunks_computed"] += 1
+            if ckpt is not None:
+                ckpt.save(gi, ci, out)
         m = min(c, n - start)
         builder.add(idx[start:start + m], out, m)
         if bar is not None:
