@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -185,6 +186,8 @@ def _is_tracer(x) -> bool:
 
 
 def _short(v) -> str:
+    if isinstance(v, jax.Array) and not _is_tracer(v):
+        v = np.asarray(v)
     if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0):
         v = v.item()
     if isinstance(v, float):
@@ -192,6 +195,10 @@ def _short(v) -> str:
     if isinstance(v, np.ndarray):
         return np.array2string(v, precision=4, threshold=6)
     return repr(v)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _check_static(name: str, f: Field, v: Any) -> str | None:
@@ -276,7 +283,7 @@ class HParams:
         fields: dict[str, Field] = {}
         for base in reversed(cls.__mro__[1:]):
             fields.update(getattr(base, "_fields", {}))
-        for name in cls.__dict__.get("__annotations__", {}):
+        for name in inspect.get_annotations(cls):
             value = cls.__dict__.get(name, _MISSING)
             if not isinstance(value, Field):
                 raise TypeError(
@@ -287,9 +294,8 @@ class HParams:
                 raise TypeError(f"{cls.__name__}.{name}: reserved field name")
             fields[name] = value
         for name, value in list(cls.__dict__.items()):
-            if isinstance(value, Field) and name not in fields:
-                fields[name] = value
             if isinstance(value, Field):
+                fields[name] = value  # also an un-annotated override of a base field
                 delattr(cls, name)
         cls._fields = fields
         cls._static_names = tuple(n for n, f in fields.items() if f.is_static)
@@ -313,6 +319,8 @@ class HParams:
                 continue
             if f.is_static:
                 problem = _check_static(name, f, v)
+                if problem is None and f.integer and _is_real(v):
+                    v = int(v)  # 5.0 or np.int64(5) -> 5: shapes and range() need an int
             else:
                 v, problem = _to_tunable(name, f, v)
             if problem:
@@ -456,7 +464,8 @@ class HParams:
         vals = []
         for n in self._tunable_names:
             v = getattr(self, n)
-            vals.append(id(v) if _is_tracer(v) else np.asarray(v).tobytes())
+            # + 0.0 maps -0.0 to 0.0: they compare equal, so they must hash equal.
+            vals.append(id(v) if _is_tracer(v) else (np.asarray(v) + np.float32(0)).tobytes())
         return hash((type(self).__name__, self.static_key(), tuple(vals)))
 
 

@@ -89,13 +89,12 @@ def _downsample(losses: jax.Array, every: int | None) -> jax.Array:
     n = losses.shape[0]
     pad = (-n) % every
     padded = jnp.concatenate([losses, jnp.full((pad,), jnp.nan, losses.dtype)])
-    windows = padded.reshape(-1, every)
-    counts = jnp.arange(windows.shape[0]) < (n // every)
-    full = jnp.mean(windows, axis=1)
+    full = jnp.mean(padded.reshape(-1, every), axis=1)
     if pad == 0:
         return full
-    tail = jnp.nansum(windows[-1]) / (every - pad)
-    return jnp.where(counts, full, tail)
+    # The last, partial window averages its real steps only (not the padding);
+    # a NaN from divergence must stay NaN, so no nanmean here.
+    return full.at[-1].set(jnp.mean(losses[n - (every - pad):]))
 
 
 def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,

@@ -1,0 +1,79 @@
+"""Small helpers shared by the test modules (import with ``from helpers import ...``).
+
+``count_compiles()`` counts XLA backend compilations: JAX reports each one as a
+``/jax/core/compile/backend_compile_duration`` event, and a listener registered
+once, when this module is imported, forwards it to every open counter. A cache
+hit (same function, same static arguments, same shapes) compiles nothing, so
+this is the direct way to prove "a new tunable value reuses the program".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCount:
+    """The number of XLA compilations seen while the counter was open."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"CompileCount(count={self.count})"
+
+
+_open_counters: list[CompileCount] = []
+
+
+def _on_event(event: str, duration_secs: float, **kwargs) -> None:
+    del duration_secs, kwargs
+    if event == COMPILE_EVENT:
+        for counter in _open_counters:
+            counter.count += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[CompileCount]:
+    """Counts XLA compilations inside the ``with`` block.
+
+    Example:
+      >>> with count_compiles() as c:
+      ...     f(x)
+      >>> assert c.count == 0
+    """
+    counter = CompileCount()
+    _open_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _open_counters.remove(counter)
+
+
+def tree_leaves_np(tree) -> list[np.ndarray]:
+    """The leaves of a pytree as NumPy arrays."""
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def assert_trees_equal(a, b) -> None:
+    """Same structure and bit-identical leaves (NaN equal to NaN)."""
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(tree_leaves_np(a), tree_leaves_np(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def assert_trees_close(a, b, *, rtol: float, atol: float) -> None:
+    """Same structure, dtypes and shapes; leaves equal within ``rtol``/``atol``."""
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(tree_leaves_np(a), tree_leaves_np(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
