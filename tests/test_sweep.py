@@ -245,3 +245,14 @@ def test_failing_group_is_recorded_and_others_run(diabetes):
     assert result.best("mse").index in (0, 2)
     with pytest.raises(RuntimeError, match="no model of 30 steps"):
         jaxhp.sweep(model, settings, diabetes, key=KEY, on_error="raise")
+
+
+def test_progress_bar_reports_chunks_and_best_so_far(diabetes, capsys):
+    pytest.importorskip("tqdm")
+    model = models.linear_regression(10)
+    jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, chunk_size=2,
+                progress=True, select=("mse", "min"))
+    err = capsys.readouterr().err
+    assert "jaxhp sweep" in err and "3/3" in err and "best mse=" in err
+    jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, progress=False)
+    assert capsys.readouterr().err == ""
