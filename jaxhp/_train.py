@@ -61,12 +61,20 @@ class Run(NamedTuple):
 
 
 class LoopConfig(NamedTuple):
-    """Static settings of the training loop (not hyperparameters: no effect on results)."""
+    """Static settings of the training loop (not hyperparameters: no effect on results).
+
+    ``remat``: when set to ``k``, the steps run as blocks of ``k`` steps, each
+    under ``jax.checkpoint``: reverse-mode differentiation through the loop
+    then stores only the carries at block boundaries and recomputes a block's
+    steps during the backward pass (memory ~ ``steps / k + k`` steps' worth
+    instead of ``steps``). The forward computation is unchanged.
+    """
 
     steps: int
     batch_size: int | None
     eval_every: int | None
     loss_every: int | None
+    remat: int | None = None
 
 
 def eval_steps(cfg: LoopConfig) -> np.ndarray:
@@ -97,6 +105,23 @@ def _downsample(losses: jax.Array, every: int | None) -> jax.Array:
     return full.at[-1].set(jnp.mean(losses[n - (every - pad):]))
 
 
+def _remat_scan(step, carry, start, length: int, k: int):
+    """``lax.scan(step)`` over ``length`` steps in checkpointed blocks of ``k`` steps."""
+    n, rem = divmod(length, k)
+
+    @jax.checkpoint
+    def chunk(carry, s):
+        return jax.lax.scan(step, carry, s + jnp.arange(k, dtype=jnp.int32))
+
+    carry, ys = jax.lax.scan(chunk, carry, start + k * jnp.arange(n, dtype=jnp.int32))
+    ys = ys.reshape(-1)
+    if rem:
+        tail_steps = start + n * k + jnp.arange(rem, dtype=jnp.int32)
+        carry, tail = jax.lax.scan(step, carry, tail_steps)
+        ys = jnp.concatenate([ys, tail])
+    return carry, ys
+
+
 def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
              key: jax.Array) -> Run:
     """One training run as a pure function (no validation; see :func:`train`)."""
@@ -122,6 +147,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         return (state, dead_at), jnp.where(keep, loss, jnp.nan)
 
     def block(carry, start, length):
+        if cfg.remat and cfg.remat < length:
+            return _remat_scan(step, carry, start, length, cfg.remat)
         return jax.lax.scan(step, carry, start + jnp.arange(length, dtype=jnp.int32))
 
     def evaluate(params):

@@ -1,0 +1,266 @@
+"""Gradient-based tuning: gradient descent on hyperparameters, from many starts at once.
+
+Every outer step computes the hypergradient of each start (``vmap`` over the
+starts of :func:`jaxhp._hypergrad.value_and_grad_fn`), takes an Optax step in
+the hypergradient coordinates (log space for ``log=True`` fields) and
+projects back into each field's valid range. The whole descent is one
+compiled program (``lax.scan`` over outer steps). The final settings are then
+trained once more by :func:`jaxhp._sweep.sweep`, so the result is a
+:class:`~jaxhp.SweepResult` and selection and the single test evaluation
+work exactly as for a sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxhp._data import Split, part_size
+from jaxhp._hparams import Field, HParams, stack
+from jaxhp._hypergrad import (
+    _value_fn,
+    check_mode,
+    check_objective,
+    make_solver,
+    resolve_remat,
+    resolve_wrt,
+    to_coords,
+    value_and_grad_fn,
+)
+from jaxhp._model import Model
+from jaxhp._result import SweepResult
+from jaxhp._train import resolve_loop, validate
+
+_BIG = 1e30
+
+
+def _starts_from(starts, model: Model, base: HParams | None) -> list[HParams]:
+    if isinstance(starts, HParams):
+        return [starts] if not starts.batch_shape else [starts[i] for i in range(len(starts))]
+    if isinstance(starts, (list, tuple)):
+        out = list(starts)
+        for i, s in enumerate(out):
+            if not isinstance(s, HParams) or s.batch_shape:
+                raise TypeError(f"starts[{i}] must be one HParams setting, got {s!r}")
+        return out
+    if hasattr(starts, "settings"):
+        cls = type(base) if base is not None else model.hparams
+        if cls is None:
+            raise ValueError("tune_gradient(): the model has no `hparams` class; pass "
+                             "`base=YourHParams(...)` or a list of settings")
+        return starts.settings(cls, base=base)
+    raise TypeError(f"`starts`: expected a search space, a list of HParams or a batched "
+                    f"HParams, got {type(starts).__name__}")
+
+
+def _nudge(b: float, up: bool) -> float:
+    step = 1e-6 * max(abs(b), 1.0)
+    return b + step if up else b - step
+
+
+def natural_bounds(f: Field) -> tuple[float, float]:
+    """The closed interval a field's value is projected into (open bounds nudged in)."""
+    lo = -math.inf if f.low is None else (_nudge(f.low, True) if f.low_open else f.low)
+    hi = math.inf if f.high is None else (_nudge(f.high, False) if f.high_open else f.high)
+    if f.log:
+        lo, hi = max(lo, 1 / _BIG), min(hi, _BIG)
+    return float(lo), float(hi)
+
+
+def coord_bounds(f: Field) -> tuple[float, float]:
+    """The same interval in hypergradient coordinates (log for log fields)."""
+    lo, hi = natural_bounds(f)
+    return (math.log(lo), math.log(hi)) if f.log else (lo, hi)
+
+
+def _project_host(value: float, f: Field) -> float:
+    """Clips one value into the field's range, as a float32 that validates."""
+    lo, hi = natural_bounds(f)
+    v = np.float32(min(max(float(value), lo), hi))
+    for _ in range(8):  # float32 rounding may land on an open bound: step inside
+        if f.check_number(float(v)) is None:
+            break
+        up = f.low is not None and float(v) <= f.low
+        v = np.nextafter(v, np.float32(np.inf if up else -np.inf))
+    return float(v)
+
+
+def _finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree_util.tree_leaves(tree)]))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg", "objective", "mode", "solver",
+                                             "optimizer", "steps"))
+def _descend(model, cfg, objective, mode, solver, optimizer, steps, z0, lo, hi, hp,
+             train_part, val_part, keys):
+    vg = value_and_grad_fn(model, cfg, objective, mode, solver)
+    value_f = lambda z, hp, key: _value_fn(model, cfg, objective)(z, hp, train_part,
+                                                                  val_part, key)[0]
+
+    def one_start(z0, hp):
+        def mean_vg(z):
+            v, g, _ = jax.vmap(lambda k: vg(z, hp, train_part, val_part, k))(keys)
+            return jnp.mean(v), jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), g)
+
+        def outer(carry, _):
+            z, opt_state = carry
+            v, g = mean_vg(z)
+            ok = jnp.isfinite(v) & _finite(g)
+            g = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, 0.0), g)
+            updates, new_state = optimizer.update(g, opt_state, z)
+            new_z = jax.tree_util.tree_map(jnp.clip, optax.apply_updates(z, updates), lo, hi)
+            keep = lambda new, old: jax.tree_util.tree_map(
+                lambda a, b: jnp.where(ok, a, b), new, old)
+            return (keep(new_z, z), keep(new_state, opt_state)), (z, v, g)
+
+        (z, _), (zs, vs, gs) = jax.lax.scan(outer, (z0, optimizer.init(z0)), None,
+                                            length=steps)
+        v_final = jnp.mean(jax.vmap(lambda k: value_f(z, hp, k))(keys))
+        return z, zs, vs, gs, v_final
+
+    return jax.vmap(one_start)(z0, hp)
+
+
+def tune_gradient(
+    model: Model,
+    starts: Any,
+    split: Split,
+    *,
+    key: jax.Array,
+    wrt: str | Sequence[str] | None = None,
+    steps: int = 30,
+    optimizer: optax.GradientTransformation | None = None,
+    objective: str | Callable = "loss",
+    mode: str = "reverse",
+    remat: int | str | None = "auto",
+    seeds: int = 1,
+    base: HParams | None = None,
+    keep: str = "final",
+    solver: str = "cg",
+    solver_steps: int = 100,
+) -> SweepResult:
+    """Gradient descent on hyperparameters from many starting settings at once.
+
+    Each start follows its own hypergradient (see :func:`hypergradient`) for
+    ``steps`` outer steps of ``optimizer``, in hypergradient coordinates (the
+    logarithm for ``log=True`` fields, the value otherwise); after every step
+    each field is clipped into its valid range (open bounds nudged inside).
+    All starts run as one compiled ``vmap``. A start whose run diverges or
+    whose hypergradient is not finite keeps its current values for that step.
+
+    Args:
+      model: the model's functions.
+      starts: the starting settings: a search space (``jaxhp.random(...)``,
+        filled from ``base`` or the model's defaults), a list of settings, or
+        a batched setting. All must share their static fields.
+      split: the data; training reads ``train``, the objective ``val``.
+      key: the base PRNG key; seed ``s`` trains with ``fold_in(key, s)``, as
+        in :func:`jaxhp.sweep`.
+      wrt: the fields to tune (default: every continuous tunable field).
+      steps: outer (hyperparameter) steps.
+      optimizer: an Optax optimizer on the coordinates; default
+        ``optax.adam(0.1)`` (steps of ~0.1 in log space: ~10% per step).
+      objective: a validation metric to minimise, or
+        ``callable(params, val_part, hp) -> scalar``.
+      mode: ``"reverse"``, ``"forward"`` or ``"implicit"`` hypergradients.
+      remat: reverse mode's checkpointing (see :func:`hypergradient`).
+      seeds: the objective is averaged over this many seeds (keys
+        ``fold_in(key, 0..seeds-1)``); the result has one column per seed.
+      base: the setting filling the fields a space leaves unset.
+      keep: ``"final"`` (the last point of each trajectory) or ``"best"``
+        (the point with the lowest objective along it).
+      solver, solver_steps: implicit mode's linear solve (see
+        :func:`hypergradient`).
+
+    Returns:
+      A :class:`~jaxhp.SweepResult` with one row per start (its final, or
+      best, setting, trained again and validated), so that ``best()`` and
+      ``evaluate_test()`` work as for a sweep, plus ``result.trajectory``:
+      ``values`` (``{field: (n_starts, steps + 1)}``, the values after 0..steps
+      outer steps), ``objective`` (``(n_starts, steps + 1)``), ``grad``
+      (``{field: (n_starts, steps)}``, in coordinates), ``log_fields``,
+      ``train_steps`` (training steps run: starts x seeds x (steps + 1) x
+      ``hp.steps``), ``compile_s`` and ``run_s``. The trajectory is not saved
+      by ``result.save()``.
+
+    Raises:
+      ValueError: for bad ``wrt``, ``mode``, ``objective``, ``steps``,
+        ``keep`` or starts with different static fields.
+
+    Example:
+      >>> starts = [LinearHP(learning_rate=lr, l2=l2, steps=200)
+      ...           for lr, l2 in [(0.01, 1e-4), (0.3, 1.0)]]
+      >>> result = tune_gradient(model, starts, split, key=jax.random.key(0),
+      ...                        wrt=("learning_rate", "l2"), objective="mse")
+      >>> result.best("mse").setting, result.trajectory["objective"].shape
+    """
+    check_mode(mode)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"`steps`={steps!r}: must be an integer >= 1 (outer steps)")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"`seeds`={seeds!r}: must be an integer >= 1")
+    if keep not in ("final", "best"):
+        raise ValueError(f"`keep`={keep!r}: must be 'final' or 'best'")
+    settings = _starts_from(starts, model, base)
+    if not settings:
+        raise ValueError("tune_gradient(): no starting settings")
+    first = settings[0]
+    for i, s in enumerate(settings):
+        if type(s) is not type(first) or s.static_key() != first.static_key():
+            raise ValueError(f"starts[{i}] differs from starts[0] in its static fields "
+                             f"({s.statics()} vs {first.statics()}); gradient-based tuning "
+                             "runs one program: group the starts by static fields")
+    validate(model, first, split)
+    names = resolve_wrt(type(first), wrt)
+    check_objective(model, first, split, objective)
+    cfg = resolve_loop(first, part_size(split.train), None, None)
+    if mode == "reverse":
+        cfg = cfg._replace(remat=resolve_remat(remat, cfg.steps))
+    slv = make_solver(solver, solver_steps, 0.0, None)
+    optimizer = optax.adam(0.1) if optimizer is None else optimizer
+    fields = type(first).fields()
+    batch = stack(settings)
+    bounds = {n: coord_bounds(fields[n]) for n in names}
+    z0 = {n: jnp.clip(v, *bounds[n]) for n, v in to_coords(batch, names).items()}
+    lo = {n: jnp.float32(b[0]) for n, b in bounds.items()}
+    hi = {n: jnp.float32(b[1]) for n, b in bounds.items()}
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(seeds, dtype=jnp.uint32))
+    args = (model, cfg, objective, mode, slv, optimizer, steps, z0, lo, hi, batch,
+            split.train, split.val, keys)
+    t0 = time.perf_counter()
+    compiled = _descend.lower(*args).compile()
+    t1 = time.perf_counter()
+    z, zs, vs, gs, v_final = jax.block_until_ready(compiled(*args[7:]))
+    t2 = time.perf_counter()
+    to_np = lambda t: {n: np.asarray(a) for n, a in t.items()}
+    coords = {n: np.concatenate([np.asarray(zs[n]), np.asarray(z[n])[:, None]], axis=1)
+              for n in names}
+    objective_traj = np.concatenate([np.asarray(vs), np.asarray(v_final)[:, None]], axis=1)
+    values = {n: np.exp(c) if fields[n].log else c for n, c in coords.items()}
+    pick = np.full(len(settings), steps)
+    if keep == "best":
+        masked = np.where(np.isfinite(objective_traj), objective_traj, np.inf)
+        pick = np.argmin(masked, axis=1)
+    final = []
+    for i, s in enumerate(settings):
+        final.append(s.replace(**{n: _project_host(values[n][i, pick[i]], fields[n])
+                                  for n in names}))
+    from jaxhp._sweep import sweep
+
+    result = sweep(model, final, split, key=key, seeds=seeds, progress=False)
+    result.trajectory = {
+        "values": values, "objective": objective_traj, "grad": to_np(gs),
+        "log_fields": tuple(n for n in names if fields[n].log), "picked": pick,
+        "train_steps": int(len(settings) * seeds * (steps + 1) * cfg.steps),
+        "compile_s": t1 - t0, "run_s": t2 - t1, "mode": mode,
+    }
+    return result

@@ -1,0 +1,290 @@
+"""Hypergradients, gradient-based tuning and online hypergradient descent.
+
+Agreement with finite differences is checked in float64 (``jax.enable_x64``
+inside a fixture; the models' float32 parameters are cast to float64), where
+reverse and forward mode are the same derivative up to rounding (~1e-15) and
+a central difference with step 1e-5 is exact to ~1e-9 (truncation ~h^2,
+rounding ~1e-16/h). The public, float32 path is checked against those and
+against the closed-form ridge derivative, with tolerances stated where used.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxhp
+from jaxhp._data import Split
+from jaxhp._hypergrad import _value_fn, hypergradient, resolve_wrt, to_coords, value_and_grad_fn
+from jaxhp._online import HypergradientDescentState, hypergradient_descent
+from jaxhp._result import SweepResult
+from jaxhp._sweep import sweep
+from jaxhp._train import LoopConfig, resolve_loop, run_pure
+from jaxhp._tune import tune_gradient
+from jaxhp.models import (
+    MLPHP,
+    LinearHP,
+    SoftmaxHP,
+    linear_regression,
+    mlp_classifier,
+    softmax_regression,
+)
+
+KEY = jax.random.key(1)
+
+
+@pytest.fixture(scope="module")
+def iris() -> Split:
+    return jaxhp.datasets.load("iris", key=jax.random.key(0))
+
+
+@pytest.fixture
+def x64():
+    """float64 for the duration of one test, restored afterwards."""
+    with jax.enable_x64(True):
+        yield
+
+
+def _to64(tree):
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float64)
+        if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a), tree)
+
+
+def _model64(model):
+    return model._replace(init=lambda k, hp, _init=model.init: _to64(_init(k, hp)))
+
+
+def _three_ways(model, hp, split, objective, wrt, h=1e-5):
+    """Reverse, forward and central-difference hypergradients, in one program."""
+    cfg = resolve_loop(hp, split.sizes[0], None, None)
+    rev = value_and_grad_fn(model, cfg, objective, "reverse")
+    fwd = value_and_grad_fn(model, cfg, objective, "forward")
+    value = _value_fn(model, cfg, objective)
+    names = resolve_wrt(type(hp), wrt)
+    z = {n: jnp.asarray(v, jnp.float64) for n, v in to_coords(hp, names).items()}
+
+    @jax.jit
+    def run(z, hp, train, val, key):
+        v, g_rev, _ = rev(z, hp, train, val, key)
+        _, g_fwd, _ = fwd(z, hp, train, val, key)
+        pts = {n: jnp.stack([z[n] + h * s * (n == m) for m in names for s in (1, -1)])
+               for n in names}
+        vals = jax.vmap(lambda zz: value(zz, hp, train, val, key)[0])(pts)
+        fd = {m: (vals[2 * i] - vals[2 * i + 1]) / (2 * h) for i, m in enumerate(names)}
+        return v, g_rev, g_fwd, fd
+
+    return run(z, hp, split.train, split.val, KEY)
+
+
+CASES = {
+    # (model builder, hp, dataset, objective, wrt)
+    "linear-sgd-momentum": (lambda: linear_regression(10),
+                            LinearHP(learning_rate=0.05, l2=1e-2, momentum=0.8, steps=30,
+                                     batch_size=64), "diabetes", "mse", None),
+    "softmax-sgd": (lambda: softmax_regression(4, 3),
+                    SoftmaxHP(learning_rate=0.3, l2=1e-2, steps=30), "iris", "ce",
+                    ("learning_rate", "l2")),
+    "softmax-adam": (lambda: softmax_regression(4, 3),
+                     SoftmaxHP(learning_rate=0.05, l2=1e-2, steps=30, batch_size=32,
+                               optimizer="adam"), "iris", "ce", ("learning_rate", "l2")),
+    # tanh, not relu: a central difference across a ReLU kink is not the derivative.
+    "mlp-adamw": (lambda: mlp_classifier(4, 3),
+                  MLPHP(learning_rate=0.01, weight_decay=1e-2, width=16, depth=1, steps=30,
+                        batch_size=32, activation="tanh"), "iris", "ce",
+                  ("learning_rate", "weight_decay")),
+    "linear-adam": (lambda: linear_regression(10),
+                    LinearHP(learning_rate=0.05, l2=1e-2, steps=30, optimizer="adam"),
+                    "diabetes", "mse", ("learning_rate", "l2")),
+    "mlp-sgd": (lambda: mlp_classifier(4, 3),
+                MLPHP(learning_rate=0.1, weight_decay=1e-2, width=16, depth=1, steps=30,
+                      batch_size=32, optimizer="sgd", activation="tanh"), "iris", "ce",
+                ("learning_rate", "weight_decay")),
+}
+SLOW_CASES = ("linear-adam", "mlp-sgd")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow)
+                                  if c in SLOW_CASES else c for c in CASES])
+def test_reverse_forward_and_finite_differences_agree(case, x64, diabetes, iris):
+    build, hp, data, objective, wrt = CASES[case]
+    split = Split(*[_to64(p) for p in (diabetes if data == "diabetes" else iris)])
+    v, g_rev, g_fwd, fd = _three_ways(_model64(build()), hp, split, objective, wrt)
+    assert v.dtype == jnp.float64 and np.isfinite(v)
+    for n in g_rev:
+        scale = max(abs(float(fd[n])), 1e-3)
+        assert abs(float(g_rev[n] - g_fwd[n])) <= 1e-10 * scale, n
+        assert abs(float(g_rev[n] - fd[n])) <= 1e-6 * scale, (n, g_rev[n], fd[n])
+
+
+def test_public_float32_hypergradient(diabetes):
+    model = linear_regression(10)
+    hp = LinearHP(learning_rate=0.05, l2=1e-2, momentum=0.8, steps=30, batch_size=64)
+    run = jaxhp.train(model, hp, diabetes, key=KEY)
+    rev = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
+    fwd = hypergradient(model, hp, diabetes, key=KEY, objective="mse", mode="forward")
+    # The objective is exactly the validation metric of jaxhp.train with the same key.
+    np.testing.assert_allclose(rev.value, run.val["mse"], rtol=1e-6)
+    assert rev.log_fields == ("learning_rate", "l2") and set(rev.grad) == set(fwd.grad)
+    with jax.enable_x64(True):
+        split64 = Split(*[_to64(p) for p in diabetes])
+        _, g64, _, _ = _three_ways(_model64(model), hp, split64, "mse", None)
+    for n in rev.grad:
+        # float32 rounding over 30 steps: observed ~1e-6 relative; 1e-4 leaves margin.
+        np.testing.assert_allclose(rev.grad[n], g64[n], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(fwd.grad[n], g64[n], rtol=1e-4, atol=1e-7)
+    nat = rev.natural()
+    np.testing.assert_allclose(nat["l2"], rev.grad["l2"] / 1e-2, rtol=1e-6)
+    assert nat["momentum"] == rev.grad["momentum"]
+
+
+def _ridge_closed_form(split, l2):
+    """Validation MSE of the ridge solution and its derivative w.r.t. log(l2)."""
+    x, y = (np.asarray(split.train[k], np.float64) for k in ("x", "y"))
+    xv, yv = (np.asarray(split.val[k], np.float64) for k in ("x", "y"))
+    n, xm, ym = len(y), x.mean(0), y.mean()
+    xc, yc = x - xm, y - ym
+    a = xc.T @ xc / n + l2 * np.eye(x.shape[1])
+    w = np.linalg.solve(a, xc.T @ yc / n)
+    b = ym - xm @ w  # the intercept is not penalised
+    dw = -np.linalg.solve(a, w)
+    db = -xm @ dw
+    r = xv @ w + b - yv
+    return np.mean(r**2), l2 * np.mean(2 * r * (xv @ dw + db))
+
+
+@pytest.mark.parametrize("l2", [0.05, 0.5])
+def test_ridge_implicit_and_long_reverse_match_closed_form(diabetes, l2):
+    model = linear_regression(10)
+    hp = LinearHP(learning_rate=0.4, l2=l2, steps=1000)  # converged: |grad| < 1e-6
+    value, grad = _ridge_closed_form(diabetes, l2)
+    kw = dict(key=KEY, wrt="l2", objective="mse")
+    implicit = hypergradient(model, hp, diabetes, mode="implicit", **kw)
+    reverse = hypergradient(model, hp, diabetes, mode="reverse", remat="auto", **kw)
+    assert float(implicit.info["stationarity"]) < 1e-5
+    np.testing.assert_allclose(implicit.value, value, rtol=1e-5)
+    # float32: observed relative errors 5e-7 (implicit) and 7e-6 (1000-step reverse).
+    np.testing.assert_allclose(implicit.grad["l2"], grad, rtol=1e-4)
+    np.testing.assert_allclose(reverse.grad["l2"], grad, rtol=1e-4)
+    if l2 == 0.5:  # well conditioned: the Neumann series converges in 300 terms
+        neumann = hypergradient(model, hp, diabetes, mode="implicit", solver="neumann",
+                                solver_steps=300, **kw)
+        np.testing.assert_allclose(neumann.grad["l2"], grad, rtol=1e-4)
+
+
+def test_remat_gives_the_same_gradient_and_run(diabetes):
+    model = linear_regression(10)
+    hp = LinearHP(learning_rate=0.1, l2=1e-2, momentum=0.5, steps=50, batch_size=32)
+    plain = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
+    for k in (7, 50):  # 7 leaves a remainder of 1 step; 50 is one block
+        remat = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=k)
+        assert remat.value == plain.value
+        for n in plain.grad:
+            np.testing.assert_allclose(remat.grad[n], plain.grad[n], rtol=1e-6, atol=1e-9)
+    cfg = resolve_loop(hp, diabetes.sizes[0], 10, 1)
+    a = jax.jit(run_pure, static_argnums=(0, 1))(model, cfg, hp, diabetes.train,
+                                                  diabetes.val, KEY)
+    b = jax.jit(run_pure, static_argnums=(0, 1))(model, cfg._replace(remat=3), hp,
+                                                  diabetes.train, diabetes.val, KEY)
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
+    np.testing.assert_array_equal(a.val_curve["mse"], b.val_curve["mse"])
+    assert LoopConfig(10, None, None, None).remat is None
+
+
+def test_diverged_run_gives_nan_healthy_run_finite(diabetes):
+    model = linear_regression(10)
+    edge = hypergradient(model, LinearHP(learning_rate=0.44, l2=1e-3, steps=200),
+                         diabetes, key=KEY, objective="mse")
+    assert int(edge.info["diverged_at"]) == -1
+    assert all(np.isfinite(g) for g in edge.grad.values())
+    bad = hypergradient(model, LinearHP(learning_rate=50.0, l2=1e-3, steps=200), diabetes,
+                        key=KEY, objective="mse")
+    assert int(bad.info["diverged_at"]) >= 0
+    assert np.isnan(bad.value) and all(np.isnan(g) for g in bad.grad.values())
+
+
+def test_tune_gradient_from_16_starts_matches_dense_grid(diabetes):
+    model = linear_regression(10)
+    lrs, l2s = np.logspace(-2, 0, 64), np.logspace(-4, 1, 64)
+    grid = [LinearHP(learning_rate=a, l2=b, steps=100) for a in lrs for b in l2s]
+    grid_best = sweep(model, grid, diabetes, key=KEY, progress=False).best("mse").value
+    rng = np.random.default_rng(0)
+    starts = [LinearHP(learning_rate=a, l2=b, steps=100) for a, b in zip(
+        np.exp(rng.uniform(np.log(1e-2), 0.0, 16)),
+        np.exp(rng.uniform(np.log(1e-4), np.log(10.0), 16)))]
+    result = tune_gradient(model, starts, diabetes, key=KEY, wrt=("learning_rate", "l2"),
+                           objective="mse", steps=20)
+    assert isinstance(result, SweepResult) and result.n_settings == 16
+    best = result.best("mse")
+    assert best.value <= 1.01 * grid_best
+    traj = result.trajectory
+    assert traj["objective"].shape == (16, 21) and traj["values"]["l2"].shape == (16, 21)
+    assert traj["grad"]["learning_rate"].shape == (16, 20)
+    # Row i of the result is start i's last point, trained again by the sweep engine.
+    i = best.index
+    np.testing.assert_allclose(traj["objective"][i, -1], best.value, rtol=1e-5)
+    np.testing.assert_allclose(traj["values"]["l2"][i, -1], best.setting.l2, rtol=1e-5)
+    report = result.evaluate_test("mse")
+    assert np.isfinite(report.metrics["mse"])
+
+
+def test_tune_gradient_stays_in_range(diabetes):
+    model = linear_regression(10)
+    starts = [LinearHP(learning_rate=0.05, l2=1e-2, momentum=m, steps=40) for m in
+              (0.0, 0.5, 0.999)]
+    result = tune_gradient(model, starts, diabetes, key=KEY, objective="mse", steps=5,
+                           optimizer=optax.sgd(100.0), keep="best")
+    mom = result.trajectory["values"]["momentum"]
+    assert np.all((mom >= 0.0) & (mom < 1.0))
+    assert np.all(np.isfinite(result.trajectory["values"]["l2"]))
+    assert all(0.0 <= s.momentum < 1.0 for s in result.settings)
+    assert result.trajectory["log_fields"] == ("learning_rate", "l2")
+
+
+def test_errors_name_the_problem(diabetes):
+    model = linear_regression(10)
+    hp = LinearHP(steps=5)
+    with pytest.raises(ValueError, match="did you mean `learning_rate`"):
+        hypergradient(model, hp, diabetes, key=KEY, wrt="learning_rat")
+    with pytest.raises(ValueError, match="`steps` is a static field"):
+        hypergradient(model, hp, diabetes, key=KEY, wrt=("l2", "steps"))
+    with pytest.raises(ValueError, match="`mode`='backward'.*'reverse'"):
+        hypergradient(model, hp, diabetes, key=KEY, mode="backward")
+    with pytest.raises(ValueError, match="did you mean `mse`"):
+        hypergradient(model, hp, diabetes, key=KEY, objective="mes")
+    with pytest.raises(ValueError, match="static fields"):
+        tune_gradient(model, [hp, hp.replace(steps=6)], diabetes, key=KEY)
+    with pytest.raises(ValueError, match="`remat`"):
+        hypergradient(model, hp, diabetes, key=KEY, remat=0)
+
+
+def test_accuracy_objective_is_refused(iris):
+    model = softmax_regression(4, 3)
+    with pytest.raises(ValueError, match="piecewise constant"):
+        hypergradient(model, SoftmaxHP(steps=5), iris, key=KEY, objective="accuracy")
+
+
+def _hd_model(hyper_lr, base=None):
+    model = linear_regression(10)
+    return model._replace(optimizer=lambda hp: hypergradient_descent(
+        hp.learning_rate, hyper_lr, base=base), name="ridge_hd")
+
+
+def test_online_hypergradient_descent_adapts_the_learning_rate(diabetes):
+    fixed, hd = linear_regression(10), _hd_model(1e-2)
+    small = LinearHP(learning_rate=1e-3, l2=1e-3, steps=100)
+    a = jaxhp.train(fixed, small, diabetes, key=KEY)
+    b = jaxhp.train(hd, small, diabetes, key=KEY)
+    state = b.state.opt_state
+    assert isinstance(state, HypergradientDescentState)
+    assert float(state.learning_rate) > 10 * 1e-3  # too small a rate grows
+    assert float(b.train_loss) < 0.9 * float(a.train_loss)
+    # Just below the stability edge (2 / 4.4) steps overshoot: the rate shrinks.
+    edge = jaxhp.train(hd, small.replace(learning_rate=0.45), diabetes, key=KEY)
+    assert float(edge.state.opt_state.learning_rate) < 0.45
+    adam_hd = _hd_model(1e-3, base=optax.scale_by_adam())
+    c = jaxhp.train(adam_hd, small, diabetes, key=KEY)
+    assert float(c.state.opt_state.learning_rate) > 1e-3
