@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="sweep, select on validation, test once")
     demo.add_argument("--task", choices=("diabetes", "digits"), default="diabetes")
     demo.add_argument("--settings", type=int, default=None,
-                      help="number of settings (default 1024 diabetes, 64 digits)")
+                      help="number of settings (default 1024 diabetes, 32 digits)")
     demo.add_argument("--seeds", type=int, default=3)
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--seed", type=int, default=0, help="base PRNG seed")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         n = args.settings or 1024
         out = demo_diabetes(n, args.seeds, args.steps or 500, key)
     else:
-        n = args.settings or 64
+        n = args.settings or 32
         out = demo_digits(n, args.seeds, args.steps or 300, key)
     _print(out, n, args.seeds)
     return 0
