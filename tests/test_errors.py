@@ -37,7 +37,8 @@ def refused(exc, match, fn, *args, **kwargs):
     (dict(l2=float("inf")), r"`l2`=inf: must be finite"),
     (dict(momentum=1.0), r"`momentum`=1: must be < 1"),
     (dict(momentum=-0.5), r"`momentum`=-0.5: must be >= 0"),
-    (dict(learnig_rate=0.1), r"`learnig_rate`: unknown field of LinearHP \(did you mean `learning_rate`\?\)"),
+    (dict(learnig_rate=0.1),
+     r"`learnig_rate`: unknown field of LinearHP \(did you mean `learning_rate`\?\)"),
     (dict(learning_rate="fast"), r"`learning_rate`='fast': a tunable field takes a real"),
     (dict(steps=np.array(5)), r"`steps`=5: a static field takes a plain Python value"),
 ])
