@@ -346,16 +346,21 @@ def hypergradient(
         ``"mse"``, ``"ce"``), or ``callable(params, val_part, hp) -> scalar``.
       mode: ``"reverse"`` (grad through the training loop), ``"forward"``
         (one JVP per field, vmapped) or ``"implicit"`` (implicit function
-        theorem at the trained parameters; needs a run trained to convergence
-        of its training loss; fields acting only through the optimizer, such
-        as the learning rate, get 0).
+        theorem at the trained parameters, for the model's loss on the whole
+        training part without dropout; needs a run trained to convergence,
+        see ``info["stationarity"]``; fields acting only through the
+        optimizer, such as the learning rate, get 0). Forward mode through
+        Adam is NaN if a gradient coordinate is exactly 0 at some step
+        (``d sqrt(v)/dv`` is infinite at 0, times a zero tangent); an Adam
+        built with ``eps_root=1e-30`` avoids it.
       remat: reverse mode's checkpointing: ``k`` stores the carry every ``k``
         steps and recomputes in between (memory ~ ``steps/k + k`` steps
         instead of ``steps``, ~1 extra forward pass); ``"auto"``: ``k =
         ceil(sqrt(steps))`` from 64 steps on; ``None``: store every step.
       solver, solver_steps, damping, neumann_lr: implicit mode's linear solve
         ``(H + damping I) x = b``: ``"cg"`` (conjugate gradients, at most
-        ``solver_steps`` iterations) or ``"neumann"`` (``solver_steps`` terms
+        ``solver_steps`` iterations; ``H`` must be positive definite: add
+        ``damping`` for a non-convex loss) or ``"neumann"`` (``solver_steps`` terms
         of ``neumann_lr * sum_j (I - neumann_lr H)^j b``; ``neumann_lr``
         defaults to 1 / the largest eigenvalue, by power iteration).
 
