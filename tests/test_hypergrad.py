@@ -41,13 +41,6 @@ def iris() -> Split:
     return jaxhp.datasets.load("iris", key=jax.random.key(0))
 
 
-@pytest.fixture
-def x64():
-    """float64 for the duration of one test, restored afterwards."""
-    with jax.enable_x64(True):
-        yield
-
-
 def _to64(tree):
     return jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, jnp.float64)
@@ -56,6 +49,19 @@ def _to64(tree):
 
 def _model64(model):
     return model._replace(init=lambda k, hp, _init=model.init: _to64(_init(k, hp)))
+
+
+_THREE_WAYS: dict = {}
+
+
+def _case_three_ways(case, diabetes, iris):
+    """:func:`_three_ways` of a case in float64, computed once per session."""
+    if case not in _THREE_WAYS:
+        build, hp, data, objective, wrt = CASES[case]
+        with jax.enable_x64(True):
+            split = Split(*[_to64(p) for p in (diabetes if data == "diabetes" else iris)])
+            _THREE_WAYS[case] = _three_ways(_model64(build()), hp, split, objective, wrt)
+    return _THREE_WAYS[case]
 
 
 def _three_ways(model, hp, split, objective, wrt, h=1e-5):
@@ -109,10 +115,8 @@ SLOW_CASES = ("linear-adam", "mlp-sgd")
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow)
                                   if c in SLOW_CASES else c for c in CASES])
-def test_reverse_forward_and_finite_differences_agree(case, x64, diabetes, iris):
-    build, hp, data, objective, wrt = CASES[case]
-    split = Split(*[_to64(p) for p in (diabetes if data == "diabetes" else iris)])
-    v, g_rev, g_fwd, fd = _three_ways(_model64(build()), hp, split, objective, wrt)
+def test_reverse_forward_and_finite_differences_agree(case, diabetes, iris):
+    v, g_rev, g_fwd, fd = _case_three_ways(case, diabetes, iris)
     assert v.dtype == jnp.float64 and np.isfinite(v)
     for n in g_rev:
         scale = max(abs(float(fd[n])), 1e-3)
@@ -120,18 +124,16 @@ def test_reverse_forward_and_finite_differences_agree(case, x64, diabetes, iris)
         assert abs(float(g_rev[n] - fd[n])) <= 1e-6 * scale, (n, g_rev[n], fd[n])
 
 
-def test_public_float32_hypergradient(diabetes):
-    model = linear_regression(10)
-    hp = LinearHP(learning_rate=0.05, l2=1e-2, momentum=0.8, steps=30, batch_size=64)
+def test_public_float32_hypergradient(diabetes, iris):
+    build, hp, _, _, _ = CASES["linear-sgd-momentum"]
+    model = build()
     run = jaxhp.train(model, hp, diabetes, key=KEY)
     rev = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
     fwd = hypergradient(model, hp, diabetes, key=KEY, objective="mse", mode="forward")
     # The objective is exactly the validation metric of jaxhp.train with the same key.
     np.testing.assert_allclose(rev.value, run.val["mse"], rtol=1e-6)
     assert rev.log_fields == ("learning_rate", "l2") and set(rev.grad) == set(fwd.grad)
-    with jax.enable_x64(True):
-        split64 = Split(*[_to64(p) for p in diabetes])
-        _, g64, _, _ = _three_ways(_model64(model), hp, split64, "mse", None)
+    _, g64, _, _ = _case_three_ways("linear-sgd-momentum", diabetes, iris)
     for n in rev.grad:
         # float32 rounding over 30 steps: observed ~1e-6 relative; 1e-4 leaves margin.
         np.testing.assert_allclose(rev.grad[n], g64[n], rtol=1e-4, atol=1e-7)
@@ -179,16 +181,15 @@ def test_remat_gives_the_same_gradient_and_run(diabetes):
     model = linear_regression(10)
     hp = LinearHP(learning_rate=0.1, l2=1e-2, momentum=0.5, steps=50, batch_size=32)
     plain = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
-    for k in (7, 50):  # 7 leaves a remainder of 1 step; 50 is one block
-        remat = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=k)
-        assert remat.value == plain.value
-        for n in plain.grad:
-            np.testing.assert_allclose(remat.grad[n], plain.grad[n], rtol=1e-6, atol=1e-9)
-    cfg = resolve_loop(hp, diabetes.sizes[0], 10, 1)
-    a = jax.jit(run_pure, static_argnums=(0, 1))(model, cfg, hp, diabetes.train,
+    remat = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=7)
+    assert remat.value == plain.value  # 7 blocks of 7 steps and a remainder of 1
+    for n in plain.grad:
+        np.testing.assert_allclose(remat.grad[n], plain.grad[n], rtol=1e-6, atol=1e-9)
+    # The forward run is unchanged, curves included (remat inside eval blocks).
+    a = jaxhp.train(model, hp, diabetes, key=KEY, eval_every=10)
+    cfg = resolve_loop(hp, diabetes.sizes[0], 10, 1)._replace(remat=3)
+    b = jax.jit(run_pure, static_argnums=(0, 1))(model, cfg, hp, diabetes.train,
                                                   diabetes.val, KEY)
-    b = jax.jit(run_pure, static_argnums=(0, 1))(model, cfg._replace(remat=3), hp,
-                                                  diabetes.train, diabetes.val, KEY)
     np.testing.assert_array_equal(a.loss_curve, b.loss_curve)
     np.testing.assert_array_equal(a.val_curve["mse"], b.val_curve["mse"])
     assert LoopConfig(10, None, None, None).remat is None
