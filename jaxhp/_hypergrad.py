@@ -59,6 +59,10 @@ class Hypergradient(NamedTuple):
         also ``stationarity`` (norm of the training-loss gradient at the
         trained parameters: the implicit gradient is exact when it is 0) and
         ``solver_residual`` (relative residual of the linear solve).
+
+    Example:
+      >>> hg = hypergradient(model, hp, split, key=key, objective="mse")
+      >>> hg.grad["l2"] if "l2" in hg.log_fields else None  # d mse / d log(l2)
     """
 
     value: jax.Array
