@@ -28,9 +28,13 @@ from jaxhp._hparams import HParamsError as HParamsError
 from jaxhp._hparams import stack as stack
 from jaxhp._hparams import static as static
 from jaxhp._hparams import tunable as tunable
+from jaxhp._hypergrad import Hypergradient as Hypergradient
+from jaxhp._hypergrad import hypergradient as hypergradient
 from jaxhp._io import FormatError as FormatError
 from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
+from jaxhp._online import HypergradientDescentState as HypergradientDescentState
+from jaxhp._online import hypergradient_descent as hypergradient_descent
 from jaxhp._result import Selection as Selection
 from jaxhp._result import SelectionError as SelectionError
 from jaxhp._result import SweepResult as SweepResult
@@ -44,6 +48,7 @@ from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
 from jaxhp._train import train as train
+from jaxhp._tune import tune_gradient as tune_gradient
 
 __version__ = "0.1.0"
 
@@ -55,6 +60,8 @@ __all__ = [
     "FormatError",
     "HParams",
     "HParamsError",
+    "Hypergradient",
+    "HypergradientDescentState",
     "Model",
     "ModelError",
     "Run",
@@ -72,6 +79,8 @@ __all__ = [
     "evaluate",
     "fixed",
     "grid",
+    "hypergradient",
+    "hypergradient_descent",
     "intrange",
     "loguniform",
     "models",
@@ -85,5 +94,6 @@ __all__ = [
     "sweep",
     "train",
     "tunable",
+    "tune_gradient",
     "uniform",
 ]

@@ -30,6 +30,11 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# Adam's sqrt(v) has an infinite derivative at v = 0 (a gradient coordinate exactly 0,
+# e.g. a zero-initialised bias on balanced classes): forward-mode hypergradients through
+# it are NaN. A tiny eps_root keeps them finite; in float32 it only moves second-moment
+# estimates below ~1e-22.
+_EPS_ROOT = 1e-30
 
 
 def make_optimizer(name: str, learning_rate, *, momentum=0.0,
@@ -54,13 +59,13 @@ def make_optimizer(name: str, learning_rate, *, momentum=0.0,
             return sgd
         return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
     if name == "adam":
-        adam = optax.adam(learning_rate)
+        adam = optax.adam(learning_rate, eps_root=_EPS_ROOT)
         if weight_decay is None:
             return adam
         return optax.chain(optax.add_decayed_weights(weight_decay), adam)
     if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=0.0 if weight_decay is None
-                           else weight_decay)
+        return optax.adamw(learning_rate, eps_root=_EPS_ROOT,
+                           weight_decay=0.0 if weight_decay is None else weight_decay)
     raise ValueError(f"`optimizer`={name!r}: must be one of {list(OPTIMIZERS)}")
 
 
