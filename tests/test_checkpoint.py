@@ -201,3 +201,56 @@ def test_memory_budget_sets_the_chunk_count(diabetes):
     assert result.groups[0]["chunk_size"] == 250
     assert result.groups[0]["n_chunks"] == 20
     assert result.loss_curve.shape == (5000, 1, 0)
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that loading executed code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tamper(stem, arrays):
+    """Replaces stem.npz by ``arrays`` and fixes the checksum in stem.json."""
+    import io
+
+    from jaxhp._io import sha256
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    stem.with_suffix(".npz").write_bytes(buf.getvalue())
+    header = json.loads(stem.with_suffix(".json").read_text())
+    header["npz_sha256"] = sha256(buf.getvalue())
+    stem.with_suffix(".json").write_text(json.dumps(header))
+
+
+def test_pickled_payload_is_refused_and_executes_nothing(diabetes, tmp_path):
+    result = run(diabetes)
+    result.save(tmp_path / "r")
+    trap = tmp_path / "pwned"
+    _tamper(tmp_path / "r", {"status": np.array([_Trap(trap)], dtype=object)})
+    with pytest.raises(jaxhp.FormatError, match=r"r.npz: holds a pickled object"):
+        jaxhp.SweepResult.load(tmp_path / "r")
+    assert not trap.exists()
+    # the same for a checkpoint chunk
+    ck = tmp_path / "ck"
+    run(diabetes, ck)
+    _tamper(ck / "chunk-0-0", {"x": np.array([_Trap(trap)], dtype=object)})
+    with pytest.raises(jaxhp.FormatError, match=r"chunk-0-0.npz: holds a pickled object"):
+        run(diabetes, ck)
+    assert not trap.exists()
+
+
+def test_results_file_of_another_format_version_is_refused(diabetes, tmp_path):
+    run(diabetes).save(tmp_path / "r")
+    header = json.loads((tmp_path / "r.json").read_text())
+    header["format_version"] = 99
+    (tmp_path / "r.json").write_text(json.dumps(header))
+    with pytest.raises(jaxhp.FormatError, match=r"r.json: format version 99 is not supported"):
+        jaxhp.SweepResult.load(tmp_path / "r")
+    (tmp_path / "r.json").write_text('{"format": "sweep-res')
+    with pytest.raises(jaxhp.FormatError, match=r"r.json: not valid JSON"):
+        jaxhp.SweepResult.load(tmp_path / "r")
