@@ -155,21 +155,23 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         return metrics_fn(model, params, val_part, hp)
 
     carry = (state, jnp.asarray(-1, jnp.int32))
-    every = cfg.eval_every or cfg.steps
-    n_blocks, rem = divmod(cfg.steps, every)
+    if cfg.eval_every:
+        n_blocks, rem = divmod(cfg.steps, cfg.eval_every)
 
-    def outer(carry, b):
-        carry, losses = block(carry, b * every, every)
-        return carry, (losses, evaluate(carry[0].params))
+        def outer(carry, b):
+            carry, losses = block(carry, b * cfg.eval_every, cfg.eval_every)
+            return carry, (losses, evaluate(carry[0].params))
 
-    carry, (losses, val_curve) = jax.lax.scan(
-        outer, carry, jnp.arange(n_blocks, dtype=jnp.int32))
-    losses = losses.reshape(-1)
-    if rem:
-        carry, tail = block(carry, n_blocks * every, rem)
-        losses = jnp.concatenate([losses, tail])
-    if not cfg.eval_every:
-        val_curve = jax.tree_util.tree_map(lambda v: v[:0], val_curve)
+        carry, (losses, val_curve) = jax.lax.scan(
+            outer, carry, jnp.arange(n_blocks, dtype=jnp.int32))
+        losses = losses.reshape(-1)
+        if rem:
+            carry, tail = block(carry, n_blocks * cfg.eval_every, rem)
+            losses = jnp.concatenate([losses, tail])
+    else:  # no curve: evaluate once, at the end
+        carry, losses = block(carry, 0, cfg.steps)
+        val_curve = jax.tree_util.tree_map(
+            lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, state.params))
     state, dead_at = carry
     train_loss = loss_fn(model, state.params, train_part, hp)[0]
     return Run(state, train_loss, evaluate(state.params),
