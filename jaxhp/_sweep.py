@@ -39,22 +39,25 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 DEFAULT_MAX_CHUNK = 512
 
 
-def _settings_from(space, model: Model, base: HParams | None) -> list[HParams]:
+def settings_from(space, model: Model, base: HParams | None,
+                  caller: str = "sweep") -> list[HParams]:
+    """The settings of a space, a list of settings, or a (batched) setting."""
     if isinstance(space, HParams):
-        space = [space]
+        space = [space[i] for i in range(len(space))] if space.batch_shape else [space]
     if isinstance(space, (list, tuple)):
         settings = list(space)
         for i, s in enumerate(settings):
             if not isinstance(s, HParams) or s.batch_shape:
-                raise TypeError(f"settings[{i}] must be one HParams setting, got {s!r}")
+                raise TypeError(f"{caller}(): settings[{i}] must be one HParams setting, "
+                                f"got {s!r}")
         return settings
+    if not hasattr(space, "settings"):
+        raise TypeError(f"{caller}(): expected a search space, a list of HParams or a "
+                        f"batched HParams, got {type(space).__name__}")
     cls = type(base) if base is not None else model.hparams
     if cls is None:
-        raise ValueError("sweep(): the model has no `hparams` class; pass "
+        raise ValueError(f"{caller}(): the model has no `hparams` class; pass "
                          "`base=YourHParams(...)` or a list of settings")
-    if not hasattr(space, "settings"):
-        raise TypeError(f"sweep(): expected a search space or a list of HParams, "
-                        f"got {type(space).__name__}")
     return space.settings(cls, base=base)
 
 
@@ -256,7 +259,7 @@ def sweep(
     if on_error not in ("record", "raise"):
         raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
     seed_ids = _check_args(seeds, chunk_size, memory_budget)
-    settings = _settings_from(space, model, base)
+    settings = settings_from(space, model, base)
     if not settings:
         raise ValueError("sweep(): the space has no settings")
     n_train = check_split(split)[0]

@@ -37,28 +37,10 @@ from jaxhp._hypergrad import (
 )
 from jaxhp._model import Model
 from jaxhp._result import SweepResult
+from jaxhp._sweep import settings_from
 from jaxhp._train import resolve_loop, validate
 
 _BIG = 1e30
-
-
-def _starts_from(starts, model: Model, base: HParams | None) -> list[HParams]:
-    if isinstance(starts, HParams):
-        return [starts] if not starts.batch_shape else [starts[i] for i in range(len(starts))]
-    if isinstance(starts, (list, tuple)):
-        out = list(starts)
-        for i, s in enumerate(out):
-            if not isinstance(s, HParams) or s.batch_shape:
-                raise TypeError(f"starts[{i}] must be one HParams setting, got {s!r}")
-        return out
-    if hasattr(starts, "settings"):
-        cls = type(base) if base is not None else model.hparams
-        if cls is None:
-            raise ValueError("tune_gradient(): the model has no `hparams` class; pass "
-                             "`base=YourHParams(...)` or a list of settings")
-        return starts.settings(cls, base=base)
-    raise TypeError(f"`starts`: expected a search space, a list of HParams or a batched "
-                    f"HParams, got {type(starts).__name__}")
 
 
 def _nudge(b: float, up: bool) -> float:
@@ -210,7 +192,7 @@ def tune_gradient(
         raise ValueError(f"`seeds`={seeds!r}: must be an integer >= 1")
     if keep not in ("final", "best"):
         raise ValueError(f"`keep`={keep!r}: must be 'final' or 'best'")
-    settings = _starts_from(starts, model, base)
+    settings = settings_from(starts, model, base, caller="tune_gradient")
     if not settings:
         raise ValueError("tune_gradient(): no starting settings")
     first = settings[0]
