@@ -1,7 +1,9 @@
 """One training run: ``init -> lax.scan(step) -> evaluate``, pure and vmappable.
 
 :func:`run_pure` is the run as a pure function of ``(hp, train, val, key)``;
-it knows nothing about sweeps, so the sweep engine simply ``vmap``s it.
+it knows nothing about sweeps, so the sweep engine simply ``vmap``s it. It is
+:func:`start` (the initial carry) then :func:`advance` (the scan of steps),
+which adaptive searches use to continue a run from its carried state.
 :func:`train` is the user-facing, validated, jit-compiled single run.
 """
 
@@ -122,13 +124,23 @@ def _remat_scan(step, carry, start, length: int, k: int):
     return carry, ys
 
 
-def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
-             key: jax.Array) -> Run:
-    """One training run as a pure function (no validation; see :func:`train`)."""
-    init_key, data_key, noise_key = (jax.random.fold_in(key, i) for i in (INIT, DATA, NOISE))
+def start(model: Model, hp: HParams, key: jax.Array):
+    """The carry of a run before its first step: ``(TrainState, dead_at=-1)`` (pure)."""
+    params = model.init(jax.random.fold_in(key, INIT), hp)
+    state = TrainState(jnp.asarray(0, jnp.int32), params, model.optimizer(hp).init(params))
+    return state, jnp.asarray(-1, jnp.int32)
+
+
+def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: jax.Array,
+            start_step, n_steps: int):
+    """Continues a run from its carry by steps ``start_step .. start_step + n_steps - 1``.
+
+    Pure. Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only,
+    so ``k`` steps then ``k`` more equal ``2k`` steps bit for bit. Only
+    ``cfg.batch_size`` and ``cfg.remat`` are read. Returns ``(carry, losses)``.
+    """
+    data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
-    params = model.init(init_key, hp)
-    state = TrainState(jnp.asarray(0, jnp.int32), params, opt.init(params))
 
     def step(carry, t):
         state, dead_at = carry
@@ -146,15 +158,22 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         dead_at = jnp.where(healthy & ~ok, t, dead_at)
         return (state, dead_at), jnp.where(keep, loss, jnp.nan)
 
-    def block(carry, start, length):
-        if cfg.remat and cfg.remat < length:
-            return _remat_scan(step, carry, start, length, cfg.remat)
-        return jax.lax.scan(step, carry, start + jnp.arange(length, dtype=jnp.int32))
+    if cfg.remat and cfg.remat < n_steps:
+        return _remat_scan(step, carry, start_step, n_steps, cfg.remat)
+    return jax.lax.scan(step, carry, start_step + jnp.arange(n_steps, dtype=jnp.int32))
+
+
+def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
+             key: jax.Array) -> Run:
+    """One training run as a pure function (no validation; see :func:`train`)."""
+
+    def block(carry, start_step, length):
+        return advance(model, cfg, hp, carry, train_part, key, start_step, length)
 
     def evaluate(params):
         return metrics_fn(model, params, val_part, hp)
 
-    carry = (state, jnp.asarray(-1, jnp.int32))
+    carry = start(model, hp, key)
     if cfg.eval_every:
         n_blocks, rem = divmod(cfg.steps, cfg.eval_every)
 
@@ -171,7 +190,7 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     else:  # no curve: evaluate once, at the end
         carry, losses = block(carry, 0, cfg.steps)
         val_curve = jax.tree_util.tree_map(
-            lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, state.params))
+            lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0].params))
     state, dead_at = carry
     train_loss = loss_fn(model, state.params, train_part, hp)[0]
     return Run(state, train_loss, evaluate(state.params),
