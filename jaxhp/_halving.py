@@ -138,8 +138,9 @@ def _halve(model, cfg, settings, offset, budgets, eta, split, key, seed_ids, met
 def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode, who):
     seed_ids = _check_args(seeds, None, None)
     settings = population(space, model, base, who)
-    max_steps = _check(eta, min_steps, settings, max_steps)
     n_train = check_split(split)[0]
+    resolve_loop(settings[0], n_train, None, None)  # a static `steps`, a valid batch size
+    max_steps = _check(eta, min_steps, settings, max_steps)
     settings = [s.replace(steps=max_steps) for s in settings]
     validate(model, settings[0], split)
     cfg = resolve_loop(settings[0], n_train, None, None)

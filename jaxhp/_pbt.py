@@ -288,6 +288,8 @@ def pbt(
     if len(settings) < 2:
         raise ValueError(f"pbt(): the population has {len(settings)} setting; exploit "
                          "needs at least 2")
+    n_train = check_split(split)[0]
+    resolve_loop(settings[0], n_train, None, None)  # a static `steps`, a valid batch size
     steps = check_int("steps", settings[0].steps if steps is None else steps, 1)
     check_int("ready_every", ready_every, 1, steps, why=" (the steps between ready points)")
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
@@ -295,7 +297,6 @@ def pbt(
                          "fraction copies from the top fraction)")
     cls = type(settings[0])
     spec, factors = _explore_spec(cls, fields, perturb)
-    n_train = check_split(split)[0]
     settings = [s.replace(steps=steps) for s in settings]
     validate(model, settings[0], split)
     cfg = resolve_loop(settings[0], n_train, None, None)
