@@ -66,6 +66,10 @@ class PBTResult(SweepResult):
       ready_steps: the steps of the ready points.
       ready_value: ``(n_settings, n_ready)`` the mean validation metric of each
         slot at each ready point, before exploit (NaN: diverged).
+
+    Example:
+      >>> result = jaxhp.pbt(model, space, split, key=key, ready_every=30)
+      >>> result.lineage[:, 0], result.schedule["learning_rate"][:, -1]
     """
 
     def ancestry(self, index: int) -> dict:
@@ -129,23 +133,31 @@ class PBTResult(SweepResult):
 
 
 def _explore_spec(cls, fields, perturb):
-    names = cls.tunable_names() if fields is None else tuple(fields)
-    if isinstance(fields, str):
-        names = (fields,)
+    every = cls.fields()
+    continuous = [n for n in cls.tunable_names()
+                  if not every[n].integer and every[n].choices is None]
+    if fields is None:
+        names = continuous
+    else:
+        names = (fields,) if isinstance(fields, str) else tuple(fields)
     spec = []
     for n in names:
-        f = cls.fields().get(n)
+        f = every.get(n)
         if f is None or not f.is_tunable:
             raise ValueError(f"`fields`: {n!r} is not a tunable field of {cls.__name__}"
                              f"{did_you_mean(n, cls.tunable_names())}; tunables are "
                              f"{list(cls.tunable_names())}")
+        if n not in continuous:
+            raise ValueError(f"`fields`: {n!r} is an integer or a choice among values; "
+                             "explore multiplies values, so it perturbs continuous "
+                             "fields only (it still copies this one)")
         lo, hi = natural_bounds(f)
         spec.append((n, float(lo), float(hi)))
     if not spec:
         raise ValueError("`fields` is empty: name at least one tunable field to perturb")
     try:
         factors = tuple(float(p) for p in perturb)
-    except TypeError:
+    except (TypeError, ValueError):
         factors = ()
     if not factors or not all(math.isfinite(p) and p > 0 for p in factors):
         raise ValueError(f"`perturb`={perturb!r}: must be a non-empty sequence of "
@@ -258,7 +270,8 @@ def pbt(
       ready_every: steps between ready points, in ``[1, steps]``.
       fraction: the share replaced at each ready point, in ``(0, 0.5]``.
       perturb: the factors explore draws from.
-      fields: the tunables to perturb (default: all); the others are copied.
+      fields: the tunables to perturb (default: every continuous one, i.e.
+        neither ``integer`` nor ``choices``); the others are only copied.
       metric, mode: the ranking rule (as in :meth:`SweepResult.best`).
       base: fills the fields the space leaves unset.
 
