@@ -22,6 +22,10 @@ from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
+from jaxhp._halving import hyperband as hyperband
+from jaxhp._halving import hyperband_brackets as hyperband_brackets
+from jaxhp._halving import rung_budgets as rung_budgets
+from jaxhp._halving import successive_halving as successive_halving
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
@@ -35,6 +39,8 @@ from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
 from jaxhp._online import HypergradientDescentState as HypergradientDescentState
 from jaxhp._online import hypergradient_descent as hypergradient_descent
+from jaxhp._pbt import PBTResult as PBTResult
+from jaxhp._pbt import pbt as pbt
 from jaxhp._result import Selection as Selection
 from jaxhp._result import SelectionError as SelectionError
 from jaxhp._result import SweepResult as SweepResult
@@ -64,6 +70,7 @@ __all__ = [
     "HypergradientDescentState",
     "Model",
     "ModelError",
+    "PBTResult",
     "Run",
     "Selection",
     "SelectionError",
@@ -79,18 +86,23 @@ __all__ = [
     "evaluate",
     "fixed",
     "grid",
+    "hyperband",
+    "hyperband_brackets",
     "hypergradient",
     "hypergradient_descent",
     "intrange",
     "loguniform",
     "models",
+    "pbt",
     "quasirandom",
     "random",
+    "rung_budgets",
     "sample_batch",
     "split_data",
     "stack",
     "standardize",
     "static",
+    "successive_halving",
     "sweep",
     "train",
     "tunable",
