@@ -50,7 +50,19 @@ def rss_bytes() -> int:
 
 
 def max_rss_bytes() -> int:
-    """Peak resident memory of this process so far (getrusage)."""
+    """Peak resident memory of this process so far.
+
+    Read from ``VmHWM`` (the high-water mark of this process's own memory map):
+    ``getrusage``'s ``ru_maxrss`` would also count the parent's memory, which a
+    child started by ``fork``/``vfork`` + ``exec`` inherits in that counter.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kb) * (1 if platform.system() == "Darwin" else 1024)
 
@@ -81,7 +93,8 @@ while True:
         todo, kids = children(pid), []
         while todo:
             c = todo.pop()
-            kids.append(c)
+            if c != os.getpid():  # not this monitor
+                kids.append(c)
             todo += children(c)
         last = now
     peak = max(peak, rss(pid) + sum(rss(c) for c in kids))

@@ -49,7 +49,7 @@ def copy_bandwidth(mbytes: int = 256, reps: int = 5) -> dict:
 
 
 def measure(quick: bool = False, gpu: bool = False) -> dict:
-    sizes = (512, 1024) if quick else ((2048, 4096, 8192) if gpu else (512, 1024, 2048))
+    sizes = (512, 1024) if quick else ((2048, 4096, 8192) if gpu else (1024, 2048, 4096))
     mm = matmul_gflops(sizes, reps=3 if quick else 5)
     bw = copy_bandwidth(32 if quick else (1024 if gpu else 256), reps=3 if quick else 5)
     return {"matmul_gflops": mm["gflops"], "matmul_by_size": mm["by_size"],

@@ -35,6 +35,11 @@ def run_job(job: dict) -> dict:
                 variant = "val_only" if comp == "vmap_val_only" else "curve"
                 prepared[comp] = jax_impls.prepare_vmap(task, n, variant, devices=devices)
         out = {"by_competitor": jax_impls.interleaved(prepared, reps)}
+    elif kind == "competitor":
+        # A per-setting or PyTorch competitor, alone in this process (its memory too).
+        from bench import run
+
+        out = run.run_competitor(job)
     elif kind == "jaxhp_memory":
         # One cold call, curves off: the peak memory of a very large sweep.
         import jaxhp
