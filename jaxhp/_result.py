@@ -63,61 +63,82 @@ def _mode(metric: str, mode: str | None) -> str:
 
 
 class _Builder:
-    """Accumulates chunk outputs of a sweep into a :class:`SweepResult`."""
+    """Accumulates chunk outputs of a sweep into a :class:`SweepResult`.
+
+    Chunks are kept as they come (leaves ``(seeds, m, ...)``) and scattered
+    into ``(settings, seeds, ...)`` arrays once, in :meth:`build`, with array
+    indexing: the cost does not grow with a Python loop over settings.
+    """
 
     def __init__(self, settings, seed_ids, **context):
         self.settings, self.seed_ids, self.context = settings, seed_ids, context
         n, s = len(settings), len(seed_ids)
-        self.rows: list[Any] = [None] * n
+        self.chunks: list[tuple[np.ndarray, Any]] = []
         self.errors = [""] * n
         self.groups: list[dict] = []
         self.shape = (n, s)
+        self._best: dict[tuple, tuple[int, float | None]] = {}
 
     def add(self, indices: Sequence[int], out, m: int) -> None:
-        # out leaves: (seeds, chunk, ...) -> per setting (seeds, ...)
-        for j, i in enumerate(indices[:m]):
-            self.rows[i] = jax.tree_util.tree_map(lambda a, j=j: np.asarray(a[:, j]), out)
+        """Adds a chunk: ``out`` leaves ``(seeds, chunk, ...)``, the first ``m`` real."""
+        idx = np.asarray(indices[:m], np.int64)
+        self.chunks.append((idx, jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :m], out)))
 
     def fail(self, indices: Sequence[int], message: str) -> None:
         for i in indices:
             self.errors[i] = message
-            self.rows[i] = None
 
     def best_so_far(self, metric: str, mode: str | None) -> float | None:
-        vals = [np.nanmean(r.val[metric]) for r in self.rows
-                if r is not None and metric in r.val and np.all(r.diverged_at < 0)]
-        vals = [v for v in vals if np.isfinite(v)]
-        if not vals:
-            return None
-        return (max if _mode(metric, mode) == "max" else min)(vals)
+        """The best mean-over-seeds metric of healthy settings so far (incremental)."""
+        sign = -1.0 if _mode(metric, mode) == "max" else 1.0
+        seen, best = self._best.get((metric, sign), (0, None))
+        for _, out in self.chunks[seen:]:
+            if metric not in out.val:
+                continue
+            v = np.asarray(out.val[metric], np.float64)
+            ok = np.all(out.diverged_at < 0, axis=0) & np.all(np.isfinite(v), axis=0)
+            if ok.any():
+                cand = float(np.min(sign * v.mean(axis=0)[ok]))
+                best = cand if best is None else min(best, cand)
+        self._best[(metric, sign)] = (len(self.chunks), best)
+        return None if best is None else sign * best
 
     def build(self) -> SweepResult:
         n, s = self.shape
-        done = [r for r in self.rows if r is not None]
-        metric_names = sorted(done[0].val) if done else []
-        t_len = max((r.loss_curve.shape[-1] for r in done), default=0)
-        e_len = max((next(iter(r.val_curve.values())).shape[-1] if r.val_curve else 0
-                     for r in done), default=0)
-        status = np.full((n, s), FAILED, dtype="<U8")
+        chunks = self.chunks
+        metric_names = sorted(chunks[0][1].val) if chunks else []
+        t_len = max((o.loss_curve.shape[-1] for _, o in chunks), default=0)
+        e_len = max((next(iter(o.val_curve.values())).shape[-1] if o.val_curve else 0
+                     for _, o in chunks), default=0)
+        done = np.zeros(n, bool)
         diverged_at = np.full((n, s), -1, np.int32)
         train_loss = np.full((n, s), np.nan, np.float32)
         val = {k: np.full((n, s), np.nan, np.float32) for k in metric_names}
         loss_curve = np.full((n, s, t_len), np.nan, np.float32)
         val_curve = {k: np.full((n, s, e_len), np.nan, np.float32) for k in metric_names}
-        for i, r in enumerate(self.rows):
-            if r is None:
-                continue
-            diverged_at[i] = r.diverged_at
-            status[i] = np.where(r.diverged_at >= 0, DIVERGED, OK)
-            train_loss[i] = r.train_loss
+        for idx, o in chunks:
+            done[idx] = True
+            diverged_at[idx] = o.diverged_at.T
+            train_loss[idx] = o.train_loss.T
+            loss_curve[idx, :, :o.loss_curve.shape[-1]] = np.swapaxes(o.loss_curve, 0, 1)
             for k in metric_names:
-                val[k][i] = r.val[k]
-                ev = r.val_curve[k]
-                val_curve[k][i, :, :ev.shape[-1]] = ev
-            loss_curve[i, :, :r.loss_curve.shape[-1]] = r.loss_curve
+                val[k][idx] = o.val[k].T
+                ev = o.val_curve[k]
+                val_curve[k][idx, :, :ev.shape[-1]] = np.swapaxes(ev, 0, 1)
+        done &= np.asarray([not e for e in self.errors], bool)
+        status = np.where(diverged_at >= 0, DIVERGED, OK).astype("<U8")
+        status[~done] = FAILED
+        for arr in (train_loss, loss_curve, *val.values(), *val_curve.values()):
+            arr[~done] = np.nan
+        diverged_at[~done] = -1
         params = None
-        if done and done[0].state is not None:
-            params = [None if r is None else r.state.params for r in self.rows]
+        if chunks and chunks[0][1].state is not None:
+            params = [None] * n
+            for idx, o in chunks:
+                for j, i in enumerate(idx):
+                    if done[i]:
+                        params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
+                                                           o.state.params)
         ctx = self.context
         devices = ctx.pop("devices")
         meta = {
