@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
     python -m bench            # full run on this machine (CPU: ~10 minutes on 2 cores)
     python -m bench --quick    # tiny N, seconds: a smoke test of every competitor
-    python -m bench --gpu      # bigger N, for a machine with an accelerator
+    python -m bench --gpu      # bigger N, for a machine with an accelerator (JAX with
+                               # CUDA installed; PyTorch runs on CUDA if its build has it)
 
 Prints a table and writes ``bench/results/bench-<mode>-<time>.json``
 (machine, versions, every measurement). See ``bench/README.md``.
@@ -45,14 +46,16 @@ MODES = {
                                   torch_func=256)),
                 chunks=[256, 512, 1024, 2048, 4096, 8192],
                 anchor=dict(ridge=1024, mlp=256), big=16384, small=16),
+    # On an accelerator: bigger N; the chunk sweep includes the CPU-tuned default (512)
+    # and one chunk for everything, so the run shows which max_chunk the device wants.
     "gpu": dict(ridge_n=[1024, 16384, 65536, 262144], mlp_n=[256, 1024, 4096],
                 reps=dict(ridge=3, mlp=2), memory_n=100_000, one_process=False,
                 repeat_under=3.0,
                 sub=dict(ridge=dict(jax_step_loop=16, jax_scan_loop=64, sklearn=64,
-                                    torch_loop=8, torch_func=65536, optuna=128),
+                                    torch_loop=8, torch_func=16384, optuna=128),
                          mlp=dict(jax_step_loop=4, jax_scan_loop=8, sklearn=16, torch_loop=4,
                                   torch_func=1024)),
-                chunks=[2048, 8192, 32768], anchor=dict(ridge=16384, mlp=1024),
+                chunks=[512, 4096, 32768, 262144], anchor=dict(ridge=16384, mlp=1024),
                 big=262144, small=1024),
 }
 
