@@ -8,6 +8,7 @@ objects, checked against a field's rule by the space that uses them.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import numbers
@@ -87,7 +88,7 @@ def _below(x: float) -> float:
 
 
 # ----------------------------------------------------------- distributions
-class Distribution:
+class Distribution(abc.ABC):
     """Base class of the one-field distributions a space draws values from.
 
     Subclasses are small frozen objects: ``sample_unit(u)`` maps a uniform
@@ -98,6 +99,7 @@ class Distribution:
       0.01
     """
 
+    @abc.abstractmethod
     def sample_unit(self, u: float) -> Any:
         """Maps ``u`` in ``[0, 1)`` to a value (``u`` uniform gives the distribution).
 
@@ -105,8 +107,8 @@ class Distribution:
           >>> intrange(1, 4).sample_unit(0.99)
           4
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description.
 
@@ -114,10 +116,10 @@ class Distribution:
           >>> uniform(0, 1).to_dict()
           {'type': 'uniform', 'low': 0.0, 'high': 1.0}
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _problems(self, name: str, f: Field) -> list[str]:
-        raise NotImplementedError
+        ...
 
 
 def _range_problems(d: Distribution, name: str, f: Field, ends, what: str) -> list[str]:

@@ -9,6 +9,7 @@ JSON-describable (``to_dict``), and are checked against a hyperparameter class
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import itertools
@@ -37,7 +38,7 @@ __all__ = ["Distribution", "Space", "SpaceError", "choice", "fixed", "grid", "in
 _METHODS = ("sobol", "halton")
 
 
-class Space:
+class Space(abc.ABC):
     """Base class of search spaces: a finite, ordered, immutable list of settings.
 
     Build spaces with :func:`grid`, :func:`random` and :func:`quasirandom`;
@@ -52,6 +53,7 @@ class Space:
     """
 
     @property
+    @abc.abstractmethod
     def fields(self) -> tuple[str, ...]:
         """The names of the fields the space sets, in order.
 
@@ -59,23 +61,24 @@ class Space:
           >>> grid(width=[64], depth=[1, 2]).fields
           ('width', 'depth')
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _assignments(self) -> list[dict[str, Any]]:
         """The settings as ``{field: value}`` dicts, in order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _parts(self) -> list[tuple[str, Distribution]]:
         """Every ``(field, distribution)`` pair the space uses."""
-        raise NotImplementedError
 
     def _branches(self) -> set[frozenset[str]]:
         """The distinct sets of fields its settings assign."""
         return {frozenset(self.fields)}
 
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable, stable description (equal spaces give equal dicts).
 
@@ -83,8 +86,8 @@ class Space:
           >>> grid(width=[64, 128]).to_dict()
           {'type': 'grid', 'axes': [{'field': 'width', 'type': 'choice', 'values': [64, 128]}]}
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe(self) -> str:
         """A one-line description that reads like the code building the space.
 
@@ -92,7 +95,6 @@ class Space:
           >>> (grid(width=[64, 128]) * random(4, l2=loguniform(1e-6, 1.0))).describe()
           'grid(width=[64, 128]) * random(4, seed=0, l2=loguniform(1e-06, 1.0))'
         """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return self.describe()
