@@ -8,7 +8,7 @@ Usage (from the repository root)::
                                # CUDA installed; PyTorch runs on CUDA if its build has it)
 
 Prints a table and writes ``bench/results/bench-<mode>-<time>.json``
-(machine, versions, every measurement). See ``bench/README.md``.
+(machine, versions, every measurement). See the README, "Benchmarks".
 """
 
 from __future__ import annotations
