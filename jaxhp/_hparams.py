@@ -226,6 +226,10 @@ def _check_static(name: str, f: Field, v: Any) -> str | None:
 
 def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
     """Converts a tunable value to a float32 array and checks it."""
+    if (type(v) is float or type(v) is int) and f.choices is None and abs(v) < 1e38:
+        arr = np.array(v, np.float32)  # the common case: one plain, in-range number
+        if f.check_number(float(arr)) is None:
+            return arr, None  # a broken rule is reported by the general path below
     if _is_tracer(v):
         return v, None
     if isinstance(v, (str, bytes)) or isinstance(v, bool) or v is None:
