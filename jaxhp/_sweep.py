@@ -119,7 +119,7 @@ def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
                 max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
     """Settings per chunk: from an explicit size, or the memory budget (a device multiple).
 
-    Automatic chunks are capped by ``max_chunk`` and the budget (on a CPU, also by
+    Automatic chunks are capped, per device, by ``max_chunk`` and the budget (on a CPU, also by
     :data:`DEFAULT_CACHE_BUDGET` unless a budget is given), then evened out so that
     the last chunk carries little padding.
     """
@@ -131,7 +131,10 @@ def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
         if memory_budget is None and jax.default_backend() == "cpu":
             budget = min(budget, DEFAULT_CACHE_BUDGET)
-        c = max(1, min(n_settings, max_chunk, budget // max(1, per_member * n_seeds)))
+        # max_chunk and the budgets hold per device: each device (a core on a CPU)
+        # computes its share of the chunk in its own cache and memory
+        c = max(1, min(n_settings, max_chunk * n_devices,
+                       n_devices * budget // max(1, per_member * n_seeds)))
         c = math.ceil(n_settings / math.ceil(n_settings / c))  # equal chunks
     return int(math.ceil(c / n_devices) * n_devices)
 
@@ -240,8 +243,9 @@ def sweep(
       chunk_size: settings per compiled call (each with all seeds); ``None``
         sizes it from ``memory_budget`` (capped at ``max_chunk``), ``"all"``
         runs a group in one call. The last chunk is padded (no recompile).
-      memory_budget: bytes of device memory a chunk may use (estimate).
-      max_chunk: the largest automatic chunk (smaller chunks stay in cache).
+      memory_budget: bytes of memory a chunk may use on each device (estimate).
+      max_chunk: the largest automatic chunk per device (smaller chunks stay in
+        cache); a chunk spans ``max_chunk * len(devices)`` settings at most.
       devices: devices to shard the population over (default: all local).
       keep_params: keep every member's trained parameters (host memory!).
       on_error: ``"record"`` marks a failing static group ``failed`` with its
