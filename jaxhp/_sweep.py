@@ -362,11 +362,13 @@ def _run_group(model, cfg, keep_params, settings, idx, c, split, key, seed_arr, 
     if mesh is not None:
         pop, rep = NamedSharding(mesh, P("pop")), NamedSharding(mesh, P())
         shared = jax.device_put(shared, rep)
+    structure = None
     for ci, start in enumerate(range(0, n, c)):
         chunk = _pad(group_hp[start:start + c], c)
         args = (chunk if mesh is None else jax.device_put(chunk, pop), *shared)
         if ckpt is not None and ckpt.has(gi, ci):
-            structure = jax.eval_shape(_population_fn(model, cfg, keep_params), *args)
+            if structure is None:  # equal shapes in every chunk: trace once per group
+                structure = jax.eval_shape(_population_fn(model, cfg, keep_params), *args)
             out = ckpt.load(gi, ci, structure)
             info["chunks_loaded"] += 1
         else:
