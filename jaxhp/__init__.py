@@ -8,6 +8,7 @@ so ``jax.vmap`` trains many settings in one compiled program.
 
 from jaxhp import datasets as datasets
 from jaxhp import models as models
+from jaxhp._checkpoint import CheckpointLocked as CheckpointLocked
 from jaxhp._checkpoint import CheckpointMismatch as CheckpointMismatch
 from jaxhp._data import DataError as DataError
 from jaxhp._data import Split as Split
@@ -49,6 +50,7 @@ from jaxhp._space import Space as Space
 from jaxhp._space import grid as grid
 from jaxhp._space import quasirandom as quasirandom
 from jaxhp._space import random as random
+from jaxhp._sweep import SweepWarning as SweepWarning
 from jaxhp._sweep import sweep as sweep
 from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
@@ -59,6 +61,7 @@ from jaxhp._tune import tune_gradient as tune_gradient
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointLocked",
     "CheckpointMismatch",
     "DataError",
     "Distribution",
@@ -78,6 +81,7 @@ __all__ = [
     "SpaceError",
     "Split",
     "SweepResult",
+    "SweepWarning",
     "TestReport",
     "TrainState",
     "check_split",

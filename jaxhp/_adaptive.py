@@ -20,7 +20,7 @@ import numpy as np
 from jaxhp._data import Split
 from jaxhp._hparams import HParams, did_you_mean
 from jaxhp._model import Model, metrics_fn
-from jaxhp._result import SelectionError, SweepResult, _metric_name
+from jaxhp._result import SelectionError, SweepResult, metric_name
 from jaxhp._sweep import settings_from
 from jaxhp._train import Run
 
@@ -59,7 +59,7 @@ def check_metric(model: Model, hp: HParams, split: Split, metric: str) -> str:
     """The validation metric's name (``val_`` prefix dropped); unknown names are refused."""
     params = jax.eval_shape(model.init, jax.random.key(0), hp)
     names = sorted(jax.eval_shape(lambda p: metrics_fn(model, p, split.val, hp), params))
-    name = _metric_name(metric)
+    name = metric_name(metric)
     if name not in names:
         raise SelectionError(f"unknown validation metric {metric!r}"
                              f"{did_you_mean(name, names)}; available: {names}")

@@ -4,14 +4,24 @@ A checkpoint folder holds ``manifest.json`` (the sweep's fingerprint and the
 list of finished chunks) and one ``chunk-G-C.npz`` + ``.json`` pair per
 finished chunk. A chunk file is complete before the manifest names it
 (temporary file, fsync, rename), so a sweep killed at any instant resumes from
-the chunks the manifest lists; leftover temporary files are removed.
-Resuming with a different fingerprint is refused, listing what differs.
+the chunks the manifest lists. Each chunk records its group, its index, a hash
+of the sweep's fingerprint and its arrays' shapes; loading checks all four.
+
+One process at a time: opening a folder takes ``jaxhp.lock`` (created with
+``O_CREAT | O_EXCL``, holding the holder's pid, host and start time); a lock of
+a dead process on this host is stale and taken over. Only then is the manifest
+compared with the sweep (a different fingerprint is refused, listing what
+differs) and, only then, are leftover temporary files removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +33,49 @@ from jaxhp._io import (
     FormatError,
     atomic_write_json,
     clean_tmp,
+    host_name,
     load_pair,
+    pair_paths,
+    pid_alive,
     save_pair,
 )
 
 MANIFEST = "manifest.json"
+LOCK = "jaxhp.lock"
+# Lock files this process holds ({path: token}): a lock naming this pid but absent
+# here was left by an earlier process that had the same pid (a restarted container).
+_HELD: dict[str, str] = {}
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint folder belongs to a different sweep; lists the differences."""
+
+
+class CheckpointLocked(RuntimeError):
+    """Another live process is using the checkpoint folder.
+
+    Two sweeps writing one folder would remove each other's temporary files and
+    overwrite each other's manifest, so the second one is refused. The message
+    names the folder, the holder's pid, host and start time, and how to remove
+    the lock if its holder is gone (a lock of a dead process on this host is
+    taken over automatically).
+
+    Attributes:
+      folder: the checkpoint folder.
+      holder: the lock's contents (``pid``, ``host``, ``started``), or ``None``
+        if the lock file is unreadable.
+
+    Example:
+      >>> try:
+      ...     jaxhp.sweep(model, space, split, key=key, checkpoint_dir="ckpt/")
+      ... except jaxhp.CheckpointLocked as e:
+      ...     print(e.holder["pid"], e.holder["host"])
+    """
+
+    def __init__(self, message: str, folder: Path | None = None,
+                 holder: dict | None = None):
+        super().__init__(message)
+        self.folder, self.holder = folder, holder
 
 
 def data_hash(split) -> str:
@@ -70,7 +114,7 @@ def fingerprint(*, space, settings, model_fp, split, seed_ids, key, loop, plan) 
         "static_values": sorted({json.dumps(s.statics(), sort_keys=True, default=_default)
                                  for s in settings}),
         "hparams": type(settings[0]).__module__ + "." + type(settings[0]).__qualname__,
-        "model": model_fp,
+        **model_fp,  # "model" (names) and one hash per function: "model.loss", ...
         "data_sha256": data_hash(split),
         "seeds": [int(s) for s in seed_ids],
         "key": np.asarray(jax.random.key_data(key)).tolist(),
@@ -91,12 +135,138 @@ def _differences(old: dict, new: dict) -> list[str]:
             sa, sb = json.dumps(a, sort_keys=True), json.dumps(b, sort_keys=True)
             if len(sa) > 120 or len(sb) > 120:
                 sa, sb = sa[:60] + "...", sb[:60] + "..."
-            out.append(f"`{k}`: checkpoint has {sa}, this sweep has {sb}")
+            why = (" (what the function computes changed: its code, a function it "
+                   "calls or a captured constant)" if k.startswith("model.") else "")
+            out.append(f"`{k}`: checkpoint has {sa}, this sweep has {sb}{why}")
     return out
 
 
+def fingerprint_hash(fp: dict) -> str:
+    """SHA-256 of a fingerprint's canonical JSON (recorded in every chunk file)."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, default=_default)
+                          .encode()).hexdigest()
+
+
+def _read_lock(path: Path, attempts: int = 40) -> tuple[dict | None, str | None]:
+    """The lock's contents and text; ``(None, None)`` if it vanished.
+
+    A holder writes its JSON right after creating the file, so an empty or
+    partial file is read again for a moment before it counts as unreadable
+    (``({}, text)``).
+    """
+    text = ""
+    for _ in range(attempts):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None, None
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            time.sleep(0.05)
+            continue
+        if isinstance(holder, dict):
+            return holder, text
+        break
+    return {}, text
+
+
+def _lock_key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _is_stale(path: Path, holder: dict) -> bool:
+    pid = holder.get("pid")
+    if holder.get("host") != host_name() or not isinstance(pid, int):
+        return False
+    if pid == os.getpid():  # ours only if this process took it
+        return _lock_key(path) not in _HELD
+    return not pid_alive(pid)
+
+
+def _take_over(path: Path, stale_text: str) -> None:
+    """Removes a stale lock, unless another process replaced it meanwhile."""
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # another process took it over first
+        return
+    try:
+        if aside.read_text() != stale_text:  # a live lock taken meanwhile: put it back
+            try:
+                os.link(aside, path)
+            except FileExistsError:  # pragma: no cover - a third process took it
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _locked_error(folder: Path, path: Path, holder: dict) -> CheckpointLocked:
+    if not holder:
+        return CheckpointLocked(
+            f"checkpoint folder {folder} is locked: {path} exists but is unreadable. If "
+            f"no sweep is using the folder, delete {path} and run again.", folder, None)
+    pid, host = holder.get("pid"), holder.get("host")
+    started = holder.get("started", "?")
+    if host == host_name():
+        gone = "if that process is not a jaxhp sweep (a reused pid)"
+    else:
+        gone = (f"this host ({host_name()!r}) cannot tell whether it is still alive: "
+                f"if no sweep is running on {host!r} any more")
+    return CheckpointLocked(
+        f"checkpoint folder {folder} is in use by another sweep: pid {pid} on host "
+        f"{host!r} (since {started}) holds {path}. Wait for it to finish or use another "
+        f"folder; {gone}, delete {path} and run again.", folder, holder)
+
+
+def acquire_lock(folder: Path) -> str:
+    """Takes ``folder/jaxhp.lock``; returns this holder's token.
+
+    Raises:
+      CheckpointLocked: a live process (or one on another host) holds it.
+    """
+    path = folder / LOCK
+    token = uuid.uuid4().hex
+    me = {"pid": os.getpid(), "host": host_name(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder, text = _read_lock(path)
+            if holder is None:  # released meanwhile: try again
+                continue
+            if not holder or not _is_stale(path, holder):
+                raise _locked_error(folder, path, holder) from None
+            _take_over(path, text)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        _HELD[_lock_key(path)] = token
+        return token
+    holder, _ = _read_lock(path)
+    raise _locked_error(folder, path, holder or {})
+
+
+def release_lock(path: Path, token: str) -> None:
+    """Removes the lock file if it is still this holder's (by token)."""
+    if _HELD.get(_lock_key(path)) == token:
+        del _HELD[_lock_key(path)]
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(holder, dict) and holder.get("token") == token:
+        path.unlink(missing_ok=True)
+
+
 class Checkpoint:
-    """A sweep's checkpoint folder (see the module docstring).
+    """A sweep's checkpoint folder (see the module docstring), locked while open.
+
+    Close it (or use it as a context manager) to release the lock; the lock is
+    also released when the object is collected or the interpreter exits.
 
     Args:
       folder: the folder (created if absent).
@@ -104,6 +274,7 @@ class Checkpoint:
       overwrite: discard an existing checkpoint instead of resuming it.
 
     Raises:
+      CheckpointLocked: another live process has the folder open.
       CheckpointMismatch: the folder holds another sweep's checkpoint.
       FormatError: the manifest is unreadable or of another format version.
     """
@@ -111,24 +282,42 @@ class Checkpoint:
     def __init__(self, folder, fp: dict, *, overwrite: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.removed_tmp = clean_tmp(self.folder)
-        self.fp = fp
-        path = self.folder / MANIFEST
-        self.done: dict[str, str] = {}
-        if path.exists() and not overwrite:
-            manifest = self._read_manifest(path)
-            diff = _differences(manifest["fingerprint"], fp)
-            if diff:
-                raise CheckpointMismatch(
-                    f"cannot resume from {self.folder}: it holds a different sweep:\n"
-                    + "\n".join(f"  - {d}" for d in diff)
-                    + "\nUse another folder, or pass overwrite=True to start afresh.")
-            self.done = dict(manifest["chunks"])
-        elif path.exists():
-            for p in self.folder.glob("chunk-*"):
-                p.unlink()
-            path.unlink()
-        self._write_manifest()
+        lock = self.folder / LOCK
+        self._release = weakref.finalize(self, release_lock, lock,
+                                         acquire_lock(self.folder))
+        try:
+            self.fp = fp
+            self.fp_sha256 = fingerprint_hash(fp)
+            path = self.folder / MANIFEST
+            self.done: dict[str, str] = {}
+            if path.exists() and not overwrite:  # compare before removing anything
+                manifest = self._read_manifest(path)
+                diff = _differences(manifest["fingerprint"], fp)
+                if diff:
+                    raise CheckpointMismatch(
+                        f"cannot resume from {self.folder}: it holds a different sweep:\n"
+                        + "\n".join(f"  - {d}" for d in diff)
+                        + "\nUse another folder, or pass overwrite=True to start afresh.")
+                self.done = dict(manifest["chunks"])
+            self.removed_tmp = clean_tmp(self.folder)
+            if overwrite:
+                for p in self.folder.glob("chunk-*"):
+                    p.unlink()
+                path.unlink(missing_ok=True)
+            self._write_manifest()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the folder's lock (idempotent)."""
+        self._release()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
@@ -161,17 +350,47 @@ class Checkpoint:
         name = self.name(group, chunk)
         leaves = jax.tree_util.tree_flatten_with_path(out)[0]
         arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
-        save_pair(self.folder / name, arrays, {"group": group, "chunk": chunk}, "chunk")
+        meta = {"group": group, "chunk": chunk, "sweep_sha256": self.fp_sha256,
+                "shapes": {k: list(v.shape) for k, v in arrays.items()}}
+        # a chunk file the manifest does not list yet (a killed run wrote it) is replaced
+        save_pair(self.folder / name, arrays, meta, "chunk", overwrite=True)
         self.done[name] = name
         self._write_manifest()
 
     def load(self, group: int, chunk: int, structure) -> Any:
-        """Loads a chunk's outputs into the tree structure of ``structure``."""
-        arrays, _ = load_pair(self.folder / self.name(group, chunk), "chunk")
+        """Loads a chunk's outputs into the tree structure of ``structure``.
+
+        Raises:
+          FormatError: naming the file, if it is unreadable, records another
+            group, chunk or sweep, or holds arrays of other names or shapes.
+        """
+        npz, js = pair_paths(self.folder / self.name(group, chunk))
+        arrays, meta = load_pair(self.folder / self.name(group, chunk), "chunk")
+        meta = meta if isinstance(meta, dict) else {}
+        where = (meta.get("group"), meta.get("chunk"))
+        if where != (group, chunk):
+            raise FormatError(f"{js}: holds chunk {where[1]!r} of group {where[0]!r}, "
+                              f"not chunk {chunk} of group {group}: the file was copied "
+                              "or renamed; delete it (it is then recomputed) or use "
+                              "overwrite=True")
+        if meta.get("sweep_sha256") != self.fp_sha256:
+            raise FormatError(f"{js}: written by another sweep (its fingerprint hash "
+                              f"{str(meta.get('sweep_sha256'))[:12]}... is not this "
+                              f"sweep's {self.fp_sha256[:12]}...); delete it (it is then "
+                              "recomputed) or use overwrite=True")
         paths = jax.tree_util.tree_flatten_with_path(structure)
-        keys = [jax.tree_util.keystr(p) for p, _ in paths[0]]
-        missing = [k for k in keys if k not in arrays]
-        if missing:
-            raise FormatError(f"{self.folder / self.name(group, chunk)}.npz lacks "
-                              f"arrays {missing[:3]}; it was written by another sweep")
-        return jax.tree_util.tree_unflatten(paths[1], [arrays[k] for k in keys])
+        expected = {jax.tree_util.keystr(p): tuple(leaf.shape) for p, leaf in paths[0]}
+        missing = [k for k in expected if k not in arrays]
+        extra = [k for k in arrays if k not in expected]
+        if missing or extra:
+            raise FormatError(f"{npz}: lacks arrays {missing[:3]} or holds unexpected "
+                              f"arrays {extra[:3]}; it was written by another sweep")
+        recorded = meta.get("shapes")
+        for k, shape in expected.items():
+            got = tuple(arrays[k].shape)
+            rec = recorded.get(k) if isinstance(recorded, dict) else None
+            if got != shape or rec is None or tuple(rec) != shape:
+                raise FormatError(f"{npz}: array `{k}` has shape {got} (recorded "
+                                  f"{rec}), this sweep expects {shape}; the file does not "
+                                  "belong to this sweep or chunk")
+        return jax.tree_util.tree_unflatten(paths[1], [arrays[k] for k in expected])

@@ -17,13 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxhp._hparams import Field, _check_static, _to_tunable
+from jaxhp._hparams import Field, _check_static, _to_tunable, tunable_dtype
 
 __all__ = ["Distribution", "SpaceError", "choice", "fixed", "intrange", "loguniform",
            "uniform"]
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 
 class SpaceError(ValueError):
     """A malformed search space, or one that does not fit its hyperparameter class.
@@ -133,8 +130,10 @@ def _range_problems(d: Distribution, name: str, f: Field, ends, what: str) -> li
                 f"use intrange(low, high) or choice([...]) {rule}"]
     out = []
     for label, v in ends:
-        if f.is_tunable and abs(v) > _FLOAT32_MAX:
-            out.append(f"`{name}`: {d!r} produces {label}, beyond the float32 range {rule}")
+        dtype = tunable_dtype()
+        if f.is_tunable and abs(v) > float(np.finfo(dtype).max):
+            out.append(f"`{name}`: {d!r} produces {label}, beyond the {dtype.name} range "
+                       f"{rule}")
             continue
         broken = f.check_number(v)
         if broken:
@@ -388,13 +387,16 @@ def _as_axis(kind: str, name: str, v: Any) -> Distribution:
 
 
 def _coerce(f: Field, v: Any) -> Any:
-    """Integral numbers for integer static fields; float32-safe floats for tunables."""
+    """Integral numbers for integer static fields; floats for tunables that stay valid
+    once rounded to :func:`~jaxhp._hparams.tunable_dtype`."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return v
     if f.is_static:
         return int(v) if f.integer and float(v).is_integer() else v
-    x = np.float32(v)
+    dt = tunable_dtype().type
+    x = dt(v)
     if f.check_number(float(x)) is None or f.check_number(float(v)) is not None:
         return float(x)
-    # Rounding to float32 reached an open bound the exact value respects: step back in.
-    return float(np.nextafter(x, np.float32(-np.inf if float(x) > v else np.inf)))
+    # Rounding to the tunable dtype reached an open bound the exact value respects:
+    # step back in.
+    return float(np.nextafter(x, dt(-np.inf if float(x) > v else np.inf)))

@@ -33,9 +33,9 @@ from jaxhp._adaptive import (
 from jaxhp._data import Split, check_split
 from jaxhp._hparams import HParams, stack
 from jaxhp._model import Model, loss_fn, metrics_fn
-from jaxhp._result import SweepResult, _mode
+from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._sweep import _check_args
-from jaxhp._train import LoopConfig, advance, resolve_loop, start, validate
+from jaxhp._train import LoopConfig, advance, check_key, resolve_loop, start, validate
 
 
 def rung_budgets(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -145,7 +145,7 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
     validate(model, settings[0], split)
     cfg = resolve_loop(settings[0], n_train, None, None)
     metric = check_metric(model, settings[0], split, metric)
-    return seed_ids, settings, max_steps, cfg, metric, _mode(metric, mode)
+    return seed_ids, settings, max_steps, cfg, metric, resolve_direction(model.directions, metric, mode)
 
 
 def successive_halving(
@@ -214,6 +214,7 @@ def successive_halving(
       >>> result.best("mse").setting.steps, result.meta["search"]["train_steps"]
       (500, 4740)
     """
+    key = check_key(key)
     seed_ids, settings, max_steps, cfg, metric, mode = _prepare(
         model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
         "successive_halving")
@@ -292,6 +293,7 @@ def hyperband(
       >>> result = hyperband(model, jaxhp.random(n, learning_rate=...), split,
       ...                    key=jax.random.key(0), min_steps=10, max_steps=90)
     """
+    key = check_key(key)
     seed_ids, settings, max_steps, cfg, metric, mode = _prepare(
         model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
         "hyperband")

@@ -3,8 +3,10 @@
 A *static* field is structural (a width, a number of steps, an optimizer
 name): it lives in the pytree's aux data, so it is a compile-time constant and
 a new value compiles a new program. A *tunable* field is a numeric scalar (a
-learning rate, an L2 strength): it is a float32 array leaf, traced under
-``jit``, batched under ``vmap`` and differentiable.
+learning rate, an L2 strength): it is a scalar array leaf of JAX's default
+float dtype (float32; float64 with ``jax_enable_x64``, see :func:`tunable_dtype`),
+traced under ``jit``, batched under ``vmap`` and differentiable. One setting
+holds one number per tunable; a batch of settings is built by :func:`stack`.
 
 The kind is *declared* where the field is declared, never guessed from the
 runtime type of a value.
@@ -26,6 +28,16 @@ import numpy as np
 STATIC = "static"
 TUNABLE = "tunable"
 _MISSING = object()
+
+
+def tunable_dtype() -> np.dtype:
+    """The dtype of tunable values: JAX's default float dtype, read when called.
+
+    float32, or float64 when ``jax_enable_x64`` is on (``JAX_ENABLE_X64=1``,
+    ``jax.config.update("jax_enable_x64", True)`` or ``with jax.enable_x64(True)``).
+    Settings take the dtype in force when they are built.
+    """
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
 class HParamsError(ValueError, TypeError):
@@ -84,7 +96,7 @@ class Field:
             parts.append("> 0 (log scale)")
         if self.integer:
             parts.append("an integer")
-        kind = "static" if self.is_static else "tunable float32 scalar"
+        kind = "static" if self.is_static else f"tunable {tunable_dtype().name} scalar"
         return f"{kind}" + (", " + ", ".join(parts) if parts else "")
 
     def check_number(self, v: float) -> str | None:
@@ -157,7 +169,7 @@ def tunable(
     choices: Sequence[float] | None = None,
     doc: str = "",
 ) -> Any:
-    """Declares a tunable (numeric) field: a traced float32 scalar leaf.
+    """Declares a tunable (numeric) field: a traced scalar leaf of :func:`tunable_dtype`.
 
     Args:
       default: the default value, a real number. Omit it to make the field
@@ -224,13 +236,26 @@ def _check_static(name: str, f: Field, v: Any) -> str | None:
     return None
 
 
+def _not_one_number(name: str, v: Any, shape: tuple) -> str:
+    return (f"`{name}`={_short(v)}: a tunable field takes one number per setting, got an "
+            f"array of shape {shape}; use jaxhp.stack([...]) for a batch")
+
+
 def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
-    """Converts a tunable value to a float32 array and checks it."""
+    """Converts one tunable value to a 0-d array of :func:`tunable_dtype` and checks it.
+
+    One setting takes one number per tunable (a Python or NumPy number, a 0-d
+    array); an array of any other shape is refused: batches are built by
+    :func:`stack`, never by construction.
+    """
+    dtype = tunable_dtype()
     if (type(v) is float or type(v) is int) and f.choices is None and abs(v) < 1e38:
-        arr = np.array(v, np.float32)  # the common case: one plain, in-range number
+        arr = np.array(v, dtype)  # the common case: one plain, in-range number
         if f.check_number(float(arr)) is None:
             return arr, None  # a broken rule is reported by the general path below
     if _is_tracer(v):
+        if v.shape != ():
+            return v, _not_one_number(name, v, tuple(v.shape))
         return v, None
     if isinstance(v, (str, bytes)) or isinstance(v, bool) or v is None:
         return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
@@ -242,16 +267,14 @@ def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
     if arr.dtype.kind not in "iuf":
         return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
                    f"got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    flat = np.asarray(arr, np.float64).ravel()
-    for x in flat:
-        broken = f.check_number(float(x))
-        if broken:
-            return arr, f"`{name}`={_short(float(x))}: {broken} (rule: {f.rule()})"
-    if f.choices is not None:
-        allowed = np.asarray(f.choices, np.float32)
-        if not np.all(np.isin(arr, allowed)):
-            return arr, f"`{name}`={_short(arr)}: must be one of {list(f.choices)}"
+    if arr.shape != ():
+        return v, _not_one_number(name, arr, arr.shape)
+    arr = arr.astype(dtype)
+    broken = f.check_number(float(arr))
+    if broken:
+        return arr, f"`{name}`={_short(float(arr))}: {broken} (rule: {f.rule()})"
+    if f.choices is not None and not np.isin(arr, np.asarray(f.choices, dtype)):
+        return arr, f"`{name}`={_short(arr)}: must be one of {list(f.choices)}"
     return arr, None
 
 
@@ -266,7 +289,9 @@ class HParams:
 
     Subclass it and declare each field with :func:`static` or :func:`tunable`.
     Instances are immutable, validated at construction, comparable, and JAX
-    pytrees: tunable fields are float32 leaves, static fields are aux data.
+    pytrees: tunable fields are array leaves of :func:`tunable_dtype` (float32,
+    float64 under ``jax_enable_x64``), static fields are aux data. Construction
+    takes one number per tunable field; :func:`stack` builds batches.
 
     Example:
       >>> class Ridge(HParams):
@@ -393,7 +418,7 @@ class HParams:
         return {n: getattr(self, n) for n in self._static_names}
 
     def tunables(self) -> dict[str, Any]:
-        """The tunable part, as a dict of float32 arrays."""
+        """The tunable part, as a dict of arrays (of :func:`tunable_dtype`)."""
         return {n: getattr(self, n) for n in self._tunable_names}
 
     def static_key(self) -> tuple:
@@ -420,10 +445,52 @@ class HParams:
             lambda x: x[index] if _is_tracer(x) else np.asarray(np.asarray(x)[index]), self)
 
     def replace(self, **changes: Any) -> HParams:
-        """Returns a copy with some fields changed, validated like construction."""
+        """Returns a copy with some fields changed, validated like construction.
+
+        On a batched setting (from :func:`stack`) each setting of the batch is
+        rebuilt and validated on its own, then the batch is stacked again: a
+        tunable change is one number (the same for every setting) or an array
+        of the batch's shape (one number per setting).
+
+        Example:
+          >>> hp.replace(learning_rate=0.3)
+          >>> batch.replace(l2=1e-2)  # every setting of the batch
+        """
+        shape = self.batch_shape
+        if shape:
+            return self._replace_batched(shape, changes)
         values = {n: getattr(self, n) for n in self._fields}
         values.update(changes)
         return type(self)(**values)
+
+    def _replace_batched(self, shape: tuple[int, ...], changes: dict) -> HParams:
+        cls = type(self)
+        tunables = {n: getattr(self, n) for n in self._tunable_names}
+        for n, v in changes.items():
+            if n in tunables:
+                if _is_tracer(v) or np.shape(v) not in ((), shape):
+                    raise HParamsError(cls.__name__, [
+                        f"`{n}`={_short(v)}: a batch of shape {shape} takes one number "
+                        f"(for every setting) or an array of shape {shape} (one per "
+                        f"setting), got shape {tuple(np.shape(v))}"])
+                tunables[n] = np.broadcast_to(np.asarray(v), shape)
+        if any(_is_tracer(v) for v in tunables.values()):
+            raise TypeError(f"replace() on a traced batch of {cls.__name__} settings "
+                            "cannot validate each setting; call it outside jit, or on "
+                            "one setting inside vmap")
+        statics = {n: changes.get(n, getattr(self, n)) for n in self._static_names}
+        unknown = {n: v for n, v in changes.items() if n not in self._fields}
+        out = []
+        for idx in np.ndindex(*shape):
+            values = {**statics, **unknown, **{n: np.asarray(v)[idx]
+                                               for n, v in tunables.items()}}
+            try:
+                out.append(cls(**values))
+            except HParamsError as e:
+                where = idx if len(idx) > 1 else idx[0]
+                raise HParamsError(cls.__name__, [f"setting {where} of the batch: {p}"
+                                                  for p in e.problems]) from None
+        return jax.tree_util.tree_map(lambda x: x.reshape(shape + x.shape[1:]), stack(out))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (floats for tunables of one setting), for JSON."""
@@ -505,4 +572,4 @@ def stack(settings: Sequence[HParams]) -> HParams:
                              f"fields ({'; '.join(diff)}); group settings by "
                              "static_key() first")
     return jax.tree_util.tree_map(
-        lambda *xs: np.stack([np.asarray(x, np.float32) for x in xs]), *settings)
+        lambda *xs: np.stack([np.asarray(x, tunable_dtype()) for x in xs]), *settings)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jaxhp._data import Split, part_size
 from jaxhp._hparams import HParams, did_you_mean
 from jaxhp._model import Model, loss_fn, metrics_fn
-from jaxhp._train import LoopConfig, resolve_loop, run_pure, validate
+from jaxhp._train import LoopConfig, check_key, resolve_loop, run_pure, validate
 
 MODES = ("reverse", "forward", "implicit")
 SOLVERS = ("cg", "neumann")
@@ -97,7 +97,7 @@ def from_coords(hp: HParams, z: dict[str, jax.Array]) -> HParams:
     for name, leaf in zip(type(hp).tunable_names(), leaves):
         if name in z:
             v = jnp.exp(z[name]) if fields[name].log else z[name]
-            new.append(jnp.asarray(v))  # z's dtype: float32 from to_coords
+            new.append(jnp.asarray(v))  # z's dtype: the tunable dtype, from to_coords
         else:
             new.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, new)
@@ -237,7 +237,8 @@ def _solve(hvp, b, solver: Solver):
         x, _ = jax.scipy.sparse.linalg.cg(op, b, maxiter=solver.steps, tol=1e-10)
         return x
     if solver.neumann_lr is not None:
-        alpha = jnp.asarray(solver.neumann_lr, jnp.float32)
+        alpha = jnp.asarray(solver.neumann_lr,
+                            jnp.result_type(*jax.tree_util.tree_leaves(b)))
     else:  # 1 / largest eigenvalue, by power iteration from b
         def power(v, _):
             hv = op(v)
@@ -385,6 +386,7 @@ def hypergradient(
       >>> hg.value, hg.grad["l2"]  # d mse / d log(l2)
     """
     check_mode(mode)
+    key = check_key(key)
     validate(model, hp, split)
     if hp.batch_shape:
         raise ValueError(f"hypergradient() takes one setting, got a batch of shape "

@@ -5,7 +5,12 @@ fsynced and renamed over the target, so a reader sees the old file or the new
 one, never half of one. A results pair is ``NAME.npz`` (arrays, loaded with
 ``allow_pickle=False``) plus ``NAME.json`` (metadata, written last, holding
 the format version and the SHA-256 of the ``.npz``): a truncated or tampered
-array file is refused by its checksum.
+array file is refused by its checksum. The suffixes are appended to the name,
+never substituted for its last dotted part, so ``runs/sweep_lr0.1`` and
+``runs/sweep_lr0.3`` are two pairs.
+
+Temporary files are named ``.jaxhp-tmp-PID@HOST~...``: the process that writes
+one is known, so a cleanup removes only its own and those of dead processes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,8 @@ import numpy as np
 
 FORMAT_VERSION = 1
 TMP_PREFIX = ".jaxhp-tmp-"
+PAIR_SUFFIXES = (".npz", ".json")
+_TMP_OWNER = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([^~]*)~")
 
 
 class FormatError(ValueError):
@@ -32,7 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -82,12 +91,36 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def pair_paths(stem: str | os.PathLike) -> tuple[Path, Path]:
+    """``(stem.npz, stem.json)``: suffixes appended, never replacing a dotted part.
+
+    A name already ending in ``.npz`` or ``.json`` has exactly that suffix
+    stripped first: ``runs/x``, ``runs/x.npz`` and ``runs/x.json`` are one pair;
+    ``runs/sweep_lr0.1`` gives ``runs/sweep_lr0.1.npz``.
+    """
+    text = os.fspath(stem)
+    for suffix in PAIR_SUFFIXES:
+        if text.endswith(suffix) and len(Path(text).name) > len(suffix):
+            text = text[:-len(suffix)]
+            break
+    return Path(text + ".npz"), Path(text + ".json")
+
+
 def save_pair(stem: str | os.PathLike, arrays: dict[str, np.ndarray],
-              meta: dict[str, Any], kind: str) -> tuple[Path, Path]:
-    """Saves ``stem.npz`` then ``stem.json`` (with version and checksum), atomically."""
-    stem = Path(stem)
+              meta: dict[str, Any], kind: str, *,
+              overwrite: bool = False) -> tuple[Path, Path]:
+    """Saves ``stem.npz`` then ``stem.json`` (with version and checksum), atomically.
+
+    Raises:
+      FileExistsError: either file exists and ``overwrite`` is false.
+    """
+    npz, js = pair_paths(stem)
+    if not overwrite:
+        for p in (npz, js):
+            if p.exists():
+                raise FileExistsError(f"{p} already exists; pass overwrite=True to "
+                                      "replace it, or save under another name")
     data = npz_bytes(arrays)
-    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
     atomic_write_bytes(npz, data)
     atomic_write_json(js, {"format": kind, "format_version": FORMAT_VERSION,
                            "npz_sha256": sha256(data), "meta": meta})
@@ -100,8 +133,7 @@ def load_pair(stem: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray]
     Raises:
       FormatError: naming the file and the problem.
     """
-    stem = Path(stem)
-    npz, js = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    npz, js = pair_paths(stem)
     for p in (npz, js):
         if not p.exists():
             raise FormatError(f"{p}: file not found")
@@ -129,12 +161,49 @@ def load_pair(stem: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray]
     return arrays, header["meta"]
 
 
+def host_name() -> str:
+    """This machine's host name (as recorded in locks and temporary file names)."""
+    return socket.gethostname()
+
+
+def _tmp_prefix() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", host_name())
+    return f"{TMP_PREFIX}{os.getpid()}@{host}~"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
 def clean_tmp(folder: str | os.PathLike) -> list[Path]:
-    """Removes leftover temporary files of killed writes; returns what it removed."""
+    """Removes leftover temporary files of killed writes; returns what it removed.
+
+    Only files of this process, of a dead process on this host, or of an older
+    jaxhp that did not name its writer: a live writer's file, or one written on
+    another host, is left alone. Call it while holding the folder's lock.
+    """
     folder = Path(folder)
     removed = []
-    if folder.is_dir():
-        for p in folder.glob(TMP_PREFIX + "*"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    if not folder.is_dir():
+        return removed
+    me, host = os.getpid(), re.sub(r"[^A-Za-z0-9._-]", "_", host_name())
+    for p in folder.glob(TMP_PREFIX + "*"):
+        owner = _TMP_OWNER.match(p.name)
+        if owner is not None:
+            pid = int(owner.group(1))
+            if owner.group(2) != host or (pid != me and pid_alive(pid)):
+                continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
     return removed

@@ -38,9 +38,9 @@ from jaxhp._adaptive import (
 from jaxhp._data import Split, check_split
 from jaxhp._hparams import HParams, did_you_mean, stack
 from jaxhp._model import Model, loss_fn, metrics_fn
-from jaxhp._result import Selection, SweepResult, TestReport, _mode
+from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._sweep import _check_args
-from jaxhp._train import advance, resolve_loop, start, validate
+from jaxhp._train import advance, check_key, resolve_loop, start, validate
 from jaxhp._tune import _project_host, natural_bounds
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
@@ -113,9 +113,7 @@ class PBTResult(SweepResult):
             raise ValueError("refit=True is not available for PBT: its parameters come "
                              "from a schedule of hyperparameters and copies; retrain "
                              "with `result.ancestry(i)` yourself if you need it")
-        if self._test_used and not allow_repeat:
-            raise RuntimeError("the test set was already evaluated for this result; pass "
-                               "allow_repeat=True if you really mean it")
+        self._check_test_unread(allow_repeat)  # a loaded result remembers its reads
         from jaxhp._train import evaluate
 
         model, split, _ = self._context(model, split)
@@ -126,10 +124,11 @@ class PBTResult(SweepResult):
         for p in params:
             for k, v in evaluate(model, p, hp, split.test).items():
                 per_seed.setdefault(k, []).append(float(v))
-        self._test_used = True
         arrays = {k: np.asarray(v) for k, v in per_seed.items()}
-        return TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
-                          False, params)
+        report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
+                            False, params)
+        self._record_test_read(report)
+        return report
 
 
 def _explore_spec(cls, fields, perturb):
@@ -188,13 +187,14 @@ def _program(model, cfg, k, n_int, rem, metric, mode, n_q, spec, factors):
         src = jnp.arange(n).at[bottom].set(top[pick])
         replaced = jnp.zeros(n, bool).at[bottom].set(True)
         new = jax.tree_util.tree_map(lambda a: a[src], hp)
-        table = jnp.asarray(factors, jnp.float32)
+        table = jnp.asarray(factors)
         changes = {}
         for i, (name, lo, hi) in enumerate(spec):
             f = table[jax.random.randint(jax.random.fold_in(key, i + 1), (n,), 0,
                                          len(factors))]
             v = getattr(new, name)
-            moved = jnp.clip(v * f, jnp.float32(lo), jnp.float32(hi))
+            moved = jnp.clip(v * f.astype(v.dtype), jnp.asarray(lo, v.dtype),
+                             jnp.asarray(hi, v.dtype))
             changes[name] = jnp.where(replaced, moved, v)
         leaves = [changes.get(n, getattr(new, n)) for n in type(hp).tunable_names()]
         return src, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(hp), leaves)
@@ -297,6 +297,7 @@ def pbt(
       >>> result.ancestry(i)["learning_rate"], result.evaluate_test("mse").metrics
     """
     seed_ids = _check_args(seeds, None, None)
+    key = check_key(key)
     settings = population(space, model, base, "pbt")
     if len(settings) < 2:
         raise ValueError(f"pbt(): the population has {len(settings)} setting; exploit "
@@ -314,7 +315,7 @@ def pbt(
     validate(model, settings[0], split)
     cfg = resolve_loop(settings[0], n_train, None, None)
     metric = check_metric(model, settings[0], split, metric)
-    mode = _mode(metric, mode)
+    mode = resolve_direction(model.directions, metric, mode)
     n = len(settings)
     n_q = max(1, int(fraction * n))
     n_int, rem = divmod(steps, ready_every)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from jaxhp._data import Split
-from jaxhp._hparams import HParams, did_you_mean
-from jaxhp._io import load_pair, save_pair
+from jaxhp._hparams import HParams, HParamsError, did_you_mean
+from jaxhp._io import FormatError, load_pair, pair_paths, save_pair
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
-HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "r2", "f1", "precision", "recall")
 
 
 class SelectionError(ValueError):
@@ -50,16 +49,39 @@ class TestReport(NamedTuple):
     params: list
 
 
-def _metric_name(metric: str) -> str:
+def metric_name(metric: str) -> str:
+    """A validation metric's name: the ``val_`` prefix, if any, dropped."""
     return metric[4:] if metric.startswith("val_") else metric
 
 
-def _mode(metric: str, mode: str | None) -> str:
-    if mode is None:
-        return "max" if _metric_name(metric) in HIGHER_IS_BETTER else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"`mode`={mode!r}: must be 'min' or 'max'")
-    return mode
+def resolve_direction(directions: Mapping[str, str], metric: str,
+                      mode: str | None = None) -> str:
+    """``"min"`` or ``"max"`` for ``metric``: ``mode`` if given, else as declared.
+
+    A metric's direction is declared on the model (``Model(directions=...)``),
+    never guessed from its name; only ``loss`` (the training objective)
+    defaults to ``"min"``.
+
+    Raises:
+      ValueError: ``mode`` is not ``"min"``/``"max"``.
+      SelectionError: the direction of ``metric`` is not declared.
+    """
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode`={mode!r}: must be 'min' or 'max'")
+        return mode
+    name = metric_name(metric)
+    if name == "loss":
+        return "min"
+    declared = dict(directions).get(name)
+    if declared is None:
+        raise SelectionError(
+            f"the direction of metric {name!r} is not declared, and jaxhp does not guess "
+            f"it from the name. Declare it on the model, e.g. "
+            f"jaxhp.Model(..., directions={{{name!r}: 'max'}}) if higher is better "
+            f"('min' if lower is better), or pass mode='max' / mode='min' here. "
+            f"Declared: {dict(directions) or 'none'}")
+    return declared
 
 
 class _Builder:
@@ -88,9 +110,12 @@ class _Builder:
         for i in indices:
             self.errors[i] = message
 
-    def best_so_far(self, metric: str, mode: str | None) -> float | None:
-        """The best mean-over-seeds metric of healthy settings so far (incremental)."""
-        sign = -1.0 if _mode(metric, mode) == "max" else 1.0
+    def best_so_far(self, metric: str, mode: str) -> float | None:
+        """The best mean-over-seeds metric of healthy settings so far (incremental).
+
+        ``mode`` is the resolved direction (see :func:`resolve_direction`).
+        """
+        sign = -1.0 if mode == "max" else 1.0
         seen, best = self._best.get((metric, sign), (0, None))
         for _, out in self.chunks[seen:]:
             if metric not in out.val:
@@ -140,7 +165,7 @@ class _Builder:
                         params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
                                                            o.state.params)
         ctx = self.context
-        devices = ctx.pop("devices")
+        devices = ctx["devices"]
         meta = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "jax_version": jax.__version__,
@@ -150,6 +175,7 @@ class _Builder:
             "platform": devices[0].platform,
             "n_devices": len(devices),
             "model": ctx["model"].name,
+            "directions": dict(ctx["model"].directions),
             "hparams": type(self.settings[0]).__qualname__,
             "key_impl": str(jax.random.key_impl(ctx["key"])),
             "key_data": np.asarray(jax.random.key_data(ctx["key"])).tolist(),
@@ -160,6 +186,22 @@ class _Builder:
             loss_curve=loss_curve, val_curve=val_curve, errors=np.asarray(self.errors),
             groups=self.groups, meta=meta, params=params, model=ctx["model"],
             split=ctx["split"], key=ctx["key"])
+
+
+def _masked_param(values: list) -> np.ma.MaskedArray:
+    """One ``param_<field>`` column as scikit-learn builds it: a masked array whose
+    dtype is inferred from the values, except strings and mixed values (object)."""
+    try:
+        arr = np.array(values)
+        dtype = arr.dtype if arr.dtype.kind not in "UO" and arr.ndim == 1 else object
+    except ValueError:
+        dtype = np.dtype(object)
+    if dtype is not object:
+        return np.ma.MaskedArray(np.asarray(values, dtype), mask=np.zeros(len(values), bool))
+    col = np.ma.MaskedArray(np.empty(len(values), dtype=object), mask=True)
+    for i, v in enumerate(values):  # element-wise: tuples stay whole
+        col[i] = v
+    return col
 
 
 def _version() -> str:
@@ -183,11 +225,16 @@ class SweepResult:
       errors: the error message of a failed setting's group, ``""`` otherwise.
       groups: per static group: statics, chunk size, compile and run seconds.
       meta: versions, device, key; recorded for reproducibility.
+      test_reads: one dict per test evaluation (:meth:`evaluate_test`): the
+        selection rule (``metric``, ``mode``, ``refit``), the selected
+        ``index`` and ``setting``, the test ``metrics`` (mean over seeds),
+        ``per_seed`` values, ``seed_ids`` and ``time``. Saved and loaded with
+        the result, so a loaded result still refuses a second look at test.
     """
 
     def __init__(self, *, settings, seed_ids, status, diverged_at, train_loss, val,
                  loss_curve, val_curve, errors, groups, meta, params=None, model=None,
-                 split=None, key=None):
+                 split=None, key=None, test_reads=None):
         self.settings = settings
         self.seed_ids = seed_ids
         self.status = status
@@ -201,7 +248,7 @@ class SweepResult:
         self.meta = meta
         self._params = params
         self._model, self._split, self._key = model, split, key
-        self._test_used = False
+        self.test_reads: list[dict] = [dict(r) for r in test_reads or []]
 
     builder = staticmethod(lambda settings, seed_ids, **ctx: _Builder(settings, seed_ids,
                                                                        **ctx))
@@ -238,13 +285,27 @@ class SweepResult:
         out[np.any(self.status == FAILED, axis=1)] = FAILED
         return out
 
+    @property
+    def directions(self) -> dict[str, str]:
+        """Each metric's declared direction (``"min"``/``"max"``), from the model."""
+        return dict(self.meta.get("directions", {}))
+
+    def _errors_note(self) -> str:
+        """The distinct group errors, quoted (for error messages)."""
+        errs = list(dict.fromkeys(str(e) for e in np.asarray(self.errors).ravel() if e))
+        if not errs:
+            return ""
+        more = f" (and {len(errs) - 1} other error(s) in result.errors)" if len(errs) > 1 \
+            else ""
+        return f". The sweep recorded failures; the first: {errs[0]}{more}"
+
     def metric(self, metric: str) -> np.ndarray:
         """A validation metric per member, ``(n_settings, n_seeds)``."""
-        name = _metric_name(metric)
+        name = metric_name(metric)
         if name not in self.val:
             raise SelectionError(f"unknown validation metric {metric!r}"
                                  f"{did_you_mean(name, list(self.val))}; available: "
-                                 f"{sorted(self.val)}")
+                                 f"{sorted(self.val)}{self._errors_note()}")
         return self.val[name]
 
     def aggregate(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -256,23 +317,39 @@ class SweepResult:
 
     # -------------------------------------------------------------- selection
     def _order(self, metric: str, mode: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-        mode = _mode(metric, mode)
+        self.metric(metric)  # an unknown metric is reported before its direction
+        mode = resolve_direction(self.directions, metric, mode)
         mean, _ = self.aggregate(metric)
         eligible = np.flatnonzero(np.isfinite(mean))
         if eligible.size == 0:
-            counts = {k: int(np.sum(self.setting_status() == k))
-                      for k in (DIVERGED, FAILED)}
-            raise SelectionError(
-                f"no setting can be selected: all {self.n_settings} settings have a "
-                f"diverged or failed member ({counts[DIVERGED]} diverged, "
-                f"{counts[FAILED]} failed); lower the learning rates or check errors")
+            raise SelectionError(self._why_none(metric))
         key = mean[eligible] if mode == "min" else -mean[eligible]
         order = eligible[np.argsort(key, kind="stable")]
         return order, mean, mode
 
+    def _why_none(self, metric: str) -> str:
+        """Why no setting is selectable on ``metric``: counts of each cause."""
+        st = self.setting_status()
+        v = self.metric(metric)
+        nonfinite = int(np.sum((st == OK) & ~np.all(np.isfinite(v), axis=1)))
+        parts = [f"{int(np.sum(st == DIVERGED))} diverged in training",
+                 f"{int(np.sum(st == FAILED))} failed (their group raised an error)",
+                 f"{nonfinite} trained without diverging but have a NaN/Inf validation "
+                 f"{metric_name(metric)!r}"]
+        hint = ""
+        if nonfinite:
+            hint = (f"; the metric function returns NaN/Inf on the validation split "
+                    f"(check model.metrics for {metric_name(metric)!r}, e.g. a division "
+                    "by zero or a log of 0)")
+        elif np.sum(st == DIVERGED) == self.n_settings:
+            hint = "; lower the learning rates"
+        return (f"no setting can be selected on {metric_name(metric)!r}: all "
+                f"{self.n_settings} settings are excluded: " + ", ".join(parts) + hint
+                + self._errors_note())
+
     def _selection(self, i: int, metric: str, mode: str) -> Selection:
         mean, std = self.aggregate(metric)
-        return Selection(int(i), self.settings[i], _metric_name(metric), mode,
+        return Selection(int(i), self.settings[i], metric_name(metric), mode,
                          float(mean[i]), float(std[i]), self.metric(metric)[i].copy())
 
     def best(self, metric: str = "loss", mode: str | None = None) -> Selection:
@@ -281,14 +358,17 @@ class SweepResult:
         Args:
           metric: a validation metric (``"mse"``, ``"accuracy"``; a ``val_``
             prefix is accepted).
-          mode: ``"min"`` or ``"max"``; default ``"max"`` for accuracy-like
-            names, else ``"min"``.
+          mode: ``"min"`` or ``"max"``; by default the direction the model
+            declares for ``metric`` (``Model(directions=...)``; ``loss`` is
+            ``"min"``). An undeclared direction is an error, never a guess.
 
         Returns:
           A :class:`Selection`.
 
         Raises:
-          SelectionError: unknown metric, or every setting diverged or failed.
+          SelectionError: unknown metric, undeclared direction, or no setting
+          selectable (all diverged, failed or with a NaN metric; the message
+          counts each and quotes the first recorded error).
 
         Example:
           >>> result.best("mse").setting
@@ -304,45 +384,79 @@ class SweepResult:
         return [self._selection(i, metric, mode) for i in order[:k]]
 
     def rank(self, metric: str = "loss", mode: str | None = None) -> np.ndarray:
-        """Rank per setting (1 = best); unselectable settings rank last."""
-        try:
-            order, _, _ = self._order(metric, mode)
-        except SelectionError:
-            order = np.zeros(0, np.int64)
-        ranks = np.full(self.n_settings, self.n_settings, np.int64)
-        ranks[order] = np.arange(1, order.size + 1)
-        return ranks
+        """Rank per setting, as scikit-learn's ``rank_test_<m>`` (int32, 1 = best).
+
+        Ties share the lowest rank (``[0.1, 0.2, 0.2, 0.3]`` ranks ``[1, 2, 2,
+        4]``); settings that cannot be selected (a diverged, failed or NaN
+        member) tie with each other after every selectable one.
+        """
+        self.metric(metric)
+        mode = resolve_direction(self.directions, metric, mode)
+        mean, _ = self.aggregate(metric)
+        ok = np.isfinite(mean)
+        score = np.where(ok, mean if mode == "min" else -mean, np.inf)
+        # the rank of x is 1 + the number of settings strictly better than x
+        srt = np.sort(score)
+        return (1 + np.searchsorted(srt, score, side="left")).astype(np.int32)
 
     # ----------------------------------------------------------------- export
     def _setting_dicts(self) -> list[dict]:
         return [s.to_dict() if isinstance(s, HParams) else dict(s) for s in self.settings]
 
-    def cv_results(self, metric: str = "loss", mode: str | None = None) -> dict[str, Any]:
-        """The results in scikit-learn's ``cv_results_`` layout (seeds as splits).
+    def cv_results(self, directions: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The results in scikit-learn's ``cv_results_`` layout, key for key.
 
-        Keys: ``params``, ``param_<field>``, ``mean_val_<m>``, ``std_val_<m>``,
-        ``split<k>_val_<m>`` (seed ``k``), ``rank_val_<metric>``,
-        ``mean_train_loss``, ``status``, ``mean_fit_time``.
+        pandas code written for ``GridSearchCV(...).cv_results_`` works
+        unchanged. As in scikit-learn's cross-validation, **"test" in these
+        keys means the held-out validation split** (``split.val``), never the
+        test split; the seeds play the role of the CV splits.
+
+        Keys, in scikit-learn's order: ``mean_fit_time``, ``std_fit_time``,
+        ``mean_score_time``, ``std_score_time``, ``param_<field>`` (masked
+        arrays), ``params`` (a list of dicts), then for **every** metric ``m``:
+        ``split<k>_test_<m>`` (seed ``k``), ``mean_test_<m>``,
+        ``std_test_<m>`` (over seeds, population std) and ``rank_test_<m>``
+        (int32, ties share the lowest rank). A setting with a diverged or
+        failed member has NaN mean and std and ranks last. Fit time is the
+        group's compiled run time shared equally by its members (they train
+        together, so it has no spread: std 0); validation metrics are computed
+        inside the same program, so score time is 0.
+
+        Args:
+          directions: directions for metrics the model does not declare
+            (``{"balanced_accuracy": "max"}``); every metric needs one, to rank.
+
+        Raises:
+          SelectionError: a metric without a declared direction.
+
+        Example:
+          >>> pd.DataFrame(result.cv_results()).sort_values("rank_test_mse")
         """
+        dirs = {**self.directions, **dict(directions or {})}
+        names = sorted(self.val)
+        missing = [m for m in names if m != "loss" and m not in dirs]
+        if missing:
+            raise SelectionError(
+                f"cv_results() ranks every metric, and the direction of {missing} is not "
+                "declared: declare it on the model (jaxhp.Model(..., directions={"
+                f"{missing[0]!r}: 'max'}})) or pass cv_results(directions={{...}})")
         dicts = self._setting_dicts()
-        out: dict[str, Any] = {"params": dicts}
-        for name in dicts[0]:
-            out[f"param_{name}"] = np.asarray([d[name] for d in dicts])
-        for m in sorted(self.val):
-            mean, std = self.aggregate(m)
-            out[f"mean_val_{m}"], out[f"std_val_{m}"] = mean, std
-            for k in range(self.n_seeds):
-                out[f"split{k}_val_{m}"] = self.val[m][:, k]
-        out[f"rank_val_{_metric_name(metric)}"] = self.rank(metric, mode)
-        healthy = self.status == OK
-        out["mean_train_loss"] = np.where(
-            healthy.all(axis=1),
-            np.where(healthy, self.train_loss, 0.0).mean(axis=1), np.nan)
-        out["status"] = self.setting_status()
         fit = np.zeros(self.n_settings)
         for g, idx in zip(self.groups, self._group_indices()):
-            fit[idx] = g["run_s"] / max(1, g["n_settings"])
-        out["mean_fit_time"] = fit
+            if len(idx):
+                fit[idx] = g["run_s"] / (len(idx) * self.n_seeds)
+        out: dict[str, Any] = {"mean_fit_time": fit, "std_fit_time": np.zeros_like(fit),
+                               "mean_score_time": np.zeros_like(fit),
+                               "std_score_time": np.zeros_like(fit)}
+        for name in (dicts[0] if dicts else {}):
+            out[f"param_{name}"] = _masked_param([d.get(name) for d in dicts])
+        out["params"] = dicts
+        for m in names:
+            mean, std = self.aggregate(m)
+            for k in range(self.n_seeds):
+                out[f"split{k}_test_{m}"] = self.val[m][:, k].astype(np.float64)
+            out[f"mean_test_{m}"], out[f"std_test_{m}"] = mean, std
+            out[f"rank_test_{m}"] = self.rank(m, dirs.get(m))
         return out
 
     def _group_indices(self) -> list[np.ndarray]:
@@ -355,14 +469,19 @@ class SweepResult:
                                    if tuple(sorted((n, d[n]) for n in names)) == k]))
         return out
 
-    def to_pandas(self, metric: str = "loss", mode: str | None = None):
-        """The ``cv_results`` table as a pandas DataFrame (needs ``jaxhp[table]``)."""
+    def to_pandas(self, directions: Mapping[str, str] | None = None):
+        """:meth:`cv_results` as a pandas DataFrame, plus a ``status`` column.
+
+        ``params`` is kept (a column of dicts), as with
+        ``pd.DataFrame(search.cv_results_)``. Needs ``jaxhp[table]``.
+        """
         try:
             import pandas as pd
         except ImportError as e:
             raise ImportError("to_pandas() needs pandas: pip install 'jaxhp[table]'") from e
-        cols = {k: v for k, v in self.cv_results(metric, mode).items() if k != "params"}
-        return pd.DataFrame(cols)
+        df = pd.DataFrame(self.cv_results(directions))
+        df["status"] = self.setting_status()
+        return df
 
     # -------------------------------------------------------- params and test
     def params(self, index: int, seed: int = 0, *, model=None, split: Split | None = None):
@@ -419,10 +538,7 @@ class SweepResult:
           >>> report = result.evaluate_test("mse")
           >>> report.metrics["mse"]
         """
-        if self._test_used and not allow_repeat:
-            raise RuntimeError("the test set was already evaluated for this sweep; a "
-                               "second look turns it into a validation set. Pass "
-                               "allow_repeat=True if you really mean it")
+        self._check_test_unread(allow_repeat)
         from jaxhp._train import evaluate, train
 
         model, split, key = self._context(model, split)
@@ -442,17 +558,53 @@ class SweepResult:
             params.append(run.state.params)
             for k, v in m.items():
                 per_seed.setdefault(k, []).append(float(v))
-        self._test_used = True
         arrays = {k: np.asarray(v) for k, v in per_seed.items()}
-        return TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
-                          refit, params)
+        report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
+                            refit, params)
+        self._record_test_read(report)
+        return report
+
+    def _check_test_unread(self, allow_repeat: bool) -> None:
+        """Refuses a second test evaluation (also of a saved and loaded result)."""
+        if self.test_reads and not allow_repeat:
+            first = self.test_reads[0]
+            raise RuntimeError(
+                "the test set was already evaluated for this sweep; a second look turns "
+                "it into a validation set. Pass allow_repeat=True if you really mean it "
+                f"({len(self.test_reads)} earlier read(s), the first on "
+                f"{first.get('time')}: metric {first.get('metric')!r}, setting "
+                f"{first.get('index')}; see result.test_reads)")
+
+    def _record_test_read(self, report: TestReport) -> None:
+        sel = report.selection
+        setting = self.settings[sel.index]
+        self.test_reads.append({
+            "metric": sel.metric, "mode": sel.mode, "refit": bool(report.refit),
+            "index": int(sel.index),
+            "setting": setting.to_dict() if isinstance(setting, HParams) else dict(setting),
+            "val": float(sel.value),
+            "metrics": {k: float(v) for k, v in report.metrics.items()},
+            "per_seed": {k: [float(x) for x in np.asarray(v)]
+                         for k, v in report.per_seed.items()},
+            "seed_ids": [int(x) for x in np.asarray(self.seed_ids)],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
 
     # ------------------------------------------------------------ persistence
-    def save(self, path) -> None:
+    def save(self, path, *, overwrite: bool = False) -> None:
         """Saves to ``path.npz`` + ``path.json`` atomically (plain arrays and JSON).
 
-        Parameters are not saved; the settings, statuses, metrics, curves,
-        groups and metadata are.
+        The suffixes are appended (``runs/lr0.1`` gives ``runs/lr0.1.npz``); a
+        path ending in ``.npz`` or ``.json`` names the same pair. Parameters are
+        not saved; the settings, statuses, metrics, curves, groups, metadata
+        and the record of test evaluations (:attr:`test_reads`) are.
+
+        Args:
+          path: the stem of the pair.
+          overwrite: replace an existing result of that name.
+
+        Raises:
+          FileExistsError: a result of that name exists and ``overwrite`` is false.
         """
         arrays = {"seed_ids": self.seed_ids, "status": self.status,
                   "diverged_at": self.diverged_at, "train_loss": self.train_loss,
@@ -463,8 +615,8 @@ class SweepResult:
             arrays[f"val_curve/{k}"] = v
         meta = {"result": self.meta, "groups": self.groups,
                 "settings": self._setting_dicts(),
-                "hparams": self.meta.get("hparams")}
-        save_pair(path, arrays, meta, "sweep-result")
+                "hparams": self.meta.get("hparams"), "test_reads": self.test_reads}
+        save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite)
 
     @classmethod
     def load(cls, path, hparams: type | None = None) -> SweepResult:
@@ -476,15 +628,40 @@ class SweepResult:
             (otherwise settings are plain dicts).
 
         Raises:
-          FormatError: a missing, truncated, tampered or pickled file.
+          FormatError: a missing, truncated, tampered or pickled file, or one
+            lacking a field (naming the file and the field).
         """
         arrays, meta = load_pair(path, "sweep-result")
-        settings = meta["settings"]
+        npz, js = pair_paths(path)
+
+        def need(where: dict, name: str, file, kind: type):
+            if not isinstance(where, dict) or name not in where:
+                raise FormatError(f"{file}: lacks the field `{name}`; the file is damaged "
+                                  "or was not written by SweepResult.save")
+            if not isinstance(where[name], kind):
+                raise FormatError(f"{file}: field `{name}` is a {type(where[name]).__name__}, "
+                                  f"expected a {kind.__name__}")
+            return where[name]
+
+        for name in ("seed_ids", "status", "diverged_at", "train_loss", "loss_curve",
+                     "errors"):
+            need(arrays, name, npz, np.ndarray)
+        settings = need(meta, "settings", js, list)
+        groups = need(meta, "groups", js, list)
+        result_meta = need(meta, "result", js, dict)
+        test_reads = meta.get("test_reads", []) if isinstance(meta, dict) else []
+        if not isinstance(test_reads, list):
+            raise FormatError(f"{js}: field `test_reads` is a {type(test_reads).__name__}, "
+                              "expected a list")
         if hparams is not None:
-            settings = [hparams.from_dict(d) for d in settings]
+            try:
+                settings = [hparams.from_dict(d) for d in settings]
+            except (HParamsError, TypeError) as e:
+                raise FormatError(f"{js}: a setting does not fit {hparams.__qualname__} "
+                                  f"(a field renamed or removed since it was saved?): "
+                                  f"{e}") from e
         val = {k[4:]: v for k, v in arrays.items() if k.startswith("val/")}
         val_curve = {k[10:]: v for k, v in arrays.items() if k.startswith("val_curve/")}
-        result_meta = meta["result"]
         key = None
         if "key_data" in result_meta:
             key = jax.random.wrap_key_data(np.asarray(result_meta["key_data"], np.uint32),
@@ -492,8 +669,8 @@ class SweepResult:
         return cls(settings=settings, seed_ids=arrays["seed_ids"], status=arrays["status"],
                    diverged_at=arrays["diverged_at"], train_loss=arrays["train_loss"],
                    val=val, loss_curve=arrays["loss_curve"], val_curve=val_curve,
-                   errors=arrays["errors"], groups=meta["groups"], meta=result_meta,
-                   key=key)
+                   errors=arrays["errors"], groups=groups, meta=result_meta,
+                   key=key, test_reads=test_reads)
 
     def __repr__(self) -> str:
         st = self.setting_status()

@@ -158,7 +158,8 @@ class Space(abc.ABC):
 
         Returns:
           ``len(self)`` instances in the space's order. Integer fields hold
-          Python ints, string choices stay strings, tunables are float32.
+          Python ints, string choices stay strings, tunables are 0-d arrays of
+          :func:`~jaxhp._hparams.tunable_dtype` (float32; float64 under x64).
 
         Raises:
           SpaceError: if :meth:`validate` fails or a setting breaks a cross-field

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +30,15 @@ from jaxhp._data import DataError, Split, check_split
 from jaxhp._hparams import HParams, HParamsError, stack
 from jaxhp._io import FormatError
 from jaxhp._model import Model, ModelError, metrics_fn, model_fingerprint
-from jaxhp._result import SweepResult
-from jaxhp._train import LoopConfig, eval_steps, resolve_loop, run_pure, validate
+from jaxhp._result import SweepResult, resolve_direction
+from jaxhp._train import (
+    LoopConfig,
+    check_key,
+    eval_steps,
+    resolve_loop,
+    run_pure,
+    validate,
+)
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 # On a CPU, automatic chunks also keep their estimated working set (member_bytes x
@@ -81,9 +89,11 @@ def _check_args(seeds, chunk_size, memory_budget) -> np.ndarray:
                 or chunk_size <= 0:
             raise ValueError(f"`chunk_size`={chunk_size!r}: must be a positive integer, "
                              "'all' or None (sized from the memory budget)")
-    if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"`memory_budget`={memory_budget!r}: must be a positive "
-                         "number of bytes")
+    if memory_budget is not None and (
+            not isinstance(memory_budget, (int, np.integer)) or isinstance(memory_budget, bool)
+            or memory_budget <= 0):
+        raise ValueError(f"`memory_budget`={memory_budget!r}: must be a positive integer "
+                         "number of bytes per device (e.g. 2 * 2**30 for 2 GiB) or None")
     return seed_ids.astype(np.uint32)
 
 
@@ -275,12 +285,21 @@ def sweep(
     if on_error not in ("record", "raise"):
         raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
     seed_ids = _check_args(seeds, chunk_size, memory_budget)
+    key = check_key(key)
+    if isinstance(max_chunk, bool) or not isinstance(max_chunk, (int, np.integer)) \
+            or max_chunk < 1:
+        raise ValueError(f"`max_chunk`={max_chunk!r}: must be a positive integer (the "
+                         "largest automatic chunk per device)")
+    if not (isinstance(select, (tuple, list)) and len(select) == 2):
+        raise ValueError(f"`select`={select!r}: must be a (metric, mode) pair, e.g. "
+                         "('accuracy', None); mode None uses the model's declared direction")
+    select = (select[0], resolve_direction(model.directions, *select))
     settings = settings_from(space, model, base)
     if not settings:
         raise ValueError("sweep(): the space has no settings")
     n_train = check_split(split)[0]
     groups = group_settings(settings)
-    cfgs, failures = [], {}
+    cfgs, failures, errors = [], {}, []
     for gi, idx in enumerate(groups):  # validate everything before anything compiles
         cfgs.append(resolve_loop(settings[idx[0]], n_train, eval_every, loss_every))
         try:
@@ -291,6 +310,7 @@ def sweep(
             if on_error == "raise":
                 raise
             failures[gi] = f"{type(e).__name__}: {e}"
+            errors.append(e)
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None
     healthy = [idx[0] for gi, idx in enumerate(groups) if gi not in failures]
@@ -314,7 +334,8 @@ def sweep(
                 "keep_params": keep_params}
         plan = [[len(p[0]), p[2], p[3]] for p in plans]
         ckpt = Checkpoint(checkpoint_dir, fingerprint(
-            space=space, settings=settings, model_fp=model_fingerprint(model),
+            space=space, settings=settings,
+            model_fp=model_fingerprint(model, [settings[i] for i in healthy], split.train),
             split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
             overwrite=overwrite)
     bar = _progress(sum(p[3] for p in plans), progress)
@@ -345,13 +366,38 @@ def sweep(
                 if on_error == "raise":
                     raise
                 msg = str(e) if isinstance(e, _GroupFailed) else f"{type(e).__name__}: {e}"
+                if not isinstance(e, _GroupFailed):
+                    errors.append(e)
                 builder.fail(idx, msg)
                 info["error"] = msg
             builder.groups.append(info)
     finally:
         if bar is not None:
             bar.close()
+        if ckpt is not None:  # release the folder's lock, whatever happened
+            ckpt.close()
+    _report_failures(builder.groups, errors)
     return builder.build()
+
+
+class SweepWarning(UserWarning):
+    """Some static groups of a sweep failed; the others' results are kept."""
+
+
+def _report_failures(groups: list[dict], errors: list[BaseException]) -> None:
+    """Warns when some static groups failed (quoting the first error); raises the first
+    error when every group failed, since no result is then left to select from."""
+    failed = [g for g in groups if g["error"]]
+    if not failed:
+        return
+    if len(failed) == len(groups) and errors:
+        raise errors[0]
+    statics = ", ".join(f"{k}={v!r}" for k, v in failed[0]["statics"].items())
+    warnings.warn(
+        f"{len(failed)} of {len(groups)} static group(s) of the sweep failed and are "
+        f"marked 'failed' in the result (never selected); the first ({statics}): "
+        f"{failed[0]['error']}. All messages: result.errors; on_error='raise' stops at "
+        "the first.", SweepWarning, stacklevel=3)
 
 
 def _run_group(model, cfg, keep_params, settings, idx, c, split, key, seed_arr, mesh,

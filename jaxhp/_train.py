@@ -229,7 +229,12 @@ def validate(model: Model, hp: HParams, split: Split) -> None:
     """Checks data and model functions once per (model, statics, shapes)."""
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be a jaxhp.HParams instance, got {type(hp).__name__}")
+    if model.hparams is not None and not isinstance(hp, model.hparams):
+        raise TypeError(f"the setting is a {type(hp).__qualname__}, but model "
+                        f"{model.name!r} takes {model.hparams.__qualname__}: build the "
+                        f"settings from {model.hparams.__qualname__} (or its subclass)")
     check_split(split)
+    check_model_data(model, split)
     one = hp[0] if hp.batch_shape else hp
     batch = abstract_batch(split.train)
     key = (model, jax.tree_util.tree_structure(one),
@@ -241,6 +246,47 @@ def validate(model: Model, hp: HParams, split: Split) -> None:
 
 
 _VALIDATED: set = set()
+
+
+def check_key(key, name: str = "key") -> jax.Array:
+    """``key`` as one typed PRNG key; anything else is refused, naming the argument.
+
+    A typed key (``jax.random.key(0)``) is returned as is; a legacy raw key
+    (``jax.random.PRNGKey(0)``, ``uint32[2]``) is wrapped with
+    ``jax.random.wrap_key_data``, which draws the same numbers.
+
+    Raises:
+      TypeError: an int, a float array, a batch of keys or any other value.
+    """
+    if isinstance(key, jax.core.Tracer):
+        return key
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise TypeError(f"`{name}`: expected one PRNG key, got a batch of keys of shape "
+                            f"{shape}; pass a single key such as jax.random.key(0)")
+        return key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and shape == (2,):
+        return jax.random.wrap_key_data(key)
+    got = type(key).__name__ + ("" if shape is None else f" of shape {shape}, dtype {dtype}")
+    hint = ""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        hint = f"; a seed is not a key: use {name}=jax.random.key({int(key)})"
+    raise TypeError(f"`{name}`={_short_repr(key)}: expected a JAX PRNG key such as "
+                    f"jax.random.key(0), got {got}{hint}")
+
+
+def _short_repr(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check_model_data(model: Model, split: Split) -> None:
+    """Runs the model's own data checks (``model.check_data``) on every part."""
+    if model.check_data is not None:
+        for name in ("train", "val", "test"):
+            model.check_data(getattr(split, name), name)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg"))
@@ -286,6 +332,7 @@ def train(
       ...             key=jax.random.key(0))
       >>> run.val["mse"]
     """
+    key = check_key(key)
     validate(model, hp, split)
     if hp.batch_shape:
         raise ValueError(f"train() takes one setting, got a batch of shape "
@@ -302,9 +349,17 @@ def _evaluate_jit(model, params, hp, part):
 def evaluate(model: Model, params, hp: HParams, part) -> dict[str, jax.Array]:
     """The model's metrics (``loss`` included) on any part of the data.
 
+    The model's data check (``model.check_data``) runs on ``part`` first,
+    naming it ``part`` (e.g. ``part["y"]``).
+
+    Raises:
+      DataError: ``part`` does not fit the model (before anything compiles).
+
     Example:
       >>> evaluate(model, run.state.params, hp, split.val)["mse"]
     """
+    if model.check_data is not None:
+        model.check_data(part, "part")
     return _evaluate_jit(model, params, hp, part)
 
 

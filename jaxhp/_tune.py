@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from jaxhp._data import Split, part_size
-from jaxhp._hparams import Field, HParams, stack
+from jaxhp._hparams import Field, HParams, stack, tunable_dtype
 from jaxhp._hypergrad import (
     _value_fn,
     check_mode,
@@ -38,7 +38,7 @@ from jaxhp._hypergrad import (
 from jaxhp._model import Model
 from jaxhp._result import SweepResult
 from jaxhp._sweep import settings_from
-from jaxhp._train import resolve_loop, validate
+from jaxhp._train import check_key, resolve_loop, validate
 
 _BIG = 1e30
 
@@ -64,14 +64,16 @@ def coord_bounds(f: Field) -> tuple[float, float]:
 
 
 def _project_host(value: float, f: Field) -> float:
-    """Clips one value into the field's range, as a float32 that validates."""
+    """Clips one value into the field's range, as a number of the tunable dtype that
+    validates."""
     lo, hi = natural_bounds(f)
-    v = np.float32(min(max(float(value), lo), hi))
-    for _ in range(8):  # float32 rounding may land on an open bound: step inside
+    dt = tunable_dtype().type
+    v = dt(min(max(float(value), lo), hi))
+    for _ in range(8):  # rounding may land on an open bound: step inside
         if f.check_number(float(v)) is None:
             break
         up = f.low is not None and float(v) <= f.low
-        v = np.nextafter(v, np.float32(np.inf if up else -np.inf))
+        v = np.nextafter(v, dt(np.inf if up else -np.inf))
     return float(v)
 
 
@@ -201,9 +203,15 @@ def tune_gradient(
             raise ValueError(f"starts[{i}] differs from starts[0] in its static fields "
                              f"({s.statics()} vs {first.statics()}); gradient-based tuning "
                              "runs one program: group the starts by static fields")
+    key = check_key(key)
     validate(model, first, split)
     names = resolve_wrt(type(first), wrt)
     check_objective(model, first, split, objective)
+    if isinstance(objective, str) and model.direction(objective) == "max":
+        raise ValueError(f"`objective`={objective!r}: the model declares it 'max' (higher "
+                         "is better), and tune_gradient minimises its objective; pass a "
+                         "metric to minimise (e.g. 'loss' or a cross entropy), or a "
+                         "callable(params, val_part, hp) returning minus the metric")
     cfg = resolve_loop(first, part_size(split.train), None, None)
     if mode == "reverse":
         cfg = cfg._replace(remat=resolve_remat(remat, cfg.steps))
@@ -213,8 +221,8 @@ def tune_gradient(
     batch = stack(settings)
     bounds = {n: coord_bounds(fields[n]) for n in names}
     z0 = {n: jnp.clip(v, *bounds[n]) for n, v in to_coords(batch, names).items()}
-    lo = {n: jnp.float32(b[0]) for n, b in bounds.items()}
-    hi = {n: jnp.float32(b[1]) for n, b in bounds.items()}
+    lo = {n: jnp.asarray(b[0], z0[n].dtype) for n, b in bounds.items()}
+    hi = {n: jnp.asarray(b[1], z0[n].dtype) for n, b in bounds.items()}
     keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(seeds, dtype=jnp.uint32))
     args = (model, cfg, objective, mode, slv, optimizer, steps, z0, lo, hi, batch,
             split.train, split.val, keys)

@@ -2,19 +2,25 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxhp
 from jaxhp import models
-from jaxhp._checkpoint import Checkpoint
+from jaxhp._checkpoint import LOCK, Checkpoint
+from jaxhp._io import _tmp_prefix, load_pair, save_pair
+from jaxhp._model import jaxpr_text, model_fingerprint
 
 KEY = jax.random.key(0)
 MODEL = models.linear_regression(10)
@@ -100,6 +106,7 @@ def test_resume_with_a_changed_sweep_is_refused(diabetes, tmp_path, change, fiel
     with pytest.raises(jaxhp.CheckpointMismatch, match=field) as e:
         run(diabetes, tmp_path, **change)
     assert "overwrite=True" in str(e.value)
+    assert not (tmp_path / LOCK).exists()  # a refused sweep releases the lock
     fresh = run(diabetes, tmp_path, overwrite=True, **change)
     assert fresh.groups[0]["chunks_loaded"] == 0
 
@@ -254,3 +261,211 @@ def test_results_file_of_another_format_version_is_refused(diabetes, tmp_path):
     (tmp_path / "r.json").write_text('{"format": "sweep-res')
     with pytest.raises(jaxhp.FormatError, match=r"r.json: not valid JSON"):
         jaxhp.SweepResult.load(tmp_path / "r")
+
+
+# ---------------------------------------------------------------- fingerprint (issue 9.3)
+def ridge(penalty="l2", scale=None):
+    """A ridge model whose function names never change; what ``loss`` computes does."""
+    scale = np.ones(10, np.float32) if scale is None else scale
+
+    def init(key, hp):
+        return {"w": jnp.zeros(10, jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+    def predict(params, x):
+        return x @ (params["w"] * scale) + params["b"]  # `scale`: a captured constant
+
+    def loss(params, batch, hp):
+        mse = jnp.mean((predict(params, batch["x"]) - batch["y"]) ** 2)
+        w = params["w"]
+        penalty_value = jnp.sum(w ** 2) if penalty == "l2" else jnp.sum(jnp.abs(w))
+        return 0.5 * mse + 0.5 * hp.l2 * penalty_value, {"mse": mse}
+
+    def metrics(params, batch, hp):
+        return {"mse": jnp.mean((predict(params, batch["x"]) - batch["y"]) ** 2)}
+
+    def optimizer(hp):
+        return optax.sgd(hp.learning_rate)
+
+    return jaxhp.Model(init, loss, optimizer, metrics, models.LinearHP, "ridge")
+
+
+RIDGE = ridge()
+SMALL = dict(key=KEY, seeds=1, base=models.LinearHP(steps=20), chunk_size=2)
+SMALL_SPACE = jaxhp.random(4, seed=3, learning_rate=jaxhp.loguniform(1e-3, 0.3))
+
+
+def test_edited_loss_or_captured_constant_is_refused_naming_the_function(diabetes, tmp_path):
+    first = jaxhp.sweep(RIDGE, SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
+    edited = ridge(penalty="l1")
+    fp = [model_fingerprint(m, [models.LinearHP(steps=20)], diabetes.train)
+          for m in (RIDGE, edited)]
+    assert fp[0]["model"] == fp[1]["model"]  # the same qualified names
+    with pytest.raises(jaxhp.CheckpointMismatch, match="`model.loss`") as e:
+        jaxhp.sweep(edited, SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
+    for unchanged in ("`model.init`", "`model.metrics`", "`model.optimizer`", "`model`:"):
+        assert unchanged not in str(e.value)
+    scale = np.ones(10, np.float32)
+    scale[3] = 2.0  # a closed-over array: a jaxpr constant, hashed by value
+    with pytest.raises(jaxhp.CheckpointMismatch, match="`model.loss`") as e:
+        jaxhp.sweep(ridge(scale=scale), SMALL_SPACE, diabetes, checkpoint_dir=tmp_path,
+                    **SMALL)
+    assert "`model.metrics`" in str(e.value)
+    rebuilt = jaxhp.sweep(ridge(), SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
+    assert rebuilt.groups[0]["chunks_loaded"] == 2 and rebuilt.groups[0]["chunks_computed"] == 0
+    assert_identical(first, rebuilt)
+
+
+FINGERPRINT = textwrap.dedent("""
+    import json, jax, numpy as np
+    from jaxhp import models
+    from jaxhp._model import model_fingerprint
+    batch = {"x": jax.ShapeDtypeStruct((50, 64), np.float32),
+             "y": jax.ShapeDtypeStruct((50,), np.int32)}
+    print(json.dumps([
+        model_fingerprint(models.mlp_classifier(64, 10),
+                          [models.MLPHP(width=8), models.MLPHP(width=8, depth=1)], batch),
+        model_fingerprint(models.linear_regression(64), [models.LinearHP()],
+                          {"x": batch["x"], "y": jax.ShapeDtypeStruct((50,), np.float32)}),
+    ]))
+""")
+
+
+def test_model_fingerprint_is_the_same_in_a_fresh_process():
+    child = subprocess.run([sys.executable, "-c", FINGERPRINT], capture_output=True,
+                           text=True, timeout=300, check=True)
+    batch = {"x": jax.ShapeDtypeStruct((50, 64), np.float32),
+             "y": jax.ShapeDtypeStruct((50,), np.int32)}
+    mlp = models.mlp_classifier(64, 10)
+    here = [model_fingerprint(mlp, [models.MLPHP(width=8), models.MLPHP(width=8, depth=1)],
+                              batch),
+            model_fingerprint(models.linear_regression(64), [models.LinearHP()],
+                              {"x": batch["x"], "y": jax.ShapeDtypeStruct((50,), np.float32)})]
+    assert json.loads(child.stdout) == here
+    assert all(len(fp[f"model.{f}"]) == 64 for fp in here
+               for f in ("init", "loss", "metrics", "optimizer"))
+    # the hashed text holds no memory address (jax.nn.relu is a custom_jvp function)
+    params = jax.eval_shape(mlp.init, KEY, models.MLPHP(width=8))
+    text = jaxpr_text(jax.make_jaxpr(jax.grad(lambda p, b: mlp.loss(p, b, models.MLPHP(
+        width=8), key=KEY)[0]))(params, batch))
+    assert "custom_jvp_call" in text and " at 0x" not in text
+
+
+# ------------------------------------------------------------ chunk identity (issue 9.4)
+def test_chunk_copied_into_another_slot_is_refused(diabetes, tmp_path):
+    run(diabetes, tmp_path)
+    for suffix in (".npz", ".json"):  # a consistent pair: the checksum matches
+        shutil.copy(tmp_path / f"chunk-0-1{suffix}", tmp_path / f"chunk-0-0{suffix}")
+    with pytest.raises(jaxhp.FormatError,
+                       match=r"chunk-0-0.json: holds chunk 1 of group 0, not chunk 0"):
+        run(diabetes, tmp_path)
+
+
+def test_chunk_of_another_sweep_is_refused(diabetes, tmp_path):
+    run(diabetes, tmp_path / "a")
+    run(diabetes, tmp_path / "b", key=jax.random.key(1))
+    for suffix in (".npz", ".json"):
+        shutil.copy(tmp_path / "b" / f"chunk-0-2{suffix}", tmp_path / "a" / f"chunk-0-2{suffix}")
+    with pytest.raises(jaxhp.FormatError, match=r"chunk-0-2.json: written by another sweep"):
+        run(diabetes, tmp_path / "a")
+
+
+def test_chunk_with_wrong_shapes_and_a_valid_checksum_is_refused(diabetes, tmp_path):
+    run(diabetes, tmp_path)
+    arrays, meta = load_pair(tmp_path / "chunk-0-0", "chunk")
+    arrays = {k: v[:, :2] for k, v in arrays.items()}  # 2 settings instead of 3
+    save_pair(tmp_path / "chunk-0-0", arrays, meta, "chunk", overwrite=True)
+    with pytest.raises(jaxhp.FormatError, match=r"chunk-0-0.npz: array `.*` has shape "
+                       r"\(2, 2"):
+        run(diabetes, tmp_path)
+
+
+# ---------------------------------------------------------- one process per folder (9.8)
+LOCKED_CHILD = textwrap.dedent("""
+    import sys, time
+    import jax
+    import jaxhp
+    from jaxhp import models
+    from jaxhp._checkpoint import Checkpoint
+    original = Checkpoint.save
+    def slow_save(self, *args):
+        original(self, *args)
+        time.sleep(0.3)
+    Checkpoint.save = slow_save
+    split = jaxhp.datasets.load("diabetes")
+    space = jaxhp.random(10, seed=3, learning_rate=jaxhp.loguniform(1e-3, 0.3),
+                         l2=jaxhp.loguniform(1e-4, 1.0))
+    r = jaxhp.sweep(models.linear_regression(10), space, split, key=jax.random.key(0),
+                    seeds=2, base=models.LinearHP(steps=40, batch_size=32), chunk_size=1,
+                    checkpoint_dir=sys.argv[1])
+    r.save(sys.argv[2])
+""")
+
+
+@pytest.mark.slow
+def test_second_process_on_a_checkpoint_folder_is_refused_and_the_first_completes(
+        diabetes, tmp_path):
+    folder = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", LOCKED_CHILD, str(folder),
+                             str(tmp_path / "child")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = folder / LOCK
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not lock.exists():
+        time.sleep(0.02)
+    assert lock.exists(), proc.communicate()[1].decode()
+    with pytest.raises(jaxhp.CheckpointLocked) as e:
+        run(diabetes, folder, chunk_size=1)
+    assert proc.poll() is None, "the child finished before the second sweep was refused"
+    msg = str(e.value)
+    assert str(folder) in msg and f"pid {proc.pid}" in msg and socket.gethostname() in msg
+    assert e.value.holder["pid"] == proc.pid and isinstance(e.value, RuntimeError)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert not lock.exists()  # released at the end of the sweep
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == sorted(f"chunk-0-{i}" for i in range(10))
+    child = jaxhp.SweepResult.load(tmp_path / "child")
+    assert_identical(child, run(diabetes, chunk_size=1))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(diabetes, tmp_path):
+    dead = _dead_pid()
+    (tmp_path / LOCK).write_text(json.dumps({"pid": dead, "host": socket.gethostname(),
+                                             "started": "2020-01-01T00:00:00+0000"}))
+    mine = _tmp_prefix()
+    theirs = tmp_path / (mine.replace(f"{os.getpid()}@", f"{dead}@") + "x")
+    live = tmp_path / (mine.replace(f"{os.getpid()}@", f"{os.getppid()}@") + "x")
+    theirs.write_bytes(b"half a chunk of a killed writer")
+    live.write_bytes(b"a live writer's file")
+    result = run(diabetes, tmp_path)
+    assert result.groups[0]["chunks_computed"] == 4
+    assert not (tmp_path / LOCK).exists()
+    assert not theirs.exists() and live.exists()  # only the dead writer's file is removed
+
+
+def test_lock_of_another_host_is_refused_with_how_to_remove_it(diabetes, tmp_path):
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+                                             "started": "2020-01-01T00:00:00+0000"}))
+    with pytest.raises(jaxhp.CheckpointLocked,
+                       match=r"pid 1 on host 'elsewhere.example'.*delete .*jaxhp.lock"):
+        run(diabetes, tmp_path)
+    assert (tmp_path / LOCK).exists()  # not ours to remove
+
+
+def test_mismatch_is_refused_before_anything_is_deleted(diabetes, tmp_path):
+    run(diabetes, tmp_path)
+    dead = _dead_pid()
+    leftover = tmp_path / (_tmp_prefix().replace(f"{os.getpid()}@", f"{dead}@") + "x")
+    leftover.write_bytes(b"half a chunk")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(jaxhp.CheckpointMismatch):
+        run(diabetes, tmp_path, seeds=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert run(diabetes, tmp_path).groups[0]["chunks_loaded"] == 4
+    assert not leftover.exists()  # removed once the folder is locked and matches

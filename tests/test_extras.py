@@ -29,7 +29,7 @@ def test_importing_jaxhp_does_not_import_the_extras():
 def test_missing_pandas_names_the_table_extra(result, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"pip install 'jaxhp\[table\]'"):
-        result.to_pandas("mse")
+        result.to_pandas()
 
 
 def test_missing_tqdm_names_the_progress_extra(result, monkeypatch):

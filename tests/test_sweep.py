@@ -174,15 +174,16 @@ def test_cv_results_layout_and_pandas(diabetes):
     model = models.linear_regression(10)
     settings = ridge_settings(5, steps=50)
     result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=3)
-    cv = result.cv_results("mse")
-    for k in ("params", "param_learning_rate", "param_l2", "mean_val_mse", "std_val_mse",
-              "split0_val_mse", "split2_val_mse", "rank_val_mse", "status",
-              "mean_fit_time"):
+    cv = result.cv_results()
+    for k in ("params", "param_learning_rate", "param_l2", "mean_test_mse", "std_test_mse",
+              "split0_test_mse", "split2_test_mse", "rank_test_mse", "mean_fit_time",
+              "mean_test_loss", "rank_test_loss"):
         assert k in cv
     assert len(cv["params"]) == 5 and cv["param_steps"].tolist() == [50] * 5
-    assert sorted(cv["rank_val_mse"].tolist()) == [1, 2, 3, 4, 5]
-    df = result.to_pandas("mse")
-    assert list(df["rank_val_mse"]) == list(cv["rank_val_mse"])
+    assert sorted(cv["rank_test_mse"].tolist()) == [1, 2, 3, 4, 5]
+    df = result.to_pandas()
+    assert list(df["rank_test_mse"]) == list(cv["rank_test_mse"])
+    assert list(df["params"]) == cv["params"] and list(df["status"]) == ["ok"] * 5
 
 
 def test_save_load_round_trip_and_pickle_refused(diabetes, tmp_path):
@@ -238,7 +239,9 @@ def test_failing_group_is_recorded_and_others_run(diabetes):
     model = base._replace(init=init)
     settings = [models.LinearHP(steps=20), models.LinearHP(steps=30),
                 models.LinearHP(steps=20, learning_rate=0.2)]
-    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
+    with pytest.warns(jaxhp.SweepWarning, match=r"1 of 2 static group\(s\).*steps=30.*"
+                      "no model of 30 steps"):
+        result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
     assert list(result.setting_status()) == ["ok", "failed", "ok"]
     assert "no model of 30 steps" in result.errors[1] and result.errors[0] == ""
     assert "no model of 30 steps" in result.groups[1]["error"]

@@ -316,7 +316,8 @@ class TunableSteps(NoSteps):
 
 @pytest.mark.parametrize("cls", [NoSteps, TunableSteps])
 def test_hparams_need_a_static_steps_field(cls, diabetes):
-    _check_rejected(LINEAR, cls(), diabetes, ValueError,
+    # a model without a declared class, so that only the missing `steps` rule applies
+    _check_rejected(LINEAR._replace(hparams=None), cls(), diabetes, ValueError,
                     rf"{cls.__name__} needs a static `steps` field")
 
 

@@ -5,17 +5,33 @@
   hyperparameters. Objective: ``0.5 * mean((x @ w + b - y)**2) + 0.5 * l2 * |w|^2``
   (the intercept is not penalised), i.e. scikit-learn's ``Ridge(alpha=l2 * n)``.
 - :func:`softmax_regression`: logistic / softmax regression with L2,
-  ``mean CE + 0.5 * l2 * |W|^2``, i.e. ``LogisticRegression(C=1 / (l2 * n))``.
+  ``mean CE + 0.5 * l2 * |W|^2``, where ``W`` has one column per class (the
+  intercepts are not penalised). With 3 or more classes this is scikit-learn's
+  multinomial ``LogisticRegression(C=1 / (l2 * n))``, which also penalises every
+  class column. With 2 classes it is ``LogisticRegression(C=2 / (l2 * n))``:
+  the two-class softmax with columns ``w0, w1`` is a logistic model on
+  ``w = w1 - w0``, the minimiser has ``w0 = -w1``, so ``|W|^2 = |w|^2 / 2``.
 - :func:`mlp_classifier`: a ReLU MLP with static width and depth and tunable
   learning rate, weight decay and dropout rate.
+
+Each model checks its data before anything compiles (``Model.check_data``):
+``x`` of shape ``(n, n_features)`` and a float dtype; ``y`` of shape ``(n,)``,
+a float for regression, an integer label in ``[0, n_classes)`` for the
+classifiers. A mismatch raises :class:`jaxhp.DataError` naming the array.
+Parameters take JAX's default float dtype (float32; float64 under
+``jax_enable_x64``), like the tunable hyperparameters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxhp._data import DataError
 from jaxhp._hparams import HParams, static, tunable
 from jaxhp._model import Model
 
@@ -30,6 +46,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# Declared, never guessed from the names: accuracy is better high, cross entropy low.
+CLASSIFIER_DIRECTIONS = {"accuracy": "max", "ce": "min"}
 # Adam's sqrt(v) has an infinite derivative at v = 0 (a gradient coordinate exactly 0,
 # e.g. a zero-initialised bias on balanced classes): forward-mode hypergradients through
 # it are NaN. A tiny eps_root keeps them finite; in float32 it only moves second-moment
@@ -87,7 +105,9 @@ def linear_regression(n_features: int) -> Model:
     """Linear regression with an L2 penalty on the slope (ridge).
 
     Args:
-      n_features: the number of input features (``x`` has shape ``(n, d)``).
+      n_features: the number of input features: ``batch["x"]`` has shape
+        ``(n, n_features)`` and ``batch["y"]`` (float targets) shape ``(n,)``,
+        checked before anything compiles.
 
     Returns:
       A :class:`~jaxhp.Model` reading ``batch["x"]`` and ``batch["y"]``, with
@@ -101,7 +121,7 @@ def linear_regression(n_features: int) -> Model:
 
     def init(key, hp):
         del key, hp
-        return {"w": jnp.zeros((n_features,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+        return {"w": jnp.zeros((n_features,)), "b": jnp.zeros(())}  # default float dtype
 
     def predict(params, x):
         return x @ params["w"] + params["b"]
@@ -116,7 +136,14 @@ def linear_regression(n_features: int) -> Model:
     def optimizer(hp):
         return make_optimizer(hp.optimizer, hp.learning_rate, momentum=hp.momentum)
 
-    return Model(init, loss, optimizer, metrics, LinearHP, "linear_regression")
+    desc = f"linear_regression(n_features={n_features})"
+
+    def check_data(part, name):
+        n = _check_features(part, name, n_features, desc)
+        _check_targets(part, name, n, desc)
+
+    return Model(init, loss, optimizer, metrics, LinearHP, "linear_regression",
+                 directions={"mse": "min"}, check_data=check_data)
 
 
 class SoftmaxHP(HParams):
@@ -133,16 +160,28 @@ class SoftmaxHP(HParams):
 
 def _ce_and_accuracy(logits, y):
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-    acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)  # JAX's default float dtype
     return ce, acc
 
 
 def softmax_regression(n_features: int, n_classes: int) -> Model:
     """Logistic (softmax) regression with an L2 penalty on the weights.
 
+    Objective: ``mean CE + 0.5 * l2 * |W|^2`` with ``W`` of shape
+    ``(n_features, n_classes)`` (one column per class; the intercepts are not
+    penalised). In scikit-learn's terms, for ``n`` training examples:
+
+    - ``n_classes >= 3``: the multinomial ``LogisticRegression(C=1 / (l2 * n))``
+      (which also penalises every class column);
+    - ``n_classes == 2``: ``LogisticRegression(C=2 / (l2 * n))``. The two-class
+      softmax with columns ``w0, w1`` is a logistic model on ``w = w1 - w0``,
+      and the minimiser has ``w0 = -w1``, so ``|W|^2 = |w|^2 / 2``: the penalty
+      on ``w`` is half as strong as ``l2`` suggests.
+
     Args:
       n_features: input features; ``batch["x"]`` has shape ``(n, n_features)``.
-      n_classes: classes; ``batch["y"]`` holds integer labels.
+      n_classes: classes; ``batch["y"]`` holds integer labels in
+        ``[0, n_classes)``, shape ``(n,)`` (checked before anything compiles).
 
     Returns:
       A :class:`~jaxhp.Model` with metrics ``accuracy`` and ``ce`` (cross
@@ -153,8 +192,7 @@ def softmax_regression(n_features: int, n_classes: int) -> Model:
 
     def init(key, hp):
         del key, hp
-        return {"w": jnp.zeros((n_features, n_classes), jnp.float32),
-                "b": jnp.zeros((n_classes,), jnp.float32)}
+        return {"w": jnp.zeros((n_features, n_classes)), "b": jnp.zeros((n_classes,))}
 
     def logits(params, x):
         return x @ params["w"] + params["b"]
@@ -170,7 +208,11 @@ def softmax_regression(n_features: int, n_classes: int) -> Model:
     def optimizer(hp):
         return make_optimizer(hp.optimizer, hp.learning_rate, momentum=hp.momentum)
 
-    return Model(init, loss, optimizer, metrics, SoftmaxHP, "softmax_regression")
+    return Model(init, loss, optimizer, metrics, SoftmaxHP, "softmax_regression",
+                 directions=CLASSIFIER_DIRECTIONS,
+                 check_data=_classifier_check(
+                     n_features, n_classes,
+                     f"softmax_regression(n_features={n_features}, n_classes={n_classes})"))
 
 
 class MLPHP(HParams):
@@ -196,7 +238,8 @@ def mlp_classifier(n_features: int, n_classes: int) -> Model:
 
     Args:
       n_features: input features; ``batch["x"]`` has shape ``(n, n_features)``.
-      n_classes: classes; ``batch["y"]`` holds integer labels.
+      n_classes: classes; ``batch["y"]`` holds integer labels in
+        ``[0, n_classes)``, shape ``(n,)`` (checked before anything compiles).
 
     Returns:
       A :class:`~jaxhp.Model` with metrics ``accuracy`` and ``ce`` and
@@ -209,8 +252,8 @@ def mlp_classifier(n_features: int, n_classes: int) -> Model:
         sizes = [n_features] + [hp.width] * hp.depth + [n_classes]
         layers = []
         for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-            w = jax.random.normal(jax.random.fold_in(key, i), (m, n), jnp.float32)
-            layers.append({"w": w * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,), jnp.float32)})
+            w = jax.random.normal(jax.random.fold_in(key, i), (m, n))  # default float
+            layers.append({"w": w * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,), w.dtype)})
         return layers
 
     def logits(params, x, hp, key):
@@ -235,9 +278,109 @@ def mlp_classifier(n_features: int, n_classes: int) -> Model:
         return make_optimizer(hp.optimizer, hp.learning_rate,
                               weight_decay=hp.weight_decay)
 
-    return Model(init, loss, optimizer, metrics, MLPHP, "mlp_classifier")
+    return Model(init, loss, optimizer, metrics, MLPHP, "mlp_classifier",
+                 directions=CLASSIFIER_DIRECTIONS,
+                 check_data=_classifier_check(
+                     n_features, n_classes,
+                     f"mlp_classifier(n_features={n_features}, n_classes={n_classes})"))
 
 
 def _check_dim(name: str, v, low: int = 1) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
         raise ValueError(f"`{name}`={v!r}: must be an integer >= {low}")
+
+
+# ----------------------------------------------------------------- data checks
+# Shared by the reference models' ``check_data``: each runs on concrete arrays
+# before anything compiles and raises DataError naming the array as written.
+
+def _where(name: str, key: str) -> str:
+    """The array as the caller wrote it: ``split.train["y"]``, or ``part["y"]``."""
+    head = f"split.{name}" if name in ("train", "val", "test") else name
+    return f'{head}["{key}"]'
+
+
+def _dtype(a) -> np.dtype:
+    dtype = getattr(a, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(a).dtype
+
+
+def _entry(part, name: str, key: str, desc: str):
+    if not isinstance(part, Mapping) or key not in part:
+        got = (f"entries {sorted(part)}" if isinstance(part, Mapping)
+               else f"a {type(part).__name__}")
+        raise DataError(f"{_where(name, key)} is missing: {desc} reads a dict with "
+                        f'"x" (features) and "y" (targets), got {got}')
+    return part[key]
+
+
+def _check_features(part, name: str, n_features: int, desc: str) -> int:
+    """``x`` is a float array of shape ``(n, n_features)``; returns ``n``."""
+    x = _entry(part, name, "x", desc)
+    shape, dtype = tuple(np.shape(x)), _dtype(x)
+    where = _where(name, "x")
+    if len(shape) != 2 or shape[1] != n_features:
+        hint = (f"; build the model for {shape[1]} features, or pass the "
+                f"{n_features} it was built for" if len(shape) == 2 else
+                "; use x.reshape(len(x), -1)" if len(shape) > 2 else
+                "; use x.reshape(-1, 1) for one feature" if len(shape) == 1 else "")
+        raise DataError(f"{where} has shape {shape}; {desc} takes features of shape "
+                        f"(n, {n_features}){hint}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise DataError(f"{where} has dtype {dtype}; {desc} takes float features: "
+                        "x.astype(np.float32)")
+    return shape[0]
+
+
+def _check_one_per_example(y, where: str, n: int, desc: str, what: str) -> None:
+    shape = tuple(np.shape(y))
+    if shape == (n,):
+        return
+    hint = ""
+    if shape == (n, 1):
+        hint = "; use y.ravel() (a trailing axis of 1 broadcasts against the predictions)"
+    elif len(shape) == 2 and shape[0] == n and what == "label":
+        hint = "; one-hot labels: use y.argmax(axis=1)"
+    raise DataError(f"{where} has shape {shape}; {desc} takes one {what} per example, "
+                    f"shape ({n},){hint}")
+
+
+def _check_targets(part, name: str, n: int, desc: str) -> None:
+    """Regression targets: ``y`` is a float array of shape ``(n,)``."""
+    y, where = _entry(part, name, "y", desc), _where(name, "y")
+    _check_one_per_example(y, where, n, desc, "target")
+    dtype = _dtype(y)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise DataError(f"{where} has dtype {dtype}; {desc} takes float targets: "
+                        "y.astype(np.float32)")
+
+
+def _check_labels(part, name: str, n: int, n_classes: int, desc: str) -> None:
+    """Class labels: ``y`` is an integer array of shape ``(n,)`` in ``[0, n_classes)``."""
+    y, where = _entry(part, name, "y", desc), _where(name, "y")
+    _check_one_per_example(y, where, n, desc, "label")
+    dtype = _dtype(y)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise DataError(f"{where} has dtype {dtype}; {desc} takes integer class labels "
+                        f"0..{n_classes - 1}: y.astype(np.int32) if they are whole "
+                        "numbers, else relabel them (np.unique(y, return_inverse=True)[1])")
+    if isinstance(y, jax.core.Tracer):
+        return  # values unknown while tracing; checked when concrete
+    arr = np.asarray(y)
+    bad = (arr < 0) | (arr >= n_classes)
+    if bad.any():
+        values, counts = np.unique(arr[bad], return_counts=True)
+        listed = ", ".join(f"{v} ({c} example{'s' * (c != 1)})"
+                           for v, c in zip(values[:5].tolist(), counts[:5].tolist()))
+        more = f" and {len(values) - 5} more values" if len(values) > 5 else ""
+        raise DataError(f"{where} holds {int(bad.sum())} label(s) outside "
+                        f"0..{n_classes - 1} for {desc}: {listed}{more}; relabel to "
+                        "0..n_classes-1 (np.unique(y, return_inverse=True)[1]) or build "
+                        "the model with more classes")
+
+
+def _classifier_check(n_features: int, n_classes: int, desc: str):
+    def check_data(part, name):
+        n = _check_features(part, name, n_features, desc)
+        _check_labels(part, name, n, n_classes, desc)
+    return check_data
