@@ -2,8 +2,9 @@
 
 Parameters are a JAX pytree learned by a jit-compiled Optax step inside
 ``lax.scan``; hyperparameters are arguments fixed before training: static
-fields are compile-time constants, tunable fields are traced float32 leaves,
-so ``jax.vmap`` trains many settings in one compiled program.
+fields are compile-time constants, tunable fields are traced float leaves
+(float32; float64 under ``jax_enable_x64``), so ``jax.vmap`` trains many
+settings in one compiled program.
 """
 
 from jaxhp import datasets as datasets

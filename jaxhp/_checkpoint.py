@@ -331,6 +331,10 @@ class Checkpoint:
             raise FormatError(f"{path}: checkpoint format version "
                               f"{manifest.get('format_version')!r} is not supported "
                               f"(this jaxhp reads {FORMAT_VERSION}); use overwrite=True")
+        for field in ("fingerprint", "chunks"):
+            if not isinstance(manifest.get(field), dict):
+                raise FormatError(f"{path}: lacks the field `{field}`; the manifest is "
+                                  "damaged: use overwrite=True to start afresh")
         return manifest
 
     def _write_manifest(self) -> None:

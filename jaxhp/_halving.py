@@ -145,7 +145,8 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
     validate(model, settings[0], split)
     cfg = resolve_loop(settings[0], n_train, None, None)
     metric = check_metric(model, settings[0], split, metric)
-    return seed_ids, settings, max_steps, cfg, metric, resolve_direction(model.directions, metric, mode)
+    mode = resolve_direction(model.directions, metric, mode)
+    return seed_ids, settings, max_steps, cfg, metric, mode
 
 
 def successive_halving(

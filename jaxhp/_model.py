@@ -22,7 +22,6 @@ import optax
 
 from jaxhp._hparams import did_you_mean
 
-
 DIRECTIONS = ("min", "max")
 
 
@@ -142,8 +141,10 @@ def _is_scalar(s) -> bool:
     return getattr(s, "shape", None) == ()
 
 
-_TRACER_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
-                  jax.errors.TracerArrayConversionError, jax.errors.NonConcreteBooleanIndexError)
+_TRACER_ERRORS = (jax.errors.ConcretizationTypeError,
+                  jax.errors.TracerIntegerConversionError,
+                  jax.errors.TracerArrayConversionError,
+                  jax.errors.NonConcreteBooleanIndexError)
 
 
 def _with_concrete(hp_traced, hp, name: str):
@@ -330,22 +331,22 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
     batch = abstract_batch(batch)
     key = jax.random.key(0)
     make = jax.make_jaxpr
+    train_loss = lambda p, b, h, k: loss_fn(model, p, b, h, k)
+    eval_loss = lambda p, b, h: loss_fn(model, p, b, h)
+    loss_grad = jax.grad(lambda p, b, h, k: loss_fn(model, p, b, h, k)[0])
+    opt_init = lambda h, p: model.optimizer(h).init(p)
+    opt_update = lambda h, g, s, p: model.optimizer(h).update(g, s, p)
     for hp in hps:
         _hash_jaxpr(hashes["init"], make(model.init)(key, hp))
         params = jax.eval_shape(model.init, key, hp)
-        train_loss = lambda p, b, h, k: loss_fn(model, p, b, h, k)
         _hash_jaxpr(hashes["loss"], make(train_loss)(params, batch, hp, key))
-        _hash_jaxpr(hashes["loss"], make(lambda p, b, h: loss_fn(model, p, b, h))(
-            params, batch, hp))
-        _hash_jaxpr(hashes["loss"], make(jax.grad(lambda *a: train_loss(*a)[0]))(
-            params, batch, hp, key))
+        _hash_jaxpr(hashes["loss"], make(eval_loss)(params, batch, hp))
+        _hash_jaxpr(hashes["loss"], make(loss_grad)(params, batch, hp, key))
         if model.metrics is not None:
             _hash_jaxpr(hashes["metrics"], make(model.metrics)(params, batch, hp))
-        opt_init = lambda h, p: model.optimizer(h).init(p)
         _hash_jaxpr(hashes["optimizer"], make(opt_init)(hp, params))
         state = jax.eval_shape(opt_init, hp, params)
-        _hash_jaxpr(hashes["optimizer"], make(
-            lambda h, g, s, p: model.optimizer(h).update(g, s, p))(hp, params, state, params))
+        _hash_jaxpr(hashes["optimizer"], make(opt_update)(hp, params, state, params))
     out: dict[str, Any] = {"model": names}
     for f in FINGERPRINTED:
         out[f"model.{f}"] = (None if getattr(model, f) is None

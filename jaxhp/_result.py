@@ -623,7 +623,7 @@ class SweepResult:
         """Loads a result saved by :meth:`save` (never unpickles anything).
 
         Args:
-          path: the stem given to :meth:`save`.
+          path: the stem given to :meth:`save` (or it with ``.npz``/``.json``).
           hparams: the settings' class, to get ``HParams`` instances back
             (otherwise settings are plain dicts).
 

@@ -274,6 +274,7 @@ def sweep(
     Raises:
       HParamsError, SpaceError, DataError, ModelError, ValueError: bad input,
       before anything compiles. CheckpointMismatch: resuming a different sweep.
+      CheckpointLocked: another live process is using ``checkpoint_dir``.
       KeyboardInterrupt: re-raised after the finished chunks are saved.
 
     Example:
@@ -328,17 +329,23 @@ def sweep(
         c = plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
                         memory_budget, max_chunk)
         plans.append((idx, cfg, c, math.ceil(len(idx) / c)))
+    bar = _progress(sum(p[3] for p in plans), progress)  # before the lock: it may raise
     ckpt = None
     if checkpoint_dir is not None:
         loop = {"eval_every": eval_every, "loss_every": loss_every,
                 "keep_params": keep_params}
         plan = [[len(p[0]), p[2], p[3]] for p in plans]
-        ckpt = Checkpoint(checkpoint_dir, fingerprint(
-            space=space, settings=settings,
-            model_fp=model_fingerprint(model, [settings[i] for i in healthy], split.train),
-            split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
-            overwrite=overwrite)
-    bar = _progress(sum(p[3] for p in plans), progress)
+        try:
+            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+                space=space, settings=settings,
+                model_fp=model_fingerprint(model, [settings[i] for i in healthy],
+                                           split.train),
+                split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
+                overwrite=overwrite)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
     builder = SweepResult.builder(settings, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
     seed_arr = jax.device_put(seed_ids)

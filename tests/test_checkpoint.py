@@ -80,6 +80,7 @@ def test_interrupted_sweep_keeps_finished_chunks(diabetes, tmp_path, monkeypatch
     monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(diabetes, tmp_path)
+    assert not (tmp_path / LOCK).exists()  # released on the way out
     monkeypatch.setattr(Checkpoint, "save", original)
     resumed = run(diabetes, tmp_path)
     assert resumed.groups[0]["chunks_loaded"] == 2
@@ -364,7 +365,8 @@ def test_chunk_of_another_sweep_is_refused(diabetes, tmp_path):
     run(diabetes, tmp_path / "a")
     run(diabetes, tmp_path / "b", key=jax.random.key(1))
     for suffix in (".npz", ".json"):
-        shutil.copy(tmp_path / "b" / f"chunk-0-2{suffix}", tmp_path / "a" / f"chunk-0-2{suffix}")
+        name = f"chunk-0-2{suffix}"
+        shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
     with pytest.raises(jaxhp.FormatError, match=r"chunk-0-2.json: written by another sweep"):
         run(diabetes, tmp_path / "a")
 

@@ -143,8 +143,60 @@ def test_nan_and_inf_are_rejected(value):
 
 
 def test_nan_inside_a_batched_tunable_is_rejected():
-    msg = _only_problem(l2=[0.1, math.nan])
-    assert "must be finite" in msg
+    batch = jaxhp.stack([HP(), HP(learning_rate=0.2)])
+    with pytest.raises(HParamsError) as info:
+        batch.replace(l2=[0.1, math.nan])
+    assert info.value.problems == [
+        "setting 1 of the batch: `l2`=nan: must be finite (got NaN or Inf) "
+        "(rule: tunable float32 scalar, in [0, inf))"]
+
+
+@pytest.mark.parametrize("value", [np.array([0.1, 0.2]), [0.1, 0.2], jnp.array([0.1, 0.2]),
+                                   np.float32([0.1, 0.2])])
+def test_a_tunable_given_an_array_is_an_error_naming_the_field(value):
+    # It used to make a batched setting silently (or an oddly shaped one from (1,)).
+    assert _only_problem(learning_rate=value) == (
+        "`learning_rate`=[0.1 0.2]: a tunable field takes one number per setting, got an "
+        "array of shape (2,); use jaxhp.stack([...]) for a batch")
+    assert _only_problem(learning_rate=np.array([0.1])) == (
+        "`learning_rate`=[0.1]: a tunable field takes one number per setting, got an "
+        "array of shape (1,); use jaxhp.stack([...]) for a batch")
+    assert "got an array of shape (1, 1)" in _only_problem(l2=np.ones((1, 1)))
+
+
+@pytest.mark.parametrize("value", [0.25, np.array(0.25), np.float64(0.25), np.float32(0.25),
+                                   jnp.array(0.25), jnp.float32(0.25), np.array([0.25])[0]])
+def test_a_tunable_takes_numbers_and_0d_arrays(value):
+    hp = HP(learning_rate=value)
+    assert hp.batch_shape == () and hp.learning_rate.shape == ()
+    assert hp.learning_rate.dtype == np.float32 and float(hp.learning_rate) == 0.25
+
+
+def test_replace_on_a_batch_validates_each_setting():
+    batch = jaxhp.stack([HP(learning_rate=0.1), HP(learning_rate=0.2)])
+    same = batch.replace(l2=0.5, steps=20)  # one number: every setting of the batch
+    assert same.batch_shape == (2,) and same.steps == 20
+    np.testing.assert_array_equal(same.l2, np.float32([0.5, 0.5]))
+    np.testing.assert_array_equal(same.learning_rate, batch.learning_rate)
+    each = batch.replace(momentum=np.array([0.0, 0.9]))  # one number per setting
+    np.testing.assert_array_equal(each.momentum, np.float32([0.0, 0.9]))
+    assert each[1] == HP(learning_rate=0.2, momentum=0.9)
+    with pytest.raises(HParamsError) as info:
+        batch.replace(learning_rate=[0.3, -1.0], steps=0)
+    assert info.value.problems == [
+        "setting 0 of the batch: `steps`=0: must be >= 1 (rule: static, in [1, inf), an "
+        "integer)"]
+    with pytest.raises(HParamsError, match=r"setting 1 of the batch: `learning_rate`=-1: "
+                       r"must be > 0"):
+        batch.replace(learning_rate=[0.3, -1.0])
+    with pytest.raises(HParamsError, match=r"`l2`=\[0.1, 0.2, 0.3\]: a batch of shape \(2,\) "
+                       r"takes one number \(for every setting\) or an array of shape "
+                       r"\(2,\) \(one per setting\), got shape \(3,\)"):
+        batch.replace(l2=[0.1, 0.2, 0.3])
+    grid = jax.tree_util.tree_map(lambda x: x.reshape(2, 1), batch)  # a (2, 1) batch
+    assert grid.replace(l2=1.0).batch_shape == (2, 1)
+    with pytest.raises(HParamsError, match=r"setting \(1, 0\) of the batch: `l2`=-1"):
+        grid.replace(l2=[[0.0], [-1.0]])
 
 
 @pytest.mark.parametrize(
@@ -202,9 +254,11 @@ def test_every_bad_field_is_listed_in_one_error():
         assert name in msg
 
 
-def test_tunables_must_share_one_shape():
-    msg = _only_problem(learning_rate=[0.1, 0.2], l2=[0.0, 0.1, 0.2])
-    assert "tunable fields have different shapes" in msg
+def test_construction_takes_one_number_per_tunable_and_lists_every_array():
+    err = _error(learning_rate=[0.1, 0.2], l2=[0.0, 0.1, 0.2])
+    assert [p.split(":")[0] for p in err.problems] == ["`learning_rate`=[0.1 0.2]",
+                                                        "`l2`=[0.  0.1 0.2]"]
+    assert all("one number per setting" in p for p in err.problems)
 
 
 @pytest.mark.parametrize("value", [0.1, "0.1 written as a default"])

@@ -1,14 +1,23 @@
 """Hypergradients, gradient-based tuning and online hypergradient descent.
 
 Agreement with finite differences is checked in float64 (``jax.enable_x64``
-inside a fixture; the models' float32 parameters are cast to float64), where
-reverse and forward mode are the same derivative up to rounding (~1e-15) and
-a central difference with step 1e-5 is exact to ~1e-9 (truncation ~h^2,
-rounding ~1e-16/h). The public, float32 path is checked against those and
-against the closed-form ridge derivative, with tolerances stated where used.
+inside a fixture, data and parameters cast to float64), where reverse and
+forward mode are the same derivative up to rounding (~1e-15) and a central
+difference with step 1e-5 is exact to ~1e-9 (truncation ~h^2, rounding
+~1e-16/h). The public API reaches the same float64 figures when x64 is on
+(tunables, parameters and hypergradients all float64; checked in a
+subprocess so x64 does not leak into other tests). The public, float32 path is
+checked against those and against the closed-form ridge derivative, with
+tolerances stated where used.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +131,68 @@ def test_reverse_forward_and_finite_differences_agree(case, diabetes, iris):
         scale = max(abs(float(fd[n])), 1e-3)
         assert abs(float(g_rev[n] - g_fwd[n])) <= 1e-10 * scale, n
         assert abs(float(g_rev[n] - fd[n])) <= 1e-6 * scale, (n, g_rev[n], fd[n])
+
+
+X64_SCRIPT = textwrap.dedent("""
+    import json, math
+    import jax, jaxhp
+    from jaxhp.models import LinearHP, linear_regression
+    assert jax.config.jax_enable_x64
+    hp = LinearHP(learning_rate=0.05, l2=1e-2, momentum=0.8, steps=30, batch_size=64)
+    space = jaxhp.random(2, seed=0, l2=jaxhp.loguniform(1e-3, 1.0))
+    out = {"tunable": str(hp.learning_rate.dtype),
+           "stacked": str(jaxhp.stack([hp, hp.replace(l2=0.1)]).l2.dtype),
+           "space": str(space.settings(LinearHP)[0].l2.dtype)}
+    split = jaxhp.datasets.load("diabetes", key=jax.random.key(0))
+    model, key = linear_regression(10), jax.random.key(1)
+    rev = jaxhp.hypergradient(model, hp, split, key=key, objective="mse")
+    fwd = jaxhp.hypergradient(model, hp, split, key=key, objective="mse", mode="forward")
+    run = jaxhp.train(model, hp, split, key=key)
+    fd, h = {}, 1e-5
+    for n in rev.grad:  # central differences in the gradient's coordinates
+        v, log = float(getattr(hp, n)), LinearHP.fields()[n].log
+        vals = [float(jaxhp.train(model, hp.replace(**{n: v * math.exp(s * h) if log
+                                                       else v + s * h}),
+                                  split, key=key).val["mse"]) for s in (1, -1)]
+        fd[n] = (vals[0] - vals[1]) / (2 * h)
+    out.update(value=str(rev.value.dtype), params=str(run.state.params["w"].dtype),
+               grads=sorted({str(g.dtype) for g in (*rev.grad.values(),
+                                                    *fwd.grad.values())}),
+               rev={n: float(g) for n, g in rev.grad.items()},
+               fwd={n: float(g) for n, g in fwd.grad.items()}, fd=fd,
+               train_mse=float(run.val["mse"]), hg_mse=float(rev.value))
+    print(json.dumps(out))
+""")
+
+
+def test_public_api_is_float64_under_x64():
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    proc = subprocess.run([sys.executable, "-c", X64_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tunable"] == out["stacked"] == out["space"] == "float64"
+    assert out["value"] == out["params"] == "float64" and out["grads"] == ["float64"]
+    assert out["hg_mse"] == pytest.approx(out["train_mse"], rel=1e-12)
+    for n, g in out["rev"].items():
+        scale = max(abs(out["fd"][n]), 1e-3)
+        # float64: reverse and forward agree to ~1e-15 and a central difference with
+        # h = 1e-5 to ~1e-9 (observed <= 4e-9). In float32 the same difference is off
+        # by 1e-2 to 1 (rounding ~1e-7 / h), so the check needs the float64 path.
+        assert abs(g - out["fwd"][n]) <= 1e-12 * scale, n
+        assert abs(g - out["fd"][n]) <= 1e-6 * scale, (n, g, out["fd"][n])
+
+
+def test_public_api_is_float32_without_x64(diabetes):
+    assert not jax.config.jax_enable_x64
+    hp = LinearHP(learning_rate=0.05, l2=1e-2, steps=5)
+    assert hp.learning_rate.dtype == np.float32
+    assert jaxhp.stack([hp, hp]).l2.dtype == np.float32
+    space = jaxhp.random(2, seed=0, l2=jaxhp.loguniform(1e-3, 1.0))
+    assert space.settings(LinearHP)[0].l2.dtype == np.float32
+    hg = hypergradient(linear_regression(10), hp, diabetes, key=KEY, objective="mse")
+    assert hg.value.dtype == jnp.float32
+    assert {g.dtype for g in hg.grad.values()} == {jnp.dtype(jnp.float32)}
 
 
 def test_public_float32_hypergradient(diabetes, iris):
