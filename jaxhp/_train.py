@@ -131,13 +131,12 @@ def start(model: Model, hp: HParams, key: jax.Array):
     return state, jnp.asarray(-1, jnp.int32)
 
 
-def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: jax.Array,
-            start_step, n_steps: int):
-    """Continues a run from its carry by steps ``start_step .. start_step + n_steps - 1``.
+def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array):
+    """The training step ``step((state, dead_at), t) -> ((state, dead_at), loss)`` (pure).
 
-    Pure. Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only,
-    so ``k`` steps then ``k`` more equal ``2k`` steps bit for bit. Only
-    ``cfg.batch_size`` and ``cfg.remat`` are read. Returns ``(carry, losses)``.
+    Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only. A
+    member whose loss or parameters become non-finite is frozen at its last
+    finite state, ``dead_at`` records the step and later losses are NaN.
     """
     data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
@@ -158,6 +157,18 @@ def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: 
         dead_at = jnp.where(healthy & ~ok, t, dead_at)
         return (state, dead_at), jnp.where(keep, loss, jnp.nan)
 
+    return step
+
+
+def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: jax.Array,
+            start_step, n_steps: int):
+    """Continues a run from its carry by steps ``start_step .. start_step + n_steps - 1``.
+
+    Pure. Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only,
+    so ``k`` steps then ``k`` more equal ``2k`` steps bit for bit. Only
+    ``cfg.batch_size`` and ``cfg.remat`` are read. Returns ``(carry, losses)``.
+    """
+    step = make_step(model, cfg, hp, train_part, key)
     if cfg.remat and cfg.remat < n_steps:
         return _remat_scan(step, carry, start_step, n_steps, cfg.remat)
     return jax.lax.scan(step, carry, start_step + jnp.arange(n_steps, dtype=jnp.int32))

@@ -1,0 +1,137 @@
+"""The population: members = settings x seeds, on the device, as pure functions.
+
+A population holds, for one static group:
+
+- ``hp``: the settings' tunable leaves, shape ``(settings,)``;
+- ``carry``: the training state and health ``(TrainState, dead_at)``, leaves
+  ``(seeds, settings, ...)``;
+- ``keys``: one PRNG key per seed, ``(seeds,)``.
+
+Two rules live here and nowhere else:
+
+- **member keys**: member ``(setting, seed s)`` trains with ``fold_in(key, s)``,
+  exactly the key ``jaxhp.train(..., key=fold_in(key, s))`` uses, so every
+  member equals its solo run whatever its chunk or neighbours;
+- **the vmap nesting**: ``vmap`` over seeds (outer) of ``vmap`` over settings
+  (inner). Within a seed, a step's minibatch is shared by all settings, so
+  their first layer is one wide matrix product.
+
+And one scoring rule (:func:`score`): the mean over seeds of a validation
+metric; a setting with any unhealthy seed (diverged, or a non-finite metric)
+never wins. Every function is pure and jit-, vmap- and grad-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhp._hparams import HParams
+from jaxhp._model import Model, loss_fn, metrics_fn
+from jaxhp._train import LoopConfig, make_step, run_pure, start
+
+
+def member_keys(key: jax.Array, seed_ids) -> jax.Array:
+    """The key of every seed, ``(seeds,)``: ``fold_in(key, s)`` (the one rule)."""
+    return jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_ids))
+
+
+def over_members(fn: Callable, n_member: int, n_shared: int) -> Callable:
+    """``fn(hp, *member_args, *shared_args, key)`` over the whole population.
+
+    ``hp`` is batched over settings; each member argument over
+    ``(seeds, settings)``; shared arguments (the data, a start step) over
+    nothing; ``key`` over seeds. Outputs have leading axes ``(seeds, settings)``.
+    The nesting (seeds outer, settings inner) is defined here only.
+    """
+    in_settings = (0,) + (0,) * n_member + (None,) * n_shared + (None,)
+    in_seeds = (None,) + (0,) * n_member + (None,) * n_shared + (0,)
+    return jax.vmap(jax.vmap(fn, in_axes=in_settings), in_axes=in_seeds)
+
+
+def init(model: Model, hp: HParams, keys: jax.Array):
+    """The population's carry before its first step, leaves ``(seeds, settings, ...)``."""
+    return over_members(lambda h, k: start(model, h, k), 0, 0)(hp, keys)
+
+
+def run(model: Model, cfg: LoopConfig, keep_params: bool) -> Callable:
+    """The whole-run program ``(hp, train, val, keys) -> Run`` of a plain sweep."""
+
+    def one(h, train_part, val_part, k):
+        out = run_pure(model, cfg, h, train_part, val_part, k)
+        return out if keep_params else out._replace(state=None)
+
+    return over_members(one, 0, 2)
+
+
+def advance(model: Model, cfg: LoopConfig, length: int) -> Callable:
+    """``(hp, carry, train, start, stop, keys) -> (carry, losses)``: steps ``start..stop-1``.
+
+    ``start`` and ``stop`` are traced (shared by every member), so one compiled
+    program serves every segment of at most ``length`` steps: the rungs of
+    successive halving, the intervals of PBT. ``losses`` has a fixed
+    ``(seeds, settings, length)`` shape; entries past ``stop - start`` are NaN.
+    A segment continues bit for bit where the previous one stopped.
+    """
+
+    def one(h, carry, train_part, s0, s1, k):
+        step = make_step(model, cfg, h, train_part, k)
+        buf = jnp.full((length,), jnp.nan, jnp.float32)
+
+        def body(i, c):
+            carry, buf = c
+            carry, loss = step(carry, s0 + i)
+            return carry, buf.at[i].set(loss.astype(buf.dtype))
+
+        return jax.lax.fori_loop(0, s1 - s0, body, (carry, buf))
+
+    return over_members(one, 1, 3)
+
+
+def evaluate(model: Model) -> Callable:
+    """``(hp, carry, val, train, keys) -> (val metrics, train objective)`` per member."""
+
+    def one(h, carry, val_part, train_part, k):
+        del k
+        params = carry[0].params
+        return metrics_fn(model, params, val_part, h), loss_fn(model, params, train_part,
+                                                               h)[0]
+
+    return over_members(one, 1, 2)
+
+
+def score(val, dead_at, mode: str, xp=jnp):
+    """Per setting, the one selection rule: the mean over seeds of ``val``
+    (``(seeds, settings)``), sign-flipped for ``mode="max"`` so lower is better;
+    ``+inf`` for a setting with a diverged seed or a non-finite value (it never
+    ranks first). ``xp`` is ``jax.numpy`` inside a program or ``numpy`` on the host.
+    """
+    v = xp.asarray(val, xp.float64 if xp is np else None)
+    ok = xp.all(xp.asarray(dead_at) < 0, axis=0) & xp.all(xp.isfinite(v), axis=0)
+    mean = xp.mean(xp.where(ok[None], v, 0.0), axis=0)
+    return xp.where(ok, mean if mode == "min" else -mean, xp.inf)
+
+
+def take(carry, idx):
+    """Members ``idx`` of a carry (leaves ``(seeds, settings, ...)``): survivors, or
+    the sources of PBT's exploit (a member copies its source's whole state)."""
+    return jax.tree_util.tree_map(lambda a: a[:, idx], carry)
+
+
+def take_settings(hp: HParams, idx) -> HParams:
+    """Settings ``idx`` of a batched setting."""
+    return jax.tree_util.tree_map(lambda a: a[idx], hp)
+
+
+def replace_tunables(hp: HParams, **columns) -> HParams:
+    """``hp`` with some tunable leaves replaced (PBT explore, gradient tuning)."""
+    names = type(hp).tunable_names()
+    unknown = set(columns) - set(names)
+    if unknown:
+        raise ValueError(f"replace_tunables(): {sorted(unknown)} are not tunable fields of "
+                         f"{type(hp).__name__}; tunables are {list(names)}")
+    leaves = [columns.get(n, getattr(hp, n)) for n in names]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(hp), leaves)
