@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhp._data import Split
+from jaxhp._engine import settings_from
 from jaxhp._hparams import HParams, did_you_mean
 from jaxhp._model import Model, metrics_fn
 from jaxhp._result import SelectionError, SweepResult, metric_name
-from jaxhp._sweep import settings_from
 from jaxhp._train import Run
 
 

@@ -1,13 +1,19 @@
 """Successive halving and Hyperband: train all, keep the best 1/eta, continue them.
 
-Rung ``r`` trains the surviving settings (every seed each) up to its budget of
-steps, continuing every survivor from its carried state (parameters, optimizer
-state, health) with :func:`jaxhp._train.advance`, never from scratch. A rung is
-one compiled ``vmap`` over seeds of ``vmap`` over survivors; it gathers the
-survivors out of the previous rung's carry itself. Member ``(i, s)`` uses the
-key ``fold_in(key, s)`` and step ``t`` draws its minibatch from ``t`` only, so a
-survivor's trajectory is the one ``jaxhp.train`` computes for the same setting
-with ``steps`` = the steps it trained.
+The policy: rung ``r`` trains the surviving settings (every seed each) up to
+its budget of steps, continuing every survivor from its carried state
+(parameters, optimizer state, health), never from scratch; the best
+``max(1, n // eta)`` by the one scoring rule (:func:`jaxhp._population.score`)
+go on. Member ``(i, s)`` uses the key ``fold_in(key, s)`` and step ``t`` draws
+its minibatch from ``t`` only, so a survivor's trajectory is the one
+``jaxhp.train`` computes for the same setting with ``steps`` = the steps it
+trained.
+
+The mechanism is the engine's: each static group runs its own rungs; a rung's
+survivors run in chunks of one fixed size (padded), sharded over the devices;
+a segment program takes its start and stop steps as traced values, so the
+whole search compiles two programs per static group (initialise; train a
+segment and evaluate), whatever the number of rungs and brackets.
 """
 
 from __future__ import annotations
@@ -19,23 +25,15 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxhp._adaptive import (
-    build,
-    check_int,
-    check_metric,
-    compiled,
-    member_keys,
-    over_population,
-    population,
-    row,
-    scores,
-)
+from jaxhp import _engine as engine
+from jaxhp import _population as population
+from jaxhp._adaptive import build, check_int, check_metric, row
 from jaxhp._data import Split, check_split
+from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, stack
-from jaxhp._model import Model, loss_fn, metrics_fn
+from jaxhp._model import Model
 from jaxhp._result import SweepResult, resolve_direction
-from jaxhp._sweep import _check_args
-from jaxhp._train import LoopConfig, advance, check_key, resolve_loop, start, validate
+from jaxhp._train import LoopConfig, check_key, resolve_loop
 
 
 def rung_budgets(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -49,194 +47,6 @@ def rung_budgets(min_steps: int, max_steps: int, eta: int) -> list[int]:
     """
     n = max(0, round(math.log(max_steps / min_steps) / math.log(eta)))
     return [min_steps * eta**r for r in range(n)] + [max_steps]
-
-
-def _rung_program(model: Model, cfg: LoopConfig, start_step: int, n_steps: int,
-                  fresh: bool):
-    def member(hp, carry, train_part, val_part, key):
-        carry = start(model, hp, key) if fresh else carry
-        carry, losses = advance(model, cfg, hp, carry, train_part, key, start_step, n_steps)
-        params = carry[0].params
-        return (carry, losses, metrics_fn(model, params, val_part, hp),
-                loss_fn(model, params, train_part, hp)[0])
-
-    run = over_population(member, 2)
-
-    def program(hp, prev, idx, train_part, val_part, key, seed_ids):
-        carry = None if fresh else jax.tree_util.tree_map(lambda a: a[:, idx], prev)
-        return run(hp, carry, train_part, val_part, member_keys(key, seed_ids))
-
-    return program
-
-
-def _check(eta, min_steps, settings, max_steps) -> int:
-    check_int("eta", eta, 2, why=" (keep the best 1/eta of each rung)")
-    check_int("min_steps", min_steps, 1)
-    if max_steps is None:
-        max_steps = settings[0].steps
-    check_int("max_steps", max_steps, 1)
-    if min_steps > max_steps:
-        raise ValueError(f"`min_steps`={min_steps} exceeds `max_steps`={max_steps}: the "
-                         "first rung must not train longer than the last")
-    return max_steps
-
-
-def _halve(model, cfg, settings, offset, budgets, eta, split, key, seed_ids, metric,
-           mode, groups, rungs, bracket=None):
-    """Runs the rungs over ``settings``; returns per-setting rows and steps trained."""
-    n = len(settings)
-    alive = np.arange(n)
-    losses = [[] for _ in range(n)]
-    vals = [[] for _ in range(n)]
-    last: list = [None] * n
-    trained = np.zeros(n, np.int64)
-    carry = idx = None
-    seed_arr = jax.device_put(seed_ids)
-    for r, budget in enumerate(budgets):
-        s0 = budgets[r - 1] if r else 0
-        hp = stack([settings[i] for i in alive])
-        program = _rung_program(model, cfg, s0, budget - s0, r == 0)
-        args = (hp, carry, idx, split.train, split.val, key, seed_arr)
-        fn, compile_s = compiled(program, ("halving", model, cfg, s0, budget, r == 0), *args)
-        t0 = time.perf_counter()
-        carry, step_losses, val, train_loss = jax.block_until_ready(fn(*args))
-        run_s = time.perf_counter() - t0
-        step_losses, val, train_loss, dead = jax.device_get(
-            (step_losses, val, train_loss, carry[1]))
-        for j, i in enumerate(alive):
-            losses[i].append(step_losses[:, j])
-            vals[i].append({k: v[:, j] for k, v in val.items()})
-            last[i] = (train_loss[:, j], dead[:, j])
-            trained[i] = budget
-        score = scores(val[metric], dead, mode)
-        order = np.argsort(score, kind="stable")
-        n_keep = 0 if r == len(budgets) - 1 else max(1, len(alive) // eta)
-        keep = np.sort(order[:n_keep][np.isfinite(score[order[:n_keep]])])
-        shown = np.where(np.isfinite(score), score if mode == "min" else -score, np.nan)
-        rungs.append({"rung": r, "bracket": bracket, "steps": budget,
-                      "settings": alive + offset, "promoted": alive[keep] + offset,
-                      "value": shown, "train_steps": len(alive) * len(seed_ids) * (budget - s0),
-                      "compile_s": compile_s, "run_s": run_s})
-        groups.append({"statics": settings[0].replace(steps=budget).statics(),
-                       "n_settings": len(alive) - len(keep), "chunk_size": len(alive),
-                       "n_chunks": 1, "compile_s": compile_s, "run_s": run_s,
-                       "error": None, "eval_steps": budgets[:r + 1], "steps": budget,
-                       "compiled": int(compile_s > 0), "chunks_computed": 1,
-                       "chunks_loaded": 0, "rung": r, "bracket": bracket})
-        if keep.size == 0:
-            break
-        alive, idx = alive[keep], jax.device_put(keep)
-    rows = []
-    for i in range(n):
-        curve = {k: np.stack([v[k] for v in vals[i]], axis=-1) for k in vals[i][0]}
-        final = {k: v[..., -1] for k, v in curve.items()}
-        rows.append(row(last[i][0], final, np.concatenate(losses[i], axis=-1), curve,
-                        last[i][1]))
-    return rows, trained
-
-
-def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode, who):
-    seed_ids = _check_args(seeds, None, None)
-    settings = population(space, model, base, who)
-    n_train = check_split(split)[0]
-    resolve_loop(settings[0], n_train, None, None)  # a static `steps`, a valid batch size
-    max_steps = _check(eta, min_steps, settings, max_steps)
-    settings = [s.replace(steps=max_steps) for s in settings]
-    validate(model, settings[0], split)
-    cfg = resolve_loop(settings[0], n_train, None, None)
-    metric = check_metric(model, settings[0], split, metric)
-    mode = resolve_direction(model.directions, metric, mode)
-    return seed_ids, settings, max_steps, cfg, metric, mode
-
-
-def successive_halving(
-    model: Model,
-    space,
-    split: Split,
-    *,
-    key: jax.Array,
-    seeds: int | Sequence[int] = 1,
-    min_steps: int,
-    eta: int = 3,
-    metric: str = "loss",
-    mode: str | None = None,
-    base: HParams | None = None,
-    max_steps: int | None = None,
-) -> SweepResult:
-    """Successive halving: every rung keeps the best ``1/eta`` and trains them ``eta``x longer.
-
-    Rung ``r`` trains the surviving settings (each with every seed) until step
-    ``min_steps * eta**r`` (the last rung until ``max_steps``; see
-    :func:`rung_budgets`), continuing each from its carried state. The
-    settings are ranked by their mean validation ``metric`` over seeds; the
-    best ``max(1, n // eta)`` go on; a setting with a diverged seed never
-    does. Each rung is one compiled program over the survivors; the whole
-    population of a rung is held in device memory at once (no chunking).
-
-    Args:
-      model: the model's functions.
-      space: a search space or a list of settings, all with the same static
-        fields (one compiled population).
-      split: the data; training reads ``train``, the ranking ``val``.
-      key: base PRNG key; member ``(setting, seed s)`` uses ``fold_in(key, s)``
-        as in :func:`jaxhp.sweep`.
-      seeds: the number of seeds or a list of seed indices.
-      min_steps: the steps of the first rung.
-      eta: the reduction factor (an integer >= 2).
-      metric, mode: the ranking rule (as in :meth:`SweepResult.best`).
-      base: fills the fields the space leaves unset.
-      max_steps: the steps of the last rung (default: the settings' ``steps``).
-        During the search every setting has ``steps = max_steps`` (models
-        whose functions read ``hp.steps`` see the full horizon).
-
-    Returns:
-      A :class:`~jaxhp.SweepResult` with one row per setting, holding its
-      validation metrics at the rung where it stopped; its setting has
-      ``steps`` replaced by the steps it actually trained, so ``best()``,
-      ``params()`` and ``evaluate_test()`` (which retrain with ``jaxhp.train``)
-      reproduce that run. Also ``result.steps_trained`` (per setting),
-      ``result.rungs`` (per rung: ``steps``, ``settings`` trained,
-      ``promoted``, ``value`` (mean metric), ``train_steps`` (member steps
-      spent), compile and run seconds) and ``result.meta["search"]`` (budgets,
-      total ``train_steps`` and what a full sweep would have spent). ``groups``
-      holds one entry per rung. ``rungs`` and ``steps_trained`` are not saved
-      by ``save()`` (the settings' ``steps`` and ``meta`` are).
-
-    Raises:
-      ValueError: a bad ``eta``, ``min_steps`` or ``max_steps``, or settings
-        that vary a static field, before anything compiles.
-      SelectionError: an unknown ``metric``.
-
-    Example:
-      >>> space = jaxhp.random(81, learning_rate=jaxhp.loguniform(1e-3, 1.0),
-      ...                      l2=jaxhp.loguniform(1e-5, 1.0))
-      >>> result = successive_halving(model, space, split, key=jax.random.key(0),
-      ...                             min_steps=20, max_steps=500, metric="mse")
-      >>> result.best("mse").setting.steps, result.meta["search"]["train_steps"]
-      (500, 4740)
-    """
-    key = check_key(key)
-    seed_ids, settings, max_steps, cfg, metric, mode = _prepare(
-        model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
-        "successive_halving")
-    budgets = rung_budgets(min_steps, max_steps, eta)
-    groups, rungs = [], []
-    rows, trained = _halve(model, cfg, settings, 0, budgets, eta, split, key, seed_ids,
-                           metric, mode, groups, rungs)
-    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, {
-        "method": "successive_halving", "eta": eta, "min_steps": min_steps,
-        "max_steps": max_steps, "budgets": budgets, "metric": metric, "mode": mode})
-
-
-def _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, search):
-    final = [s.replace(steps=int(t)) for s, t in zip(settings, trained)]
-    search["train_steps"] = int(sum(r["train_steps"] for r in rungs))
-    search["full_sweep_train_steps"] = len(settings) * len(seed_ids) * search["max_steps"]
-    result = build(final, seed_ids, rows, groups, model=model, split=split, key=key,
-                   search=search)
-    result.steps_trained = trained
-    result.rungs = rungs
-    return result
 
 
 def hyperband_brackets(min_steps: int, max_steps: int, eta: int = 3) -> list[tuple[int, list]]:
@@ -255,6 +65,413 @@ def hyperband_brackets(min_steps: int, max_steps: int, eta: int = 3) -> list[tup
             for s in range(s_max, -1, -1)]
 
 
+def _rung_sizes(n: int, budgets: list[int], eta: int) -> list[int]:
+    sizes = [n]
+    for _ in budgets[1:]:
+        sizes.append(max(1, sizes[-1] // eta))
+    return sizes
+
+
+def search_chunk(sizes: Sequence[int], cap: int, n_devices: int, chunk_size) -> int:
+    """The one chunk size of a search: every rung (and bracket) runs in chunks of it,
+    so one program serves them all.
+
+    Rungs shrink geometrically; a chunk as large as the first rung would pad
+    the last rungs (the longest) with idle members, a chunk as small as the
+    last would cut the first into many small calls. The geometric mean of the
+    largest and smallest rung balances the two; ``cap`` (the engine's memory
+    plan) bounds it, an explicit ``chunk_size`` overrides it. A device multiple.
+    """
+    if chunk_size == "all":
+        c = max(sizes)
+    elif chunk_size is not None:
+        c = min(int(chunk_size), max(sizes))
+    else:
+        c = min(cap, math.ceil(math.sqrt(max(sizes) * min(sizes))))
+    return int(math.ceil(max(1, c) / n_devices) * n_devices)
+
+
+def _init_program(model: Model):
+    init = population.init
+
+    def program(hp, key, seed_ids):
+        return init(model, hp, population.member_keys(key, seed_ids))
+
+    return program
+
+
+def _segment_program(model: Model, cfg: LoopConfig, length: int):
+    advance = population.advance(model, cfg, length)
+    evaluate = population.evaluate(model)
+
+    def program(hp, carry, train_part, val_part, s0, s1, key, seed_ids):
+        keys = population.member_keys(key, seed_ids)
+        carry, losses = advance(hp, carry, train_part, s0, s1, keys)
+        val, train_loss = evaluate(hp, carry, val_part, train_part, keys)
+        return carry, losses, val, train_loss
+
+    return program
+
+
+_INIT_SPECS = (engine.POP, engine.SHARED, engine.SHARED)
+_SEGMENT_SPECS = (engine.POP, engine.MEMBERS) + (engine.SHARED,) * 6
+
+
+class _Group:
+    """One static group's search state on the host (carries, curves, records)."""
+
+    def __init__(self, ctx: dict, settings: list[HParams], cfg: LoopConfig, chunk: int,
+                 length: int, info: dict):
+        self.ctx, self.settings, self.cfg, self.c, self.length = ctx, settings, cfg, chunk, \
+            length
+        self.info = info
+        self.hp = stack(settings)
+        n, s = len(settings), len(ctx["seed_ids"])
+        self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
+        self.losses = [[] for _ in range(n)]
+        self.vals: list[list[dict]] = [[] for _ in range(n)]
+        self.last = [None] * n
+        self.trained = np.zeros(n, np.int64)
+        self.shape = (n, s)
+
+    def _call(self, name, fn, specs, args):
+        compiled, dt = engine.CACHE.get(name, fn, args, self.ctx["mesh"], specs)
+        self.info["compile_s"] += dt
+        self.info["compiled"] += int(dt > 0)
+        t0 = time.perf_counter()
+        out = jax.device_get(jax.block_until_ready(compiled(*args)))
+        self.info["run_s"] += time.perf_counter() - t0
+        self.info["chunks_computed"] += 1
+        return out
+
+    def rung(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
+        """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;
+        returns their validation metrics and health, ``(seeds, len(alive))``."""
+        ctx, c, model, mesh = self.ctx, self.c, self.ctx["model"], self.ctx["mesh"]
+        shared = ctx["shared"]
+        val_out: dict = {}
+        dead_out = []
+        for start in range(0, len(alive), c):
+            rows = alive[start:start + c]
+            m = len(rows)
+            hp = engine.put(engine.pad_axis(population.take_settings(self.hp, rows), c),
+                            mesh, engine.POP)
+            if self.carry is None or s0 == 0:
+                carry = self._call(("halving-init", model, self.cfg), _init_program(model),
+                                   _INIT_SPECS, (hp, shared["key"], shared["seed_ids"]))
+                if self.carry is None:
+                    self.carry = jax.tree_util.tree_map(
+                        lambda a: np.zeros(a.shape[:1] + self.shape[:1] + a.shape[2:],
+                                           a.dtype), carry)
+            else:
+                carry = engine.pad_axis(population.take(self.carry, rows), c, axis=1)
+            args = (hp, engine.put(carry, mesh, engine.MEMBERS), shared["train"],
+                    shared["val"], np.int32(s0), np.int32(s1), shared["key"],
+                    shared["seed_ids"])
+            carry, losses, val, train_loss = self._call(
+                ("halving-segment", model, self.cfg, self.length),
+                _segment_program(model, self.cfg, self.length), _SEGMENT_SPECS, args)
+            for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
+                                jax.tree_util.tree_leaves(carry)):
+                dst[:, rows] = src[:, :m]
+            dead = carry[1][:, :m]
+            for j, i in enumerate(rows):
+                self.losses[i].append(losses[:, j, :s1 - s0])
+                self.vals[i].append({k: v[:, j] for k, v in val.items()})
+                self.last[i] = (train_loss[:, j], dead[:, j])
+                self.trained[i] = s1
+            for k, v in val.items():
+                val_out.setdefault(k, []).append(v[:, :m])
+            dead_out.append(dead)
+        return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
+                np.concatenate(dead_out, axis=1))
+
+    def rows(self) -> list:
+        out = []
+        for i in range(self.shape[0]):
+            curve = {k: np.stack([v[k] for v in self.vals[i]], axis=-1)
+                     for k in self.vals[i][0]}
+            final = {k: v[..., -1] for k, v in curve.items()}
+            out.append(row(self.last[i][0], final, np.concatenate(self.losses[i], axis=-1),
+                           curve, self.last[i][1]))
+        return out
+
+
+def _halve(group: _Group, members: np.ndarray, budgets: list[int], eta: int, metric: str,
+           mode: str, rungs: list, gi: int, bracket=None, bar=None) -> None:
+    """Runs the rungs of one bracket over the group's ``members``."""
+    alive = np.asarray(members)
+    n_seeds = group.shape[1]
+    for r, budget in enumerate(budgets):
+        s0 = budgets[r - 1] if r else 0
+        t0 = group.info["run_s"], group.info["compile_s"]
+        val, dead = group.rung(alive, s0, budget)
+        score = population.score(val[metric], dead, mode, xp=np)
+        order = np.argsort(score, kind="stable")
+        n_keep = 0 if r == len(budgets) - 1 else max(1, len(alive) // eta)
+        keep = np.sort(order[:n_keep][np.isfinite(score[order[:n_keep]])])
+        shown = np.where(np.isfinite(score), score if mode == "min" else -score, np.nan)
+        rungs.append({"rung": r, "bracket": bracket, "group": gi,
+                      "steps": budget, "settings": alive, "promoted": alive[keep],
+                      "value": shown,
+                      "train_steps": len(alive) * n_seeds * (budget - s0),
+                      "compile_s": group.info["compile_s"] - t0[1],
+                      "run_s": group.info["run_s"] - t0[0]})
+        if bar is not None:
+            bar.update(1)
+        if keep.size == 0:
+            break
+        alive = alive[keep]
+
+
+def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
+             devices, chunk_size, memory_budget, max_chunk, on_error, who):
+    """Validates everything once, before anything compiles; groups by static part."""
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
+    seed_ids = engine.check_seeds(seeds)
+    engine.check_chunking(chunk_size, memory_budget, max_chunk)
+    check_int("eta", eta, 2, why=" (keep the best 1/eta of each rung)")
+    check_int("min_steps", min_steps, 1)
+    settings = engine.settings_from(space, model, base, who)
+    if not settings:
+        raise ValueError(f"{who}(): the space has no settings")
+    n_train = check_split(split)[0]
+    for s in {type(s): s for s in settings}.values():
+        resolve_loop(s, n_train, None, None)  # a static `steps`, a valid batch size
+    if max_steps is not None:
+        check_int("max_steps", max_steps, 1)
+        settings = [s.replace(steps=max_steps) for s in settings]
+    for s in settings:
+        if min_steps > s.steps:
+            raise ValueError(f"`min_steps`={min_steps} exceeds `max_steps`={s.steps}: the "
+                             "first rung must not train longer than the last")
+    groups = engine.group_settings(settings)
+    failures, errors = engine.validate_groups(model, settings, groups, split, on_error)
+    healthy = [g for gi, g in enumerate(groups) if gi not in failures]
+    if healthy:
+        metric = check_metric(model, settings[healthy[0][0]], split, metric)
+    mode = resolve_direction(model.directions, metric, mode)
+    return seed_ids, settings, groups, failures, errors, metric, mode
+
+
+def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, base,
+            max_steps, devices, chunk_size, memory_budget, max_chunk, on_error, progress,
+            who, plan):
+    """The engine loop shared by :func:`successive_halving` and :func:`hyperband`.
+
+    ``plan(n, budgets_fn)`` gives a group's brackets as ``(members, budgets)``.
+    """
+    key = check_key(key)
+    seed_ids, settings, groups, failures, errors, metric, mode = _prepare(
+        model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
+        devices, chunk_size, memory_budget, max_chunk, on_error, who)
+    devices, mesh = engine.mesh_for(devices)
+    n_train = check_split(split)[0]
+    shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
+              "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
+    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
+    brackets_of = [plan(len(idx), settings[idx[0]].steps) for idx in groups]
+    bar = engine.progress_bar(sum(len(b) for gi, bs in enumerate(brackets_of)
+                                  if gi not in failures for _, b in bs),
+                              progress, desc=who)
+    builder_groups, rungs, rows, trained = [], [], [None] * len(settings), \
+        np.zeros(len(settings), np.int64)
+    failed_rows: list[tuple[list[int], str]] = []
+    try:
+        for gi, idx in enumerate(groups):
+            first = settings[idx[0]]
+            cfg = resolve_loop(first, n_train, None, None)
+            brackets = brackets_of[gi]
+            used = sorted({int(i) for members, _ in brackets for i in members})
+            sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
+            length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
+            info = engine.new_group_info(first.statics(), len(used), 0, 0, first.steps,
+                                         [], brackets=len(brackets))
+            try:
+                if gi in failures:
+                    raise engine.GroupFailed(failures[gi])
+                per = engine.member_bytes(model, first, cfg, 1, False)
+                cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length,
+                                         len(devices), None, memory_budget, max_chunk)
+                c = info["chunk_size"] = search_chunk(sizes, cap, len(devices), chunk_size)
+                group = _Group(ctx, [settings[idx[i]] for i in used], cfg, c, length, info)
+                pos = {u: j for j, u in enumerate(used)}
+                for b, (members, budgets) in enumerate(brackets):
+                    start = len(rungs)
+                    _halve(group, np.asarray([pos[int(i)] for i in members]), budgets, eta,
+                           metric, mode, rungs, gi, bracket=b if len(brackets) > 1 else None,
+                           bar=bar)
+                    for rg in rungs[start:]:  # group-local -> result rows
+                        rg["settings"] = np.asarray([idx[used[j]] for j in rg["settings"]])
+                        rg["promoted"] = np.asarray([idx[used[j]] for j in rg["promoted"]],
+                                                    np.int64)
+                for j, r in enumerate(group.rows()):
+                    rows[idx[used[j]]] = r
+                    trained[idx[used[j]]] = group.trained[j]
+                info["n_chunks"] = info["chunks_computed"]
+            except Exception as e:  # noqa: BLE001 - the failure policy
+                if on_error == "raise":
+                    raise
+                msg = str(e) if isinstance(e, engine.GroupFailed) else \
+                    f"{type(e).__name__}: {e}"
+                if not isinstance(e, engine.GroupFailed):
+                    errors.append(e)
+                info["error"] = msg
+                failed_rows.append(([idx[i] for i in used], msg))
+            builder_groups.append(info)
+    finally:
+        if bar is not None:
+            bar.close()
+    engine.report_failures(builder_groups, errors)
+    keep = [i for i, r in enumerate(rows) if r is not None or
+            any(i in f for f, _ in failed_rows)]
+    return settings, seed_ids, rows, trained, builder_groups, rungs, keep, failed_rows, \
+        metric, mode, key
+
+
+def _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
+            failed_rows, search):
+    """The result: one row per setting the search used (in space order)."""
+    pos = {i: j for j, i in enumerate(keep)}
+    template = next((r for r in rows if r is not None), None)
+    final, out_rows = [], []
+    for i in keep:
+        s = settings[i]
+        final.append(s.replace(steps=int(trained[i])) if trained[i] else s)
+        out_rows.append(rows[i] if rows[i] is not None else _failed_row(template,
+                                                                        len(seed_ids)))
+    search["train_steps"] = int(sum(r["train_steps"] for r in rungs))
+    search["full_sweep_train_steps"] = int(sum(len(seed_ids) * settings[i].steps
+                                               for i in keep))
+    for r in rungs:
+        r["settings"] = np.asarray([pos[int(i)] for i in r["settings"]], np.int64)
+        r["promoted"] = np.asarray([pos[int(i)] for i in r["promoted"]], np.int64)
+    result = build(final, seed_ids, out_rows, groups, model=model, split=split, key=key,
+                   search=search)
+    for members, msg in failed_rows:
+        result.errors[[pos[i] for i in members]] = msg
+        result.status[[pos[i] for i in members]] = "failed"
+    result.steps_trained = np.asarray([trained[i] for i in keep], np.int64)
+    result.rungs = rungs
+    return result
+
+
+def _failed_row(template, n_seeds):
+    nan = np.full((n_seeds,), np.nan, np.float32)
+    val = {} if template is None else {k: nan for k in template.val}
+    curve = {} if template is None else {k: nan[:, None] for k in template.val}
+    return row(nan, val, nan[:, None], curve, np.full((n_seeds,), -1, np.int32))
+
+
+_ENGINE_ARGS = """devices: devices to shard each chunk over (default: all local).
+      chunk_size: settings per compiled call (see :func:`search_chunk`; default:
+        from the rung sizes and the memory budget); ``"all"``: the largest rung.
+      memory_budget, max_chunk: as in :func:`jaxhp.sweep`.
+      on_error: ``"record"`` (a failing static group is marked ``failed``, the
+        others run; a warning quotes the first error) or ``"raise"``.
+      progress: a tqdm bar over rungs (``None``: only on a terminal)."""
+
+
+def successive_halving(
+    model: Model,
+    space,
+    split: Split,
+    *,
+    key: jax.Array,
+    seeds: int | Sequence[int] = 1,
+    min_steps: int,
+    eta: int = 3,
+    metric: str = "loss",
+    mode: str | None = None,
+    base: HParams | None = None,
+    max_steps: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int | str | None = None,
+    memory_budget: int | None = None,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    on_error: str = "record",
+    progress: bool | None = None,
+) -> SweepResult:
+    """Successive halving: every rung keeps the best ``1/eta`` and trains them ``eta``x longer.
+
+    Rung ``r`` trains the surviving settings (each with every seed) until step
+    ``min_steps * eta**r`` (the last rung until ``max_steps``; see
+    :func:`rung_budgets`), continuing each from its carried state. The
+    settings are ranked by their mean validation ``metric`` over seeds; the
+    best ``max(1, n // eta)`` go on; a setting with a diverged seed never
+    does. Settings that differ in a static field form static groups, each
+    with its own rungs; selection runs across all of them. Survivors run in
+    chunks of one size, sharded over the devices: two compiled programs per
+    static group, whatever the number of rungs.
+
+    Args:
+      model: the model's functions.
+      space: a search space or a list of settings.
+      split: the data; training reads ``train``, the ranking ``val``.
+      key: base PRNG key; member ``(setting, seed s)`` uses ``fold_in(key, s)``
+        as in :func:`jaxhp.sweep`.
+      seeds: the number of seeds or a list of seed indices.
+      min_steps: the steps of the first rung.
+      eta: the reduction factor (an integer >= 2).
+      metric, mode: the ranking rule (as in :meth:`SweepResult.best`; the
+        direction is the model's declared one unless ``mode`` is given).
+      base: fills the fields the space leaves unset.
+      max_steps: the steps of the last rung (default: each setting's
+        ``steps``). During the search every setting has ``steps = max_steps``
+        (models whose functions read ``hp.steps`` see the full horizon).
+      devices, chunk_size, memory_budget, max_chunk, on_error, progress: the
+        engine's options (see below).
+
+    Engine options:
+      {engine}
+
+    Returns:
+      A :class:`~jaxhp.SweepResult` with one row per setting, holding its
+      validation metrics at the rung where it stopped; its setting has
+      ``steps`` replaced by the steps it actually trained, so ``best()``,
+      ``params()`` and ``evaluate_test()`` (which retrain with ``jaxhp.train``)
+      reproduce that run. Also ``result.steps_trained`` (per setting),
+      ``result.rungs`` (per rung: ``group``, ``steps``, ``settings`` trained,
+      ``promoted``, ``value`` (mean metric), ``train_steps`` (member steps
+      spent), compile and run seconds) and ``result.meta["search"]`` (budgets,
+      total ``train_steps`` and what a full sweep would have spent).
+      ``groups`` holds one entry per static group.
+
+    Raises:
+      ValueError: a bad ``eta``, ``min_steps``, ``max_steps``, seeds or chunk
+        options, before anything compiles.
+      SelectionError: an unknown ``metric`` or an undeclared direction.
+
+    Example:
+      >>> space = jaxhp.random(81, learning_rate=jaxhp.loguniform(1e-3, 1.0),
+      ...                      l2=jaxhp.loguniform(1e-5, 1.0))
+      >>> result = successive_halving(model, space, split, key=jax.random.key(0),
+      ...                             min_steps=20, max_steps=500, metric="mse")
+      >>> result.best("mse").setting.steps, result.meta["search"]["train_steps"]
+      (500, 4740)
+    """
+
+    def plan(n, steps):
+        budgets = rung_budgets(min_steps, steps, eta)
+        return [(np.arange(n), budgets)]
+
+    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key = \
+        _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
+                metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
+                chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
+                on_error=on_error, progress=progress, who="successive_halving", plan=plan)
+    steps = sorted({settings[i].steps for i in keep})
+    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
+                   failed, {"method": "successive_halving", "eta": eta,
+                            "min_steps": min_steps, "max_steps": max(steps),
+                            "budgets": rung_budgets(min_steps, max(steps), eta),
+                            "metric": metric, "mode": mode})
+
+
+successive_halving.__doc__ = successive_halving.__doc__.replace("{engine}", _ENGINE_ARGS)
+
+
 def hyperband(
     model: Model,
     space,
@@ -268,20 +485,28 @@ def hyperband(
     mode: str | None = None,
     base: HParams | None = None,
     max_steps: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int | str | None = None,
+    memory_budget: int | None = None,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    on_error: str = "record",
+    progress: bool | None = None,
 ) -> SweepResult:
     """Hyperband: successive halving brackets from aggressive to none (Li et al. 2018).
 
     Bracket ``b`` (see :func:`hyperband_brackets`) takes the next ``n_b``
-    settings of the space in order and runs successive halving from its
-    first budget. The result has one row per setting used, as for
-    :func:`successive_halving` (``result.rungs`` entries name their
-    ``bracket``).
+    settings of the space (of each static group) in order and runs successive
+    halving from its first budget. Every bracket shares the group's two
+    compiled programs (one chunk size, traced segment bounds). The result has
+    one row per setting used, as for :func:`successive_halving`
+    (``result.rungs`` entries name their ``bracket``).
 
     Args:
-      model, split, key, seeds, min_steps, eta, metric, mode, base, max_steps:
+      model, split, key, seeds, min_steps, eta, metric, mode, base, max_steps,
+      devices, chunk_size, memory_budget, max_chunk, on_error, progress:
         as in :func:`successive_halving`.
       space: a search space or list of settings with at least the brackets'
-        total number of settings (extra settings are not used).
+        total number of settings per static group (extra ones are not used).
 
     Returns:
       A :class:`~jaxhp.SweepResult`, as for :func:`successive_halving`.
@@ -294,27 +519,31 @@ def hyperband(
       >>> result = hyperband(model, jaxhp.random(n, learning_rate=...), split,
       ...                    key=jax.random.key(0), min_steps=10, max_steps=90)
     """
-    key = check_key(key)
-    seed_ids, settings, max_steps, cfg, metric, mode = _prepare(
-        model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
-        "hyperband")
-    brackets = hyperband_brackets(min_steps, max_steps, eta)
-    need = sum(b[0] for b in brackets)
-    if len(settings) < need:
-        raise ValueError(f"hyperband(): the brackets {[b[0] for b in brackets]} need {need} "
-                         f"settings, the space has {len(settings)}; sample at least {need} "
-                         f"(e.g. jaxhp.random({need}, ...))")
-    settings = settings[:need]
-    groups, rungs, rows = [], [], []
-    trained = np.zeros(need, np.int64)
-    offset = 0
-    for b, (n_b, budgets) in enumerate(brackets):
-        part = settings[offset:offset + n_b]
-        r, t = _halve(model, cfg, part, offset, budgets, eta, split, key, seed_ids,
-                      metric, mode, groups, rungs, bracket=b)
-        rows += r
-        trained[offset:offset + n_b] = t
-        offset += n_b
-    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, {
-        "method": "hyperband", "eta": eta, "min_steps": min_steps, "max_steps": max_steps,
-        "brackets": [[n, b] for n, b in brackets], "metric": metric, "mode": mode})
+    check_int("eta", eta, 2, why=" (keep the best 1/eta of each rung)")
+    check_int("min_steps", min_steps, 1)
+
+    def plan(n, steps):
+        brackets = hyperband_brackets(min_steps, steps, eta)
+        need = sum(b[0] for b in brackets)
+        if n < need:
+            raise ValueError(f"hyperband(): the brackets {[b[0] for b in brackets]} need "
+                             f"{need} settings, the space has {n}; sample at least {need} "
+                             f"(e.g. jaxhp.random({need}, ...))")
+        out, offset = [], 0
+        for n_b, budgets in brackets:
+            out.append((np.arange(offset, offset + n_b), budgets))
+            offset += n_b
+        return out
+
+    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key = \
+        _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
+                metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
+                chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
+                on_error=on_error, progress=progress, who="hyperband", plan=plan)
+    steps = max(settings[i].steps for i in keep)
+    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
+                   failed, {"method": "hyperband", "eta": eta, "min_steps": min_steps,
+                            "max_steps": steps,
+                            "brackets": [[n, b] for n, b in hyperband_brackets(
+                                min_steps, steps, eta)],
+                            "metric": metric, "mode": mode})

@@ -36,10 +36,10 @@ from jaxhp._adaptive import (
     row,
 )
 from jaxhp._data import Split, check_split
+from jaxhp._engine import check_seeds
 from jaxhp._hparams import HParams, did_you_mean, stack
 from jaxhp._model import Model, loss_fn, metrics_fn
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
-from jaxhp._sweep import _check_args
 from jaxhp._train import advance, check_key, resolve_loop, start, validate
 from jaxhp._tune import _project_host, natural_bounds
 
@@ -296,7 +296,7 @@ def pbt(
       >>> i = result.best("mse").index
       >>> result.ancestry(i)["learning_rate"], result.evaluate_test("mse").metrics
     """
-    seed_ids = _check_args(seeds, None, None)
+    seed_ids = check_seeds(seeds)
     key = check_key(key)
     settings = population(space, model, base, "pbt")
     if len(settings) < 2:

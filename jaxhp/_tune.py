@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxhp._data import Split, part_size
+from jaxhp._engine import settings_from
 from jaxhp._hparams import Field, HParams, stack, tunable_dtype
 from jaxhp._hypergrad import (
     _value_fn,
@@ -37,7 +38,6 @@ from jaxhp._hypergrad import (
 )
 from jaxhp._model import Model
 from jaxhp._result import SweepResult
-from jaxhp._sweep import settings_from
 from jaxhp._train import check_key, resolve_loop, validate
 
 _BIG = 1e30

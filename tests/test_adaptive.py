@@ -65,7 +65,9 @@ def test_halving_counts(halving):
     spent = 2 * (27 * 10 + 9 * 20 + 3 * 60)
     assert r.meta["search"]["train_steps"] == spent == sum(g["train_steps"] for g in r.rungs)
     assert r.meta["search"]["full_sweep_train_steps"] == 27 * 2 * 90
-    assert len(r.groups) == 3 and r.val_curve["mse"].shape == (27, 2, 3)
+    assert len(r.groups) == 1 and r.val_curve["mse"].shape == (27, 2, 3)
+    # one static group: an init program and one segment program serve every rung
+    assert r.groups[0]["compiled"] <= 2 and r.groups[0]["chunk_size"] == 9
     # A survivor's promoted set is a subset of the settings it trained with.
     for a, b in zip(r.rungs, r.rungs[1:]):
         assert set(a["promoted"]) == set(b["settings"])
@@ -144,13 +146,68 @@ def test_halving_errors_before_compiling(diabetes, kwargs, match):
     assert c.count == 0
 
 
-def test_halving_one_static_group_and_metric(diabetes):
-    space = _space(4) * jaxhp.grid(batch_size=[16, 32])
-    with pytest.raises(ValueError, match="static field.*`batch_size`"):
-        successive_halving(MODEL, space, diabetes, key=KEY, min_steps=10, max_steps=90)
+def test_halving_runs_each_static_group_and_selects_across(diabetes):
+    space = _space(6) * jaxhp.grid(batch_size=[16, 32])
+    r = successive_halving(MODEL, space, diabetes, key=KEY, min_steps=10, max_steps=30,
+                           metric="mse")
+    assert len(r.groups) == 2 and [g["statics"]["batch_size"] for g in r.groups] == [16, 32]
+    assert [rg["group"] for rg in r.rungs] == [0, 0, 1, 1]
+    assert [len(rg["settings"]) for rg in r.rungs] == [6, 2, 6, 2]
+    for rg in r.rungs:  # each group's rungs hold its own settings only
+        assert {r.settings[i].batch_size for i in rg["settings"]} == \
+            {r.groups[rg["group"]]["statics"]["batch_size"]}
+    mean, _ = r.aggregate("mse")
+    assert r.best("mse").value == np.nanmin(mean)  # selection runs across the groups
     with pytest.raises(jaxhp.SelectionError, match="did you mean"):
         successive_halving(MODEL, _space(4), diabetes, key=KEY, min_steps=10,
                            max_steps=90, metric="mes")
+
+
+def test_hyperband_compiles_two_programs_for_every_bracket_and_rung(diabetes):
+    model = linear_regression(10)  # a new model: nothing cached
+    space = _space(17, seed=4)
+    with count_compiles() as c:
+        r = hyperband(model, space, diabetes, key=KEY, min_steps=10, max_steps=90,
+                      metric="mse", base=BASE)
+    assert len({rg["bracket"] for rg in r.rungs}) == 3 and len(r.rungs) == 6
+    assert c.count == r.compile_count == 2  # initialise; train a segment and evaluate
+    with count_compiles() as c:  # other tunable values: nothing new to compile
+        hyperband(model, _space(17, seed=5), diabetes, key=KEY, min_steps=10,
+                  max_steps=90, metric="mse", base=BASE)
+    assert c.count == 0
+
+
+def test_halving_does_not_depend_on_chunking(diabetes, halving):
+    settings, r = halving
+    for chunk in (2, "all"):
+        other = successive_halving(MODEL, settings, diabetes, key=KEY, seeds=2,
+                                   min_steps=10, max_steps=90, metric="mse",
+                                   chunk_size=chunk)
+        assert other.groups[0]["chunk_size"] != r.groups[0]["chunk_size"]
+        assert [g["promoted"].tolist() for g in other.rungs] == \
+            [g["promoted"].tolist() for g in r.rungs]
+        np.testing.assert_allclose(other.val["mse"], r.val["mse"], rtol=1e-6)
+        np.testing.assert_array_equal(other.steps_trained, r.steps_trained)
+
+
+def test_halving_failing_group_is_recorded_and_the_others_run(diabetes):
+    def init(key, hp):
+        if hp.batch_size == 16:
+            raise RuntimeError("no model with batches of 16")
+        return MODEL.init(key, hp)
+
+    model = MODEL._replace(init=init)
+    space = _space(3) * jaxhp.grid(batch_size=[16, 32])
+    with pytest.warns(jaxhp.SweepWarning, match="no model with batches of 16"):
+        r = successive_halving(model, space, diabetes, key=KEY, min_steps=10, max_steps=30,
+                               metric="mse")
+    st = r.setting_status()
+    assert sorted(set(st)) == ["failed", "ok"] and (st == "failed").sum() == 3
+    assert all(r.settings[i].batch_size == 32 for i in r.rungs[0]["settings"])
+    assert r.best("mse").setting.batch_size == 32
+    with pytest.raises(RuntimeError, match="batches of 16"):
+        successive_halving(model, space, diabetes, key=KEY, min_steps=10, max_steps=30,
+                           metric="mse", on_error="raise")
 
 
 # ------------------------------------------------------ population-based training

@@ -197,7 +197,7 @@ def test_sigkill_then_resume_is_bit_identical(diabetes, tmp_path):
 
 
 def test_memory_budget_sets_the_chunk_count(diabetes):
-    from jaxhp._sweep import member_bytes
+    from jaxhp._engine import member_bytes
     from jaxhp._train import resolve_loop
 
     hp = models.LinearHP(steps=10)

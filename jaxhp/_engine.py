@@ -1,0 +1,320 @@
+"""The host side of every search: validate, group, plan, shard, compile, time.
+
+A search (:mod:`jaxhp._sweep`, :mod:`jaxhp._halving`, ...) is a policy; the
+mechanism it runs on lives here, once:
+
+- the arguments are validated once (:func:`check_seeds`, :func:`check_chunking`,
+  :func:`jaxhp._train.check_key`), before anything compiles;
+- settings are grouped by their static part (:func:`group_settings`), and each
+  group's population is cut into chunks sized to a memory budget
+  (:func:`member_bytes`, :func:`plan_chunks`);
+- a chunk's population axis is padded to a multiple of the devices and sharded
+  over all of them (:func:`mesh_for`, :func:`put`, :func:`pad_axis`);
+- programs are compiled through ONE bounded cache (:data:`CACHE`), keyed by the
+  program's name (the model's identity and the static part), the argument
+  shapes and the devices;
+- progress bars and the failure report (:func:`report_failures`).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxhp._data import DataError
+from jaxhp._hparams import HParams, HParamsError
+from jaxhp._model import Model, ModelError
+from jaxhp._train import LoopConfig, eval_steps, validate
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+# On a CPU, automatic chunks also keep their estimated working set (member_bytes x
+# members) near the caches: the MLP of bench/ (0.9 MB per member) ran 2-2.5x faster
+# in chunks of 32-64 settings than of 256, where the Adam state streams from memory.
+DEFAULT_CACHE_BUDGET = 64 * 2**20
+# Settings per automatic chunk. On a 2-core CPU, ridge (265 examples) ran fastest
+# at 512-1,024 settings per chunk: the (chunk, n_train) temporaries of a step stay
+# in the cores' L2 caches; 2,048 was 8-14% slower (bench/, max_chunk sweep).
+DEFAULT_MAX_CHUNK = 512
+
+
+def settings_from(space, model: Model, base: HParams | None,
+                  caller: str = "sweep") -> list[HParams]:
+    """The settings of a space, a list of settings, or a (batched) setting."""
+    if isinstance(space, HParams):
+        space = [space[i] for i in range(len(space))] if space.batch_shape else [space]
+    if isinstance(space, (list, tuple)):
+        settings = list(space)
+        for i, s in enumerate(settings):
+            if not isinstance(s, HParams) or s.batch_shape:
+                raise TypeError(f"{caller}(): settings[{i}] must be one HParams setting, "
+                                f"got {s!r}")
+        return settings
+    if not hasattr(space, "settings"):
+        raise TypeError(f"{caller}(): expected a search space, a list of HParams or a "
+                        f"batched HParams, got {type(space).__name__}")
+    cls = type(base) if base is not None else model.hparams
+    if cls is None:
+        raise ValueError(f"{caller}(): the model has no `hparams` class; pass "
+                         "`base=YourHParams(...)` or a list of settings")
+    return space.settings(cls, base=base)
+
+
+def check_seeds(seeds) -> np.ndarray:
+    """The seed indices (``uint32``) of ``seeds``: a count or a list of distinct indices."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        if seeds <= 0:
+            raise ValueError(f"`seeds`={seeds}: must be a positive number of seeds")
+        seed_ids = np.arange(int(seeds))
+    else:
+        seed_ids = np.asarray(seeds)
+        if seed_ids.ndim != 1 or seed_ids.size == 0 or seed_ids.dtype.kind not in "iu" \
+                or np.any(seed_ids < 0) or len(set(seed_ids.tolist())) != seed_ids.size:
+            raise ValueError(f"`seeds`={seeds!r}: must be a positive int or a list of "
+                             "distinct non-negative seed indices")
+    return seed_ids.astype(np.uint32)
+
+
+def check_chunking(chunk_size, memory_budget, max_chunk) -> None:
+    """Refuses a bad ``chunk_size``, ``memory_budget`` or ``max_chunk``, naming it."""
+    if chunk_size is not None and chunk_size != "all":
+        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) \
+                or chunk_size <= 0:
+            raise ValueError(f"`chunk_size`={chunk_size!r}: must be a positive integer, "
+                             "'all' or None (sized from the memory budget)")
+    if memory_budget is not None and (
+            not isinstance(memory_budget, (int, np.integer)) or isinstance(memory_budget, bool)
+            or memory_budget <= 0):
+        raise ValueError(f"`memory_budget`={memory_budget!r}: must be a positive integer "
+                         "number of bytes per device (e.g. 2 * 2**30 for 2 GiB) or None")
+    if isinstance(max_chunk, bool) or not isinstance(max_chunk, (int, np.integer)) \
+            or max_chunk < 1:
+        raise ValueError(f"`max_chunk`={max_chunk!r}: must be a positive integer (the "
+                         "largest automatic chunk per device)")
+
+
+class GroupFailed(Exception):
+    """A static group whose model functions failed during validation."""
+
+
+def group_settings(settings: Sequence[HParams]) -> list[list[int]]:
+    """Indices of the settings, grouped by static part, in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault((type(s), s.static_key()), []).append(i)
+    return list(groups.values())
+
+
+def member_bytes(model: Model, hp: HParams, cfg: LoopConfig, n_val_metrics: int,
+                 keep_params: bool) -> int:
+    """Estimated device bytes of one population member (state, temporaries, curves)."""
+    params = jax.eval_shape(model.init, jax.random.key(0), hp)
+    opt_state = jax.eval_shape(model.optimizer(hp).init, params)
+    nbytes = lambda t: sum(math.prod(x.shape) * x.dtype.itemsize
+                           for x in jax.tree_util.tree_leaves(t))
+    p, o = nbytes(params), nbytes(opt_state)
+    n_loss = 0 if not cfg.loss_every else math.ceil(cfg.steps / cfg.loss_every)
+    n_eval = len(eval_steps(cfg)) * n_val_metrics
+    # params, grads, updates, new params and the select copies, plus opt state twice
+    state = 5 * p + 2 * o + (p + o if keep_params else 0)
+    return int(state + 4 * (n_loss + n_eval + n_val_metrics + 2))
+
+
+def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
+                chunk_size, memory_budget: int | None,
+                max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
+    """Settings per chunk: from an explicit size, or the memory budget (a device multiple).
+
+    Automatic chunks are capped, per device, by ``max_chunk`` and the budget (on a CPU, also by
+    :data:`DEFAULT_CACHE_BUDGET` unless a budget is given), then evened out so that
+    the last chunk carries little padding.
+    """
+    if chunk_size == "all":
+        c = n_settings
+    elif chunk_size is not None:
+        c = min(int(chunk_size), n_settings)
+    else:
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        if memory_budget is None and jax.default_backend() == "cpu":
+            budget = min(budget, DEFAULT_CACHE_BUDGET)
+        # max_chunk and the budgets hold per device: each device (a core on a CPU)
+        # computes its share of the chunk in its own cache and memory
+        c = max(1, min(n_settings, max_chunk * n_devices,
+                       n_devices * budget // max(1, per_member * n_seeds)))
+        c = math.ceil(n_settings / math.ceil(n_settings / c))  # equal chunks
+    return int(math.ceil(c / n_devices) * n_devices)
+
+
+def mesh_for(devices: Sequence[jax.Device] | None) -> tuple[list, Mesh | None]:
+    """The devices (default: all local ones) and a 1-D ``("pop",)`` mesh over them
+    (``None`` for one device). A plain ``Mesh`` has Auto axes, which ``jit`` of
+    ``vmap`` shards without annotations inside the program."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return devices, (Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None)
+
+
+POP = P("pop")           # settings on the first axis: hp columns
+MEMBERS = P(None, "pop")  # (seeds, settings, ...): carries and per-member outputs
+SHARED = P()              # replicated: the data, keys, start and stop steps
+
+
+def put(tree, mesh: Mesh | None, spec: P = SHARED):
+    """``tree`` on the device(s): sharded by ``spec`` over ``mesh``, or on the default
+    device when there is no mesh."""
+    if mesh is None:
+        return jax.device_put(tree)
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def pad_axis(tree, size: int, axis: int = 0):
+    """Pads every leaf to ``size`` along ``axis`` by repeating its last entry (the
+    padding members train like a real one and are dropped; no NaN, no recompile)."""
+
+    def one(x):
+        x = np.asarray(x)
+        n = x.shape[axis]
+        if n == size:
+            return x
+        last = np.take(x, [n - 1], axis=axis)
+        return np.concatenate([x, np.repeat(last, size - n, axis=axis)], axis=axis)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+class CompileCache:
+    """A bounded LRU cache of compiled programs (the engine's only compile cache).
+
+    Keyed by the program's name (a hashable tuple naming the program, the
+    model, its static part and loop), the arguments' tree structure, shapes
+    and dtypes, and the devices. At most ``maxsize`` programs are kept; the
+    least recently used one is dropped first.
+    """
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._programs: collections.OrderedDict = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def clear(self) -> None:
+        self._programs.clear()
+
+    def get(self, name: tuple, fn: Callable, args: tuple, mesh: Mesh | None = None,
+            specs: tuple | None = None) -> tuple[Any, float]:
+        """``jit(fn)`` compiled for ``args`` and the seconds it took (0.0 if cached).
+
+        ``specs`` gives a ``PartitionSpec`` per argument (applied to all its
+        leaves) when the population is sharded over ``mesh``.
+        """
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        signature = tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
+                          for a in leaves)
+        key = (name, treedef, signature,
+               None if mesh is None else tuple(d.id for d in mesh.devices.flat))
+        if key in self._programs:
+            self._programs.move_to_end(key)
+            return self._programs[key], 0.0
+        t0 = time.perf_counter()
+        if mesh is None:
+            compiled = jax.jit(fn).lower(*args).compile()
+        else:
+            in_sh = tuple(jax.tree_util.tree_map(lambda _, s=s: NamedSharding(mesh, s), a)
+                          for a, s in zip(args, specs))
+            compiled = jax.jit(fn, in_shardings=in_sh).lower(*args).compile()
+        seconds = time.perf_counter() - t0
+        self._programs[key] = compiled
+        while len(self._programs) > self.maxsize:
+            self._programs.popitem(last=False)
+        return compiled, seconds
+
+
+CACHE = CompileCache()
+
+
+def new_group_info(statics: dict, n_settings: int, chunk_size: int, n_chunks: int,
+                   steps: int, eval_steps_: list, **extra) -> dict:
+    """The record of one static group in a result (statics, chunking, compile and
+    run seconds, error), the same fields for every search."""
+    return {"statics": statics, "n_settings": n_settings, "chunk_size": chunk_size,
+            "n_chunks": n_chunks, "compile_s": 0.0, "run_s": 0.0, "error": None,
+            "eval_steps": eval_steps_, "steps": steps, "compiled": 0,
+            "chunks_computed": 0, "chunks_loaded": 0, **extra}
+
+
+def progress_bar(total: int, progress, desc: str = "jaxhp sweep") -> Any:
+    """A tqdm bar (``progress=None``: only on a terminal; ``True`` needs tqdm)."""
+    if progress is False:
+        return None
+    if progress is None and not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        if progress is None:
+            return None
+        raise ImportError("progress=True needs tqdm: pip install 'jaxhp[progress]'") from e
+    return tqdm(total=total, desc=desc, unit="chunk")
+
+
+class SweepWarning(UserWarning):
+    """Some static groups of a sweep failed; the others' results are kept."""
+
+
+def report_failures(groups: list[dict], errors: list[BaseException]) -> None:
+    """Warns when some static groups failed (quoting the first error); raises the first
+    error when every group failed, since no result is then left to select from."""
+    failed = [g for g in groups if g["error"]]
+    if not failed:
+        return
+    if len(failed) == len(groups) and errors:
+        raise errors[0]
+    statics = ", ".join(f"{k}={v!r}" for k, v in failed[0]["statics"].items())
+    warnings.warn(
+        f"{len(failed)} of {len(groups)} static group(s) of the sweep failed and are "
+        f"marked 'failed' in the result (never selected); the first ({statics}): "
+        f"{failed[0]['error']}. All messages: result.errors; on_error='raise' stops at "
+        "the first.", SweepWarning, stacklevel=3)
+
+
+
+
+def validate_groups(model: Model, settings: Sequence[HParams], groups: list[list[int]],
+                    split, on_error: str) -> tuple[dict[int, str], list[BaseException]]:
+    """Checks the model and data once per static group, before anything compiles.
+
+    Bad input (``ModelError``, ``DataError``, ``HParamsError``) is raised; any
+    other error of a user function is recorded for its group under
+    ``on_error="record"`` (returned as ``{group: message}`` and the exceptions).
+    """
+    failures: dict[int, str] = {}
+    errors: list[BaseException] = []
+    for gi, idx in enumerate(groups):
+        try:
+            validate(model, settings[idx[0]], split)
+        except (ModelError, DataError, HParamsError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a user function failed for this group
+            if on_error == "raise":
+                raise
+            failures[gi] = f"{type(e).__name__}: {e}"
+            errors.append(e)
+    return failures, errors
+
+
+def record_failure(e: BaseException, idx, info: dict, builder, errors: list) -> None:
+    """Marks a group's settings failed in the result, with the error's message."""
+    msg = str(e) if isinstance(e, GroupFailed) else f"{type(e).__name__}: {e}"
+    if not isinstance(e, GroupFailed):
+        errors.append(e)
+    builder.fail(idx, msg)
+    info["error"] = msg
