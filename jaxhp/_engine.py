@@ -31,10 +31,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxhp import _population as population
 from jaxhp._data import DataError
-from jaxhp._hparams import HParams, HParamsError
+from jaxhp._hparams import HParams, HParamsError, stack
 from jaxhp._model import Model, ModelError
-from jaxhp._train import LoopConfig, eval_steps, validate
+from jaxhp._train import LoopConfig, Run, eval_steps, validate
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 # On a CPU, automatic chunks also keep their estimated working set (member_bytes x
@@ -318,3 +319,122 @@ def record_failure(e: BaseException, idx, info: dict, builder, errors: list) -> 
         errors.append(e)
     builder.fail(idx, msg)
     info["error"] = msg
+
+
+def _init_program(model: Model):
+    init = population.init
+
+    def program(hp, key, seed_ids):
+        return init(model, hp, population.member_keys(key, seed_ids))
+
+    return program
+
+
+def _segment_program(model: Model, cfg: LoopConfig, length: int):
+    advance = population.advance(model, cfg, length)
+    evaluate = population.evaluate(model)
+
+    def program(hp, carry, train_part, val_part, s0, s1, key, seed_ids):
+        keys = population.member_keys(key, seed_ids)
+        carry, losses = advance(hp, carry, train_part, s0, s1, keys)
+        val, train_loss = evaluate(hp, carry, val_part, train_part, keys)
+        return carry, losses, val, train_loss
+
+    return program
+
+
+_INIT_SPECS = (POP, SHARED, SHARED)
+_SEGMENT_SPECS = (POP, MEMBERS) + (SHARED,) * 6
+
+
+class Runner:
+    """One static group's population on the host, run in fixed-size sharded chunks.
+
+    Holds the settings (a batched ``HParams`` whose tunable columns a policy
+    may replace), the carry of every member (leaves ``(seeds, settings,
+    ...)``, numpy), and what each member did: its losses per step, its
+    validation metrics after each segment, its final training objective and
+    health. :meth:`run` trains any subset of members over steps
+    ``[s0, s1)`` (from scratch when ``s0 == 0``) with two compiled programs
+    (initialise; train a segment of at most ``length`` steps and evaluate),
+    whatever the subset, the segment or the tunable values.
+    """
+
+    def __init__(self, ctx: dict, settings: list[HParams], cfg: LoopConfig, chunk: int,
+                 length: int, info: dict):
+        self.ctx, self.settings, self.cfg, self.c, self.length = ctx, settings, cfg, chunk, \
+            length
+        self.info = info
+        self.hp = stack(settings)
+        n, s = len(settings), len(ctx["seed_ids"])
+        self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
+        self.losses = [[] for _ in range(n)]
+        self.vals: list[list[dict]] = [[] for _ in range(n)]
+        self.last = [None] * n
+        self.trained = np.zeros(n, np.int64)
+        self.shape = (n, s)
+
+    def _call(self, name, fn, specs, args):
+        compiled, dt = CACHE.get(name, fn, args, self.ctx["mesh"], specs)
+        self.info["compile_s"] += dt
+        self.info["compiled"] += int(dt > 0)
+        t0 = time.perf_counter()
+        out = jax.device_get(jax.block_until_ready(compiled(*args)))
+        self.info["run_s"] += time.perf_counter() - t0
+        self.info["chunks_computed"] += 1
+        return out
+
+    def run(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
+        """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;
+        returns their validation metrics and health, ``(seeds, len(alive))``."""
+        ctx, c, model, mesh = self.ctx, self.c, self.ctx["model"], self.ctx["mesh"]
+        shared = ctx["shared"]
+        val_out: dict = {}
+        dead_out = []
+        for start in range(0, len(alive), c):
+            rows = alive[start:start + c]
+            m = len(rows)
+            hp = put(pad_axis(population.take_settings(self.hp, rows), c),
+                            mesh, POP)
+            if self.carry is None or s0 == 0:
+                carry = self._call(("population-init", model, self.cfg), _init_program(model),
+                                   _INIT_SPECS, (hp, shared["key"], shared["seed_ids"]))
+                if self.carry is None:
+                    self.carry = jax.tree_util.tree_map(
+                        lambda a: np.zeros(a.shape[:1] + self.shape[:1] + a.shape[2:],
+                                           a.dtype), carry)
+            else:
+                carry = pad_axis(population.take(self.carry, rows), c, axis=1)
+            args = (hp, put(carry, mesh, MEMBERS), shared["train"],
+                    shared["val"], np.int32(s0), np.int32(s1), shared["key"],
+                    shared["seed_ids"])
+            carry, losses, val, train_loss = self._call(
+                ("population-segment", model, self.cfg, self.length),
+                _segment_program(model, self.cfg, self.length), _SEGMENT_SPECS, args)
+            for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
+                                jax.tree_util.tree_leaves(carry)):
+                dst[:, rows] = src[:, :m]
+            dead = carry[1][:, :m]
+            for j, i in enumerate(rows):
+                self.losses[i].append(losses[:, j, :s1 - s0])
+                self.vals[i].append({k: v[:, j] for k, v in val.items()})
+                self.last[i] = (train_loss[:, j], dead[:, j])
+                self.trained[i] = s1
+            for k, v in val.items():
+                val_out.setdefault(k, []).append(v[:, :m])
+            dead_out.append(dead)
+        return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
+                np.concatenate(dead_out, axis=1))
+
+    def rows(self) -> list[Run]:
+        """Per member: its outcome (leaves ``(seeds, ...)``), as the result builder takes it."""
+        out = []
+        for i in range(self.shape[0]):
+            curve = {k: np.stack([v[k] for v in self.vals[i]], axis=-1)
+                     for k in self.vals[i][0]}
+            final = {k: v[..., -1] for k, v in curve.items()}
+            out.append(Run(None, self.last[i][0], final,
+                           np.concatenate(self.losses[i], axis=-1).astype(np.float32),
+                           {k: v.astype(np.float32) for k, v in curve.items()},
+                           self.last[i][1].astype(np.int32)))
+        return out

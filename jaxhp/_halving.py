@@ -19,7 +19,6 @@ segment and evaluate), whatever the number of rungs and brackets.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import jax
@@ -30,10 +29,10 @@ from jaxhp import _population as population
 from jaxhp._adaptive import build, check_int, check_metric, row
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
-from jaxhp._hparams import HParams, stack
+from jaxhp._hparams import HParams
 from jaxhp._model import Model
 from jaxhp._result import SweepResult, resolve_direction
-from jaxhp._train import LoopConfig, check_key, resolve_loop
+from jaxhp._train import check_key, resolve_loop
 
 
 def rung_budgets(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -91,113 +90,7 @@ def search_chunk(sizes: Sequence[int], cap: int, n_devices: int, chunk_size) -> 
     return int(math.ceil(max(1, c) / n_devices) * n_devices)
 
 
-def _init_program(model: Model):
-    init = population.init
-
-    def program(hp, key, seed_ids):
-        return init(model, hp, population.member_keys(key, seed_ids))
-
-    return program
-
-
-def _segment_program(model: Model, cfg: LoopConfig, length: int):
-    advance = population.advance(model, cfg, length)
-    evaluate = population.evaluate(model)
-
-    def program(hp, carry, train_part, val_part, s0, s1, key, seed_ids):
-        keys = population.member_keys(key, seed_ids)
-        carry, losses = advance(hp, carry, train_part, s0, s1, keys)
-        val, train_loss = evaluate(hp, carry, val_part, train_part, keys)
-        return carry, losses, val, train_loss
-
-    return program
-
-
-_INIT_SPECS = (engine.POP, engine.SHARED, engine.SHARED)
-_SEGMENT_SPECS = (engine.POP, engine.MEMBERS) + (engine.SHARED,) * 6
-
-
-class _Group:
-    """One static group's search state on the host (carries, curves, records)."""
-
-    def __init__(self, ctx: dict, settings: list[HParams], cfg: LoopConfig, chunk: int,
-                 length: int, info: dict):
-        self.ctx, self.settings, self.cfg, self.c, self.length = ctx, settings, cfg, chunk, \
-            length
-        self.info = info
-        self.hp = stack(settings)
-        n, s = len(settings), len(ctx["seed_ids"])
-        self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
-        self.losses = [[] for _ in range(n)]
-        self.vals: list[list[dict]] = [[] for _ in range(n)]
-        self.last = [None] * n
-        self.trained = np.zeros(n, np.int64)
-        self.shape = (n, s)
-
-    def _call(self, name, fn, specs, args):
-        compiled, dt = engine.CACHE.get(name, fn, args, self.ctx["mesh"], specs)
-        self.info["compile_s"] += dt
-        self.info["compiled"] += int(dt > 0)
-        t0 = time.perf_counter()
-        out = jax.device_get(jax.block_until_ready(compiled(*args)))
-        self.info["run_s"] += time.perf_counter() - t0
-        self.info["chunks_computed"] += 1
-        return out
-
-    def rung(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
-        """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;
-        returns their validation metrics and health, ``(seeds, len(alive))``."""
-        ctx, c, model, mesh = self.ctx, self.c, self.ctx["model"], self.ctx["mesh"]
-        shared = ctx["shared"]
-        val_out: dict = {}
-        dead_out = []
-        for start in range(0, len(alive), c):
-            rows = alive[start:start + c]
-            m = len(rows)
-            hp = engine.put(engine.pad_axis(population.take_settings(self.hp, rows), c),
-                            mesh, engine.POP)
-            if self.carry is None or s0 == 0:
-                carry = self._call(("halving-init", model, self.cfg), _init_program(model),
-                                   _INIT_SPECS, (hp, shared["key"], shared["seed_ids"]))
-                if self.carry is None:
-                    self.carry = jax.tree_util.tree_map(
-                        lambda a: np.zeros(a.shape[:1] + self.shape[:1] + a.shape[2:],
-                                           a.dtype), carry)
-            else:
-                carry = engine.pad_axis(population.take(self.carry, rows), c, axis=1)
-            args = (hp, engine.put(carry, mesh, engine.MEMBERS), shared["train"],
-                    shared["val"], np.int32(s0), np.int32(s1), shared["key"],
-                    shared["seed_ids"])
-            carry, losses, val, train_loss = self._call(
-                ("halving-segment", model, self.cfg, self.length),
-                _segment_program(model, self.cfg, self.length), _SEGMENT_SPECS, args)
-            for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
-                                jax.tree_util.tree_leaves(carry)):
-                dst[:, rows] = src[:, :m]
-            dead = carry[1][:, :m]
-            for j, i in enumerate(rows):
-                self.losses[i].append(losses[:, j, :s1 - s0])
-                self.vals[i].append({k: v[:, j] for k, v in val.items()})
-                self.last[i] = (train_loss[:, j], dead[:, j])
-                self.trained[i] = s1
-            for k, v in val.items():
-                val_out.setdefault(k, []).append(v[:, :m])
-            dead_out.append(dead)
-        return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
-                np.concatenate(dead_out, axis=1))
-
-    def rows(self) -> list:
-        out = []
-        for i in range(self.shape[0]):
-            curve = {k: np.stack([v[k] for v in self.vals[i]], axis=-1)
-                     for k in self.vals[i][0]}
-            final = {k: v[..., -1] for k, v in curve.items()}
-            out.append(row(self.last[i][0], final, np.concatenate(self.losses[i], axis=-1),
-                           curve, self.last[i][1]))
-        return out
-
-
-def _halve(group: _Group, members: np.ndarray, budgets: list[int], eta: int, metric: str,
+def _halve(group: engine.Runner, members: np.ndarray, budgets: list[int], eta: int, metric: str,
            mode: str, rungs: list, gi: int, bracket=None, bar=None) -> None:
     """Runs the rungs of one bracket over the group's ``members``."""
     alive = np.asarray(members)
@@ -205,7 +98,7 @@ def _halve(group: _Group, members: np.ndarray, budgets: list[int], eta: int, met
     for r, budget in enumerate(budgets):
         s0 = budgets[r - 1] if r else 0
         t0 = group.info["run_s"], group.info["compile_s"]
-        val, dead = group.rung(alive, s0, budget)
+        val, dead = group.run(alive, s0, budget)
         score = population.score(val[metric], dead, mode, xp=np)
         order = np.argsort(score, kind="stable")
         n_keep = 0 if r == len(budgets) - 1 else max(1, len(alive) // eta)
@@ -295,7 +188,8 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                 cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length,
                                          len(devices), None, memory_budget, max_chunk)
                 c = info["chunk_size"] = search_chunk(sizes, cap, len(devices), chunk_size)
-                group = _Group(ctx, [settings[idx[i]] for i in used], cfg, c, length, info)
+                group = engine.Runner(ctx, [settings[idx[i]] for i in used], cfg, c, length,
+                                      info)
                 pos = {u: j for j, u in enumerate(used)}
                 for b, (members, budgets) in enumerate(brackets):
                     start = len(rungs)

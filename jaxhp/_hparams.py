@@ -28,6 +28,7 @@ import numpy as np
 STATIC = "static"
 TUNABLE = "tunable"
 _MISSING = object()
+_PROJECT_BIG = 1e30  # Field.bounds() keeps log-scaled fields within [1/_BIG, _BIG]
 
 
 def tunable_dtype() -> np.dtype:
@@ -112,6 +113,138 @@ class Field:
         if self.log and v <= 0:
             return "must be > 0 because the field is log-scaled"
         return None
+
+    # ------------------------------------------------- vectorised, on columns
+    def _bad_numbers(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`check_number` on a float64 array: where any rule is broken."""
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(x)
+            if self.integer:
+                bad |= x != np.trunc(x)
+            if self.low is not None:
+                bad |= (x < self.low) | ((x == self.low) if self.low_open else False)
+            if self.high is not None:
+                bad |= (x > self.high) | ((x == self.high) if self.high_open else False)
+            if self.log:
+                bad |= x <= 0
+        return bad
+
+    def check_column(self, values: Any, name: str = "value") -> tuple[np.ndarray, str | None]:
+        """Checks a whole column of values (one per setting) against the rule at once.
+
+        The rules are those construction applies to one value (a tunable is
+        converted to :func:`tunable_dtype` first); numeric columns are checked
+        with numpy, a static column of other values once per distinct value.
+
+        Args:
+          values: a one-dimensional array (or list) with one value per setting.
+          name: the field's name, for the message.
+
+        Returns:
+          ``(bad, message)``: a boolean mask of the rows that break the rule, and
+          the message construction gives for the first of them, naming its row
+          (``"`l2`=-1 (setting 17): must be >= 0 (rule: ...)"``), or ``None``.
+
+        Example:
+          >>> bad, msg = LinearHP.fields()["l2"].check_column(np.array([0.1, -1.0]), "l2")
+          >>> bad.tolist(), msg.split(":")[0]
+          ([False, True], '`l2`=-1 (setting 1)')
+        """
+        arr = _as_column(values)
+        if arr.ndim == 0:
+            raise ValueError(f"`{name}`: a column holds one value per setting; got a "
+                             f"0-dimensional array {_short(arr)}")
+        n = arr.shape[0]
+        if arr.ndim > 1:  # every row is an array: refused like one setting's array
+            bad = np.ones(n, bool)
+        elif self.is_tunable:
+            bad = self._bad_tunable_column(arr, name)
+        else:
+            bad = self._bad_static_column(arr, name)
+        if not bad.any():
+            return bad, None
+        i = int(np.argmax(bad))
+        v = arr[i] if arr.ndim > 1 else _item(arr, i)
+        msg = (_check_static(name, self, v, row=i) if self.is_static
+               else _to_tunable(name, self, v, row=i)[1])
+        return bad, msg or f"`{name}`={_short(v)}{_at(i)}: breaks the rule ({self.rule()})"
+
+    def _bad_tunable_column(self, arr: np.ndarray, name: str) -> np.ndarray:
+        kind = arr.dtype.kind
+        if kind in "iuf":
+            x = _tunable_values(arr)
+            bad = self._bad_numbers(x.astype(np.float64))
+            if self.choices is not None:
+                bad |= ~np.isin(x, np.asarray(self.choices, x.dtype))
+            return bad
+        if kind == "O":  # mixed Python values: each one as construction checks it
+            return np.fromiter((_to_tunable(name, self, v)[1] is not None
+                                for v in arr.tolist()), bool, arr.shape[0])
+        return np.ones(arr.shape[0], bool)  # bool, str, complex...: never a real number
+
+    def _bad_static_column(self, arr: np.ndarray, name: str) -> np.ndarray:
+        if arr.dtype.kind in "iuf" and self.choices is None:
+            if self.low is None and self.high is None and not self.integer:
+                return np.zeros(arr.shape[0], bool)
+            return self._bad_numbers(arr.astype(np.float64))
+        uniques, codes = _factorize(arr, exact=True)
+        if uniques is None:  # unhashable values: each one as construction checks it
+            return np.fromiter((_check_static(name, self, v) is not None
+                                for v in arr.tolist()), bool, arr.shape[0])
+        bad = np.array([_check_static(name, self, v) is not None for v in uniques], bool)
+        return bad[codes]
+
+    def bounds(self) -> tuple[float, float]:
+        """The closed interval values are projected into (:meth:`project`).
+
+        Open bounds are nudged inside by ``1e-6 * max(|bound|, 1)``; a log-scaled
+        field is kept within ``[1e-30, 1e30]``; a missing bound is infinite.
+
+        Example:
+          >>> LinearHP.fields()["momentum"].bounds()
+          (0.0, 0.999999)
+        """
+        def nudge(b: float, up: bool) -> float:
+            step = 1e-6 * max(abs(b), 1.0)
+            return b + step if up else b - step
+
+        lo = -math.inf if self.low is None else (
+            nudge(self.low, True) if self.low_open else self.low)
+        hi = math.inf if self.high is None else (
+            nudge(self.high, False) if self.high_open else self.high)
+        if self.log:
+            lo, hi = max(lo, 1 / _PROJECT_BIG), min(hi, _PROJECT_BIG)
+        return float(lo), float(hi)
+
+    def project(self, values: Any) -> np.ndarray:
+        """Clips values into the field's range (:meth:`bounds`), as valid tunables.
+
+        Args:
+          values: numbers (any shape).
+
+        Returns:
+          An array of :func:`tunable_dtype` of the same shape whose finite
+          entries pass :meth:`check_number` (rounding that lands on an open
+          bound steps back inside); NaN stays NaN.
+
+        Example:
+          >>> LinearHP.fields()["momentum"].project([-0.5, 0.5, 2.0]).tolist()
+          [0.0, 0.5, 0.9999989867210388]
+        """
+        if not self.is_tunable:
+            raise TypeError("Field.project(): only tunable fields are projected")
+        lo, hi = self.bounds()
+        dt = tunable_dtype()
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.clip(np.asarray(values, np.float64), lo, hi).astype(dt)
+            for _ in range(8):  # rounding may land on an open bound: step inside
+                bad = self._bad_numbers(v.astype(np.float64))
+                if not bad.any():
+                    break
+                up = (v <= self.low) if self.low is not None else np.zeros(v.shape, bool)
+                toward = np.where(up, dt.type(np.inf), dt.type(-np.inf))
+                v = np.where(bad, np.nextafter(v, toward), v).astype(dt)
+        return v
 
 
 def _check_rule_args(kind, default, low, high, log, integer, choices) -> None:
@@ -213,41 +346,49 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _check_static(name: str, f: Field, v: Any) -> str | None:
+def _at(row: int | None) -> str:
+    """`` (setting 17)`` after a value that came from row 17 of a column; else nothing."""
+    return "" if row is None else f" (setting {row})"
+
+
+def _check_static(name: str, f: Field, v: Any, row: int | None = None) -> str | None:
+    at = _at(row)
     if isinstance(v, (np.ndarray, jax.Array)) or _is_tracer(v):
-        return (f"`{name}`={_short(v)}: a static field takes a plain Python value "
+        return (f"`{name}`={_short(v)}{at}: a static field takes a plain Python value "
                 f"(int, float, str, bool, tuple), not an array")
     try:
         hash(v)
     except TypeError:
-        return f"`{name}`={v!r}: a static field must be hashable (got {type(v).__name__})"
+        return f"`{name}`={v!r}{at}: a static field must be hashable (got {type(v).__name__})"
     if f.choices is not None:
         if v not in f.choices:
-            return f"`{name}`={v!r}: must be one of {list(f.choices)}"
+            return f"`{name}`={v!r}{at}: must be one of {list(f.choices)}"
         return None
     if v is None and f.default is None:
         return None
     if f.low is not None or f.high is not None or f.integer:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            return f"`{name}`={v!r}: must be a number ({f.rule()})"
+            return f"`{name}`={v!r}{at}: must be a number ({f.rule()})"
         broken = f.check_number(float(v))
         if broken:
-            return f"`{name}`={v!r}: {broken} (rule: {f.rule()})"
+            return f"`{name}`={v!r}{at}: {broken} (rule: {f.rule()})"
     return None
 
 
-def _not_one_number(name: str, v: Any, shape: tuple) -> str:
-    return (f"`{name}`={_short(v)}: a tunable field takes one number per setting, got an "
-            f"array of shape {shape}; use jaxhp.stack([...]) for a batch")
+def _not_one_number(name: str, v: Any, shape: tuple, row: int | None = None) -> str:
+    return (f"`{name}`={_short(v)}{_at(row)}: a tunable field takes one number per setting, "
+            f"got an array of shape {shape}; use jaxhp.stack([...]) for a batch")
 
 
-def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
+def _to_tunable(name: str, f: Field, v: Any, row: int | None = None) -> tuple[Any, str | None]:
     """Converts one tunable value to a 0-d array of :func:`tunable_dtype` and checks it.
 
     One setting takes one number per tunable (a Python or NumPy number, a 0-d
     array); an array of any other shape is refused: batches are built by
-    :func:`stack`, never by construction.
+    :func:`stack`, never by construction. ``row`` (a column's row the value
+    came from) is named in the message.
     """
+    at = _at(row)
     dtype = tunable_dtype()
     if (type(v) is float or type(v) is int) and f.choices is None and abs(v) < 1e38:
         arr = np.array(v, dtype)  # the common case: one plain, in-range number
@@ -255,27 +396,107 @@ def _to_tunable(name: str, f: Field, v: Any) -> tuple[Any, str | None]:
             return arr, None  # a broken rule is reported by the general path below
     if _is_tracer(v):
         if v.shape != ():
-            return v, _not_one_number(name, v, tuple(v.shape))
+            return v, _not_one_number(name, v, tuple(v.shape), row)
         return v, None
     if isinstance(v, (str, bytes)) or isinstance(v, bool) or v is None:
-        return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
+        return v, (f"`{name}`={v!r}{at}: a tunable field takes a real number, "
                    f"got {type(v).__name__} ({f.rule()})")
     try:
         arr = np.asarray(v)
     except Exception:  # noqa: BLE001 - any failure means "not a number"
-        return v, f"`{name}`={v!r}: not convertible to a number"
+        return v, f"`{name}`={v!r}{at}: not convertible to a number"
     if arr.dtype.kind not in "iuf":
-        return v, (f"`{name}`={v!r}: a tunable field takes a real number, "
+        return v, (f"`{name}`={v!r}{at}: a tunable field takes a real number, "
                    f"got dtype {arr.dtype}")
     if arr.shape != ():
-        return v, _not_one_number(name, arr, arr.shape)
-    arr = arr.astype(dtype)
+        return v, _not_one_number(name, arr, arr.shape, row)
+    with np.errstate(over="ignore"):  # beyond the dtype's range: inf, reported below
+        arr = arr.astype(dtype)
     broken = f.check_number(float(arr))
     if broken:
-        return arr, f"`{name}`={_short(float(arr))}: {broken} (rule: {f.rule()})"
+        return arr, f"`{name}`={_short(float(arr))}{at}: {broken} (rule: {f.rule()})"
     if f.choices is not None and not np.isin(arr, np.asarray(f.choices, dtype)):
-        return arr, f"`{name}`={_short(arr)}: must be one of {list(f.choices)}"
+        return arr, f"`{name}`={_short(arr)}{at}: must be one of {list(f.choices)}"
     return arr, None
+
+
+# ------------------------------------------------------------------ columns
+def _item(arr: np.ndarray, i: int) -> Any:
+    """Row ``i`` of a column as a plain Python value (``numpy`` scalars converted)."""
+    return arr[i:i + 1].tolist()[0]
+
+
+def _column_of(values: Sequence) -> np.ndarray:
+    """A one-dimensional column of Python values: ``int64``, ``float64``, ``bool`` or
+    ``<U`` strings when every value has that one type, ``object`` otherwise (None
+    mixed with ints, tuples, ints beyond int64...), so that ``.tolist()`` gives the
+    values back with their types."""
+    values = list(values)
+    types = set(map(type, values))
+    if len(types) == 1:
+        t = next(iter(types))
+        if t is bool:
+            return np.array(values, bool)
+        if t is int:
+            try:
+                return np.array(values, np.int64)
+            except OverflowError:
+                pass
+        elif t is float:
+            return np.array(values, np.float64)
+        elif t is str and not any(v.endswith("\0") for v in values):  # numpy strips NULs
+            return np.array(values, str)
+    return np.fromiter(values, object, len(values))
+
+
+def _as_column(values: Any) -> np.ndarray:
+    """``values`` as an array: an array as it is, a list through :func:`_column_of`."""
+    if isinstance(values, np.ndarray):
+        return values
+    if isinstance(values, jax.Array):
+        return np.asarray(values)
+    return _column_of(values)
+
+
+def _tunable_values(arr: np.ndarray) -> np.ndarray:
+    """A numeric column converted to :func:`tunable_dtype` (a new array)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # out of range: inf, refused
+        return arr.astype(tunable_dtype())
+
+
+def _factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.ndarray | None]:
+    """The distinct values of a column (as Python values, in no particular order) and
+    each row's index into them; ``(None, None)`` if some value is unhashable.
+
+    Values are told apart as ``==`` does (so ``1``, ``1.0`` and ``True`` are one
+    value, as in a ``static_key()``), or, with ``exact``, also by type.
+    """
+    n = arr.shape[0]
+    if n == 0:
+        return [], np.zeros(0, np.int64)
+    if arr.dtype.kind != "O":
+        if bool(np.all(arr == arr[0])):  # the common case: one value (NaN: not here)
+            return [_item(arr, 0)], np.zeros(n, np.int64)
+        uniques, codes = np.unique(arr, return_inverse=True)
+        return uniques.tolist(), codes.reshape(-1).astype(np.int64)
+    values = arr.tolist()
+    first = values[0]
+    try:
+        if values.count(first) == n and (
+                not exact or first is None or len(set(map(type, values))) == 1):
+            hash(first)
+            return [first], np.zeros(n, np.int64)
+        keys: list = values
+        if exact:
+            types = set(map(type, values))
+            if bool in types and len(types) > 1:  # True == 1 == 1.0: key by type too
+                keys = list(zip(map(type, values), values))
+        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    except (TypeError, ValueError):  # unhashable, or an array compared with ==
+        return None, None
+    codes = np.fromiter(map(index.__getitem__, keys), np.int64, n)
+    uniques = [k[1] for k in index] if keys is not values else list(index)
+    return uniques, codes
 
 
 def did_you_mean(name: str, options: Sequence[str]) -> str:

@@ -1,13 +1,13 @@
-"""Population-based training (Jaderberg et al. 2017) as one compiled program.
+"""Population-based training (Jaderberg et al. 2017): a policy on the engine.
 
-The population's tunable hyperparameters live in the ``lax.scan`` carry next
-to its training state. Between two ready points every member trains with
-:func:`jaxhp._train.advance` (the Optax optimizer is built from the carried,
-traced hyperparameters). At a ready point (every ``ready_every`` steps) each
-member is evaluated on validation; the bottom ``fraction`` copy the
-parameters, optimizer state, health and hyperparameters of members drawn from
-the top ``fraction`` (exploit) and multiply the chosen tunables by a factor
-drawn from ``perturb`` (explore), projected into each field's range.
+Between two ready points the population trains a segment with the engine's
+segment program (the Optax optimizer is built from each member's traced
+hyperparameters, so new values never recompile). At a ready point (every
+``ready_every`` steps) each member has been evaluated on validation; on the
+host, the bottom ``fraction`` copy the parameters, optimizer state, health and
+hyperparameters of members drawn from the top ``fraction`` (exploit) and
+multiply the chosen tunables by a factor drawn from ``perturb`` (explore),
+projected into each field's range. Each static group is its own population.
 
 A member is a setting trained with every seed (its seeds are copied
 together, ranked by the mean over seeds); seed ``s`` uses ``fold_in(key, s)``
@@ -17,30 +17,19 @@ as in :func:`jaxhp.sweep`, so a copy continues on its source's minibatches.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxhp._adaptive import (
-    build,
-    check_int,
-    check_metric,
-    compiled,
-    jnp_scores,
-    member_keys,
-    over_population,
-    population,
-    row,
-)
+from jaxhp import _engine as engine
+from jaxhp import _population as population
+from jaxhp._adaptive import build, check_int, check_metric
 from jaxhp._data import Split, check_split
-from jaxhp._engine import check_seeds
-from jaxhp._hparams import HParams, did_you_mean, stack
-from jaxhp._model import Model, loss_fn, metrics_fn
+from jaxhp._engine import DEFAULT_MAX_CHUNK
+from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
-from jaxhp._train import advance, check_key, resolve_loop, start, validate
+from jaxhp._train import Run, check_key, resolve_loop
 from jaxhp._tune import _project_host, natural_bounds
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
@@ -164,72 +153,59 @@ def _explore_spec(cls, fields, perturb):
     return tuple(spec), factors
 
 
-def _program(model, cfg, k, n_int, rem, metric, mode, n_q, spec, factors):
-    """Scans ``n_int`` intervals of ``k`` steps (a ready point after each but a
-    final one), then trains ``rem`` more steps."""
-    n_ready = n_int if rem else n_int - 1
-    begin = over_population(lambda hp, key: start(model, hp, key), 0)
+def _exploit_explore(key, score, hp: HParams, n_q: int, spec, factors):
+    """The policy at a ready point, on the host: the bottom ``n_q`` by ``score`` copy a
+    member drawn uniformly from the top ``n_q`` (``src``) and multiply each ``spec``
+    field by a factor drawn from ``factors``, clipped into its range.
 
-    def segment(n):
-        return over_population(lambda hp, carry, part, s0, key: advance(
-            model, cfg, hp, carry, part, key, s0, n), 2)
+    Returns ``(src, new_hp)``; ``src[i]`` is the member slot ``i`` now continues.
+    """
+    n = score.shape[0]
+    # numpy draws seeded by the key's bits: no device program per population size
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+    order = np.argsort(score, kind="stable")
+    top, bottom = order[:n_q], order[n - n_q:]
+    pick = rng.integers(0, n_q, n_q)
+    src = np.arange(n)
+    src[bottom] = top[pick]
+    replaced = np.zeros(n, bool)
+    replaced[bottom] = True
+    new = population.take_settings(hp, src)
+    table = np.asarray(factors, np.float64)
+    changes = {}
+    for name, lo, hi in spec:
+        draw = rng.integers(0, len(factors), n)
+        v = np.asarray(getattr(new, name))
+        moved = np.clip(v * table[draw].astype(v.dtype), v.dtype.type(lo), v.dtype.type(hi))
+        changes[name] = np.where(replaced, moved, v).astype(v.dtype)
+    return src, population.replace_tunables(new, **changes)
 
-    evaluate = over_population(
-        lambda hp, carry, part, key: metrics_fn(model, carry[0].params, part, hp), 1)
-    train_obj = over_population(
-        lambda hp, carry, part, key: loss_fn(model, carry[0].params, part, hp)[0], 1)
 
-    def exploit_explore(key, score, hp):
-        n = score.shape[0]
-        order = jnp.argsort(score)
-        top, bottom = order[:n_q], order[n - n_q:]
-        pick = jax.random.randint(jax.random.fold_in(key, 0), (n_q,), 0, n_q)
-        src = jnp.arange(n).at[bottom].set(top[pick])
-        replaced = jnp.zeros(n, bool).at[bottom].set(True)
-        new = jax.tree_util.tree_map(lambda a: a[src], hp)
-        table = jnp.asarray(factors)
-        changes = {}
-        for i, (name, lo, hi) in enumerate(spec):
-            f = table[jax.random.randint(jax.random.fold_in(key, i + 1), (n,), 0,
-                                         len(factors))]
-            v = getattr(new, name)
-            moved = jnp.clip(v * f.astype(v.dtype), jnp.asarray(lo, v.dtype),
-                             jnp.asarray(hi, v.dtype))
-            changes[name] = jnp.where(replaced, moved, v)
-        leaves = [changes.get(n, getattr(new, n)) for n in type(hp).tunable_names()]
-        return src, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(hp), leaves)
-
-    def program(hp, train_part, val_part, key, seed_ids):
-        keys = member_keys(key, seed_ids)
-        stream = jax.random.fold_in(key, _STREAM)
-        run_k = segment(k)
-
-        def interval(c, j):
-            carry, hp = c
-            carry, losses = run_k(hp, carry, train_part, j * k, keys)
-            val = evaluate(hp, carry, val_part, keys)
-            score = jnp_scores(val[metric], carry[1], mode)
-            src, new_hp = exploit_explore(jax.random.fold_in(stream, j), score, hp)
-            src = jnp.where(j < n_ready, src, jnp.arange(src.shape[0]))  # none at the end
-            new_hp = jax.tree_util.tree_map(lambda a, b: jnp.where(j < n_ready, a, b),
-                                            new_hp, hp)
-            carry = jax.tree_util.tree_map(lambda a: a[:, src], carry)
-            return (carry, new_hp), (losses, val, hp, src, score)
-
-        (carry, hp), (losses, vals, hps, srcs, score) = jax.lax.scan(
-            interval, (begin(hp, keys), hp), jnp.arange(n_int, dtype=jnp.int32))
-        if rem:
-            carry, tail = segment(rem)(hp, carry, train_part, n_int * k, keys)
-        else:
-            tail = jnp.zeros(losses.shape[1:3] + (0,), losses.dtype)
-        return (carry, hp, losses, tail, vals, hps, srcs, score,
-                evaluate(hp, carry, val_part, keys), train_obj(hp, carry, train_part, keys))
-
-    return program
-
+def _pbt_group(runner: engine.Runner, steps: int, k: int, n_q: int, spec, factors, metric,
+               mode, stream, bar):
+    """Runs one static group's population through its intervals; returns its records."""
+    n = runner.shape[0]
+    everyone = np.arange(n)
+    bounds = [(s0, min(s0 + k, steps)) for s0 in range(0, steps, k)]
+    n_ready = len(bounds) - 1
+    schedule, srcs, scores, ready_val = [], [], [], []
+    for j, (s0, s1) in enumerate(bounds):
+        schedule.append({f: np.asarray(v).copy() for f, v in runner.hp.tunables().items()})
+        val, dead = runner.run(everyone, s0, s1)
+        if j < n_ready:
+            score = population.score(val[metric], dead, mode, xp=np)
+            src, runner.hp = _exploit_explore(jax.random.fold_in(stream, j), score,
+                                              runner.hp, n_q, spec, factors)
+            runner.carry = population.take(runner.carry, src)  # curves stay per slot
+            srcs.append(src)
+            scores.append(score)
+            ready_val.append(val)
+        if bar is not None:
+            bar.update(1)
+    return schedule, srcs, scores, bounds
 
 def pbt(
-    model: Model,
+    model,
     space,
     split: Split,
     *,
@@ -243,11 +219,18 @@ def pbt(
     metric: str = "loss",
     mode: str | None = None,
     base: HParams | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int | str | None = None,
+    memory_budget: int | None = None,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    on_error: str = "record",
+    progress: bool | None = None,
 ) -> PBTResult:
     """Population-based training: exploit and explore every ``ready_every`` steps.
 
     The population (the settings of ``space``, each trained with every seed)
-    trains for ``steps`` steps in one compiled program. At each ready point
+    trains for ``steps`` steps on the engine (chunked, sharded over the devices,
+    two compiled programs per static group). At each ready point
     (steps ``ready_every, 2 * ready_every, ...`` before the end) the members
     are ranked by their mean validation ``metric`` over seeds (a diverged
     member ranks last); each of the bottom ``max(1, floor(fraction * n))``
@@ -261,7 +244,7 @@ def pbt(
     Args:
       model: the model's functions.
       space: the initial population: a search space or list of settings (at
-        least 2), all with the same static fields.
+        least 2 per static group); each static group is its own population.
       split: the data; training reads ``train``, ranking ``val``.
       key: base PRNG key; seed ``s`` trains with ``fold_in(key, s)``; the
         exploit/explore draws use a separate stream of ``key``.
@@ -274,6 +257,8 @@ def pbt(
         neither ``integer`` nor ``choices``); the others are only copied.
       metric, mode: the ranking rule (as in :meth:`SweepResult.best`).
       base: fills the fields the space leaves unset.
+      devices, chunk_size, memory_budget, max_chunk, on_error, progress: the
+        engine's options, as in :func:`jaxhp.successive_halving`.
 
     Returns:
       A :class:`PBTResult` (a :class:`~jaxhp.SweepResult`): one row per slot of
@@ -285,7 +270,7 @@ def pbt(
 
     Raises:
       ValueError: a bad ``ready_every``, ``fraction``, ``perturb``, ``fields``,
-        ``steps``, fewer than 2 settings, or settings varying a static field,
+        ``steps``, fewer than 2 settings in a static group,
         before anything compiles. SelectionError: an unknown ``metric``.
 
     Example:
@@ -296,73 +281,140 @@ def pbt(
       >>> i = result.best("mse").index
       >>> result.ancestry(i)["learning_rate"], result.evaluate_test("mse").metrics
     """
-    seed_ids = check_seeds(seeds)
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
+    seed_ids = engine.check_seeds(seeds)
+    engine.check_chunking(chunk_size, memory_budget, max_chunk)
     key = check_key(key)
-    settings = population(space, model, base, "pbt")
-    if len(settings) < 2:
-        raise ValueError(f"pbt(): the population has {len(settings)} setting; exploit "
-                         "needs at least 2")
+    settings = engine.settings_from(space, model, base, "pbt")
     n_train = check_split(split)[0]
-    resolve_loop(settings[0], n_train, None, None)  # a static `steps`, a valid batch size
-    steps = check_int("steps", settings[0].steps if steps is None else steps, 1)
+    for s in {type(s): s for s in settings}.values():
+        resolve_loop(s, n_train, None, None)  # a static `steps`, a valid batch size
+    if steps is None:
+        all_steps = sorted({s.steps for s in settings})
+        if len(all_steps) > 1:
+            raise ValueError(f"pbt(): the settings vary `steps` ({all_steps}); the "
+                             "population's ready points need one horizon: pass `steps=`")
+        steps = all_steps[0] if all_steps else 1
+    steps = check_int("steps", steps, 1)
     check_int("ready_every", ready_every, 1, steps, why=" (the steps between ready points)")
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
         raise ValueError(f"`fraction`={fraction!r}: must be in (0, 0.5] (the bottom "
                          "fraction copies from the top fraction)")
-    cls = type(settings[0])
-    spec, factors = _explore_spec(cls, fields, perturb)
     settings = [s.replace(steps=steps) for s in settings]
-    validate(model, settings[0], split)
-    cfg = resolve_loop(settings[0], n_train, None, None)
-    metric = check_metric(model, settings[0], split, metric)
+    groups = engine.group_settings(settings)
+    small = [len(idx) for idx in groups if len(idx) < 2]
+    if small:
+        raise ValueError(f"pbt(): a population (a static group) has {small[0]} setting; "
+                         "exploit needs at least 2 per static group")
+    specs = {}
+    for idx in groups:
+        cls = type(settings[idx[0]])
+        specs[cls] = _explore_spec(cls, fields, perturb)
+    failures, errors = engine.validate_groups(model, settings, groups, split, on_error)
+    healthy = [g for gi, g in enumerate(groups) if gi not in failures]
+    if healthy:
+        metric = check_metric(model, settings[healthy[0][0]], split, metric)
     mode = resolve_direction(model.directions, metric, mode)
+    devices, mesh = engine.mesh_for(devices)
+    shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
+              "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
+    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
+    stream = jax.random.fold_in(key, _STREAM)
+    n_segments = math.ceil(steps / ready_every)
+    bar = engine.progress_bar(n_segments * (len(groups) - len(failures)), progress,
+                              desc="pbt")
     n = len(settings)
-    n_q = max(1, int(fraction * n))
-    n_int, rem = divmod(steps, ready_every)
-    n_ready = n_int if rem else n_int - 1
-    statics = (cfg, ready_every, n_int, rem, metric, mode, n_q, spec, factors)
-    program = _program(model, *statics)
-    args = (stack(settings), split.train, split.val, key, jax.device_put(seed_ids))
-    fn, compile_s = compiled(program, ("pbt", model, *statics), *args)
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    run_s = time.perf_counter() - t0
-    carry, hp, losses, tail, vals, hps, srcs, score, val, train_loss = jax.device_get(out)
-    params = carry[0].params
-    # (n_int, seeds, n, k) -> (seeds, n, n_int * k), then the remaining steps.
-    curve = np.concatenate(
-        [np.moveaxis(losses, 0, 2).reshape(*tail.shape[:2], n_int * ready_every), tail], -1)
-    # (n_int, seeds, n) -> (seeds, n, n_ready): the ready points only
-    ready_val = {m: np.moveaxis(v, 0, -1)[..., :n_ready] for m, v in vals.items()}
-    val_curve = {m: np.concatenate([ready_val[m], val[m][..., None]], -1) for m in val}
-    names = cls.tunable_names()
-    fields_ = cls.fields()
-    schedule = {f: np.asarray(getattr(hps, f)).T[:, :n_ready + 1] for f in names}
-    if rem:
-        schedule = {f: np.concatenate([v, np.asarray(getattr(hp, f))[:, None]], axis=1)
-                    for f, v in schedule.items()}
-    final = [settings[i].replace(**{f: _project_host(schedule[f][i, -1], fields_[f])
-                                    for f in names}) for i in range(n)]
-    rows = [row(train_loss[:, i], {m: v[:, i] for m, v in val.items()}, curve[:, i],
-                {m: v[:, i] for m, v in val_curve.items()}, carry[1][:, i])
-            for i in range(n)]
-    ready_steps = ready_every * np.arange(1, n_ready + 1)
-    group = {"statics": settings[0].statics(), "n_settings": n, "chunk_size": n,
-             "n_chunks": 1, "compile_s": compile_s, "run_s": run_s, "error": None,
-             "eval_steps": ready_steps.tolist() + [steps], "steps": steps,
-             "compiled": int(compile_s > 0), "chunks_computed": 1, "chunks_loaded": 0}
+    rows: list = [None] * n
+    final: list = list(settings)
+    params: list = [None] * n
+    schedule_all: dict = {}
+    lineage = np.tile(np.arange(n)[:, None], (1, n_segments - 1))
+    ready_value = np.full((n, n_segments - 1), np.nan)
+    infos, failed_rows = [], []
+    try:
+        for gi, idx in enumerate(groups):
+            first = settings[idx[0]]
+            cfg = resolve_loop(first, n_train, None, None)
+            info = engine.new_group_info(first.statics(), len(idx), 0, 0, steps,
+                                         [min(steps, ready_every * (j + 1))
+                                          for j in range(n_segments)])
+            try:
+                if gi in failures:
+                    raise engine.GroupFailed(failures[gi])
+                spec, factors = specs[type(first)]
+                per = engine.member_bytes(model, first, cfg, 1, True)
+                c = info["chunk_size"] = engine.plan_chunks(
+                    len(idx), len(seed_ids), per + 4 * ready_every, len(devices), chunk_size,
+                    memory_budget, max_chunk)
+                runner = engine.Runner(ctx, [settings[i] for i in idx], cfg, c, ready_every,
+                                       info)
+                n_q = max(1, int(fraction * len(idx)))
+                schedule, srcs, scores, _ = _pbt_group(
+                    runner, steps, ready_every, n_q, spec, factors, metric, mode,
+                    jax.random.fold_in(stream, gi) if gi else stream, bar)
+                info["n_chunks"] = info["chunks_computed"]
+                idx_arr = np.asarray(idx)
+                for j, src in enumerate(srcs):
+                    lineage[idx_arr, j] = idx_arr[src]
+                    sc = np.asarray(scores[j], np.float64)
+                    ready_value[idx_arr, j] = np.where(np.isfinite(sc),
+                                                       sc if mode == "min" else -sc, np.nan)
+                fields_ = type(first).fields()
+                for f in schedule[0]:
+                    col = schedule_all.setdefault(f, np.full((n, n_segments), np.nan))
+                    col[idx_arr] = np.stack([sch[f] for sch in schedule], axis=1)
+                for j, (i, r) in enumerate(zip(idx, runner.rows())):
+                    rows[i] = r
+                    final[i] = first.replace(**{
+                        f: _project_host(np.asarray(v)[j], fields_[f])
+                        for f, v in runner.hp.tunables().items()})
+                    params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
+                                                       runner.carry[0].params)
+            except Exception as e:  # noqa: BLE001 - the failure policy
+                if on_error == "raise":
+                    raise
+                msg = str(e) if isinstance(e, engine.GroupFailed) else \
+                    f"{type(e).__name__}: {e}"
+                if not isinstance(e, engine.GroupFailed):
+                    errors.append(e)
+                info["error"] = msg
+                failed_rows.append((list(idx), msg))
+            infos.append(info)
+    finally:
+        if bar is not None:
+            bar.close()
+    engine.report_failures(infos, errors)
+    template = next(r for r in rows if r is not None)
+    for members, _ in failed_rows:
+        for i in members:
+            rows[i] = _failed_row(template, len(seed_ids))
+    n_ready = n_segments - 1
     search = {"method": "pbt", "steps": steps, "ready_every": ready_every,
-              "fraction": fraction, "n_replaced": n_q, "perturb": list(factors),
-              "fields": [s[0] for s in spec], "metric": metric, "mode": mode,
-              "train_steps": n * len(seed_ids) * steps}
-    per_setting = [jax.tree_util.tree_map(lambda a, i=i: a[:, i], params) for i in range(n)]
-    result = build(final, seed_ids, rows, [group], model=model, split=split, key=key,
-                   search=search, params=per_setting, result_cls=PBTResult)
-    result.schedule = schedule
+              "fraction": fraction, "perturb": list(_explore_spec(
+                  type(settings[0]), fields, perturb)[1]),
+              "n_replaced": [max(1, int(fraction * len(idx))) for idx in groups],
+              "fields": [s_[0] for s_ in specs[type(settings[0])][0]], "metric": metric,
+              "mode": mode, "train_steps": n * len(seed_ids) * steps}
+    if len(groups) == 1:
+        search["n_replaced"] = search["n_replaced"][0]
+    result = build(final, seed_ids, rows, infos, model=model, split=split, key=key,
+                   search=search, params=params, result_cls=PBTResult)
+    for members, msg in failed_rows:
+        result.errors[members] = msg
+        result.status[members] = "failed"
+    result.schedule = {f: v.astype(tunable_dtype()) for f, v in schedule_all.items()}
     result.schedule_steps = ready_every * np.arange(n_ready + 1)
-    result.lineage = np.asarray(srcs).T[:, :n_ready]
-    result.ready_steps = ready_steps
-    score = np.asarray(score, np.float64).T[:, :n_ready]  # inf: diverged
-    result.ready_value = np.where(np.isfinite(score), score if mode == "min" else -score,
-                                  np.nan)
+    result.lineage = lineage
+    result.ready_steps = ready_every * np.arange(1, n_ready + 1)
+    result.ready_value = ready_value
     return result
+
+
+def _failed_row(template, n_seeds):
+    nan = np.full((n_seeds,), np.nan, np.float32)
+    return Run(None, nan, {k: nan for k in template.val},
+               np.full((n_seeds, template.loss_curve.shape[-1]), np.nan, np.float32),
+               {k: np.full((n_seeds, v.shape[-1]), np.nan, np.float32)
+                for k, v in template.val_curve.items()},
+               np.full((n_seeds,), -1, np.int32))
