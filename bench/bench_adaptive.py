@@ -101,7 +101,7 @@ def bench(name):
     r, t = timed(lambda: jaxhp.sweep(model, settings[:16], split, key=key, seeds=seeds,
                                      progress=False))
     rows.append(_row("sweep of PBT's 16", r, metric, 16 * seeds * steps, t, extra))
-    rungs = [[(g["steps"], len(g["settings"])) for g in x.rungs] for x in (h, h2)]
+    rungs = [[(g.steps, len(g.settings)) for g in x.rungs] for x in (h, h2)]
     return {"task": name, "metric": metric, "seeds": seeds, "steps": steps,
             "halving_rungs": rungs, "rows": rows}
 

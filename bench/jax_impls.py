@@ -252,7 +252,7 @@ def prepare_jaxhp(task, n: int, devices=None, **kwargs) -> Prepared:
         g = res.groups[0]
         return _result(task, n, n, p.best, first.compile_seconds, vals,
                        run_seconds=min(runs), engine_settings_per_s=n / min(runs),
-                       chunk_size=g["chunk_size"], n_chunks=g["n_chunks"],
+                       chunk_size=g.chunk_size, n_chunks=g.n_chunks,
                        compiled_programs=first.compile_count, peak_rss=p.peak_rss,
                        n_devices=res.meta["n_devices"], diverged=int(np.sum(~ok)))
 

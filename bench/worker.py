@@ -54,7 +54,7 @@ def run_job(job: dict) -> dict:
         out = {"n": n, "n_timed": n, "seconds": wall, "settings_per_s": n / wall,
                "compile_s": res.compile_seconds, "run_seconds": res.run_seconds,
                "engine_settings_per_s": n / res.run_seconds,
-               "chunk_size": res.groups[0]["chunk_size"], "n_chunks": res.groups[0]["n_chunks"],
+               "chunk_size": res.groups[0].chunk_size, "n_chunks": res.groups[0].n_chunks,
                "best_val": task.best(vals), "extrapolated": False,
                "n_devices": res.meta["n_devices"]}
     else:

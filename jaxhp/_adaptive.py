@@ -49,17 +49,22 @@ def row(train_loss, val: dict, loss_curve, val_curve: dict, dead_at) -> Run:
 
 def build(settings: Sequence[HParams], seed_ids, rows: Sequence[Run], groups: list,
           *, model: Model, split: Split, key, search: dict, params=None,
-          result_cls=SweepResult) -> SweepResult:
-    """A :class:`SweepResult` (or subclass) from per-setting rows."""
+          result_cls=SweepResult, group_of=None, failed=(), **extras) -> SweepResult:
+    """A :class:`SweepResult` (or subclass, with its declared ``extras``) from
+    per-setting rows; ``failed`` lists ``(rows, message)`` of failed groups."""
     builder = SweepResult.builder(list(settings), seed_ids, model=model, split=split,
                                   key=key, devices=jax.local_devices()[:1])
     for i, r in enumerate(rows):
-        builder.add([i], jax.tree_util.tree_map(lambda a: a[:, None], r), 1)
+        builder.add([i], jax.tree_util.tree_map(lambda a: a[:, None], r), 1,
+                    group=None if group_of is None else int(group_of[i]))
     builder.groups.extend(groups)
     res = builder.build()
     res.meta["search"] = search
+    for members, msg in failed:
+        res.errors[members] = msg
+        res.status[members] = "failed"
     return result_cls(settings=res.settings, seed_ids=res.seed_ids, status=res.status,
                       diverged_at=res.diverged_at, train_loss=res.train_loss, val=res.val,
                       loss_curve=res.loss_curve, val_curve=res.val_curve,
                       errors=res.errors, groups=res.groups, meta=res.meta, params=params,
-                      model=model, split=split, key=key)
+                      model=model, split=split, key=key, group_of=res.group_of, **extras)

@@ -35,6 +35,7 @@ from jaxhp import _population as population
 from jaxhp._data import DataError
 from jaxhp._hparams import HParams, HParamsError, stack
 from jaxhp._model import Model, ModelError
+from jaxhp._record import GroupInfo
 from jaxhp._train import LoopConfig, Run, eval_steps, validate
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -243,13 +244,10 @@ CACHE = CompileCache()
 
 
 def new_group_info(statics: dict, n_settings: int, chunk_size: int, n_chunks: int,
-                   steps: int, eval_steps_: list, **extra) -> dict:
-    """The record of one static group in a result (statics, chunking, compile and
-    run seconds, error), the same fields for every search."""
-    return {"statics": statics, "n_settings": n_settings, "chunk_size": chunk_size,
-            "n_chunks": n_chunks, "compile_s": 0.0, "run_s": 0.0, "error": None,
-            "eval_steps": eval_steps_, "steps": steps, "compiled": 0,
-            "chunks_computed": 0, "chunks_loaded": 0, **extra}
+                   steps: int, eval_steps_: list) -> GroupInfo:
+    """The record of one static group in a result, the same fields for every search."""
+    return GroupInfo(statics=statics, n_settings=n_settings, chunk_size=chunk_size,
+                     n_chunks=n_chunks, steps=steps, eval_steps=list(eval_steps_))
 
 
 def progress_bar(total: int, progress, desc: str = "jaxhp sweep") -> Any:
@@ -274,16 +272,16 @@ class SweepWarning(UserWarning):
 def report_failures(groups: list[dict], errors: list[BaseException]) -> None:
     """Warns when some static groups failed (quoting the first error); raises the first
     error when every group failed, since no result is then left to select from."""
-    failed = [g for g in groups if g["error"]]
+    failed = [g for g in groups if g.error]
     if not failed:
         return
     if len(failed) == len(groups) and errors:
         raise errors[0]
-    statics = ", ".join(f"{k}={v!r}" for k, v in failed[0]["statics"].items())
+    statics = ", ".join(f"{k}={v!r}" for k, v in failed[0].statics.items())
     warnings.warn(
         f"{len(failed)} of {len(groups)} static group(s) of the sweep failed and are "
         f"marked 'failed' in the result (never selected); the first ({statics}): "
-        f"{failed[0]['error']}. All messages: result.errors; on_error='raise' stops at "
+        f"{failed[0].error}. All messages: result.errors; on_error='raise' stops at "
         "the first.", SweepWarning, stacklevel=3)
 
 
@@ -318,7 +316,7 @@ def record_failure(e: BaseException, idx, info: dict, builder, errors: list) -> 
     if not isinstance(e, GroupFailed):
         errors.append(e)
     builder.fail(idx, msg)
-    info["error"] = msg
+    info.error = msg
 
 
 def _init_program(model: Model):
@@ -376,12 +374,12 @@ class Runner:
 
     def _call(self, name, fn, specs, args):
         compiled, dt = CACHE.get(name, fn, args, self.ctx["mesh"], specs)
-        self.info["compile_s"] += dt
-        self.info["compiled"] += int(dt > 0)
+        self.info.compile_s += dt
+        self.info.compiled += int(dt > 0)
         t0 = time.perf_counter()
         out = jax.device_get(jax.block_until_ready(compiled(*args)))
-        self.info["run_s"] += time.perf_counter() - t0
-        self.info["chunks_computed"] += 1
+        self.info.run_s += time.perf_counter() - t0
+        self.info.chunks_computed += 1
         return out
 
     def run(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:

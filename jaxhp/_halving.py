@@ -31,8 +31,28 @@ from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams
 from jaxhp._model import Model
+from jaxhp._record import Rung
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import check_key, resolve_loop
+
+
+class HalvingResult(SweepResult):
+    """The outcome of :func:`successive_halving` or :func:`hyperband`.
+
+    One row per setting the search used, holding its validation metrics at the
+    rung where it stopped; its setting's ``steps`` is the steps it trained, so
+    ``params()`` and ``evaluate_test()`` (which retrain with ``jaxhp.train``)
+    reproduce that run. Declared fields, kept by ``save``/``load``:
+
+    Attributes:
+      rungs: one :class:`~jaxhp.Rung` per rung (and bracket), in order.
+      steps_trained: per setting, the steps it trained.
+
+    Example:
+      >>> result.rungs[0].promoted, result.steps_trained
+    """
+
+    EXTRAS = ("rungs", "steps_trained")
 
 
 def rung_budgets(min_steps: int, max_steps: int, eta: int) -> list[int]:
@@ -97,19 +117,18 @@ def _halve(group: engine.Runner, members: np.ndarray, budgets: list[int], eta: i
     n_seeds = group.shape[1]
     for r, budget in enumerate(budgets):
         s0 = budgets[r - 1] if r else 0
-        t0 = group.info["run_s"], group.info["compile_s"]
+        t0 = group.info.run_s, group.info.compile_s
         val, dead = group.run(alive, s0, budget)
         score = population.score(val[metric], dead, mode, xp=np)
         order = np.argsort(score, kind="stable")
         n_keep = 0 if r == len(budgets) - 1 else max(1, len(alive) // eta)
         keep = np.sort(order[:n_keep][np.isfinite(score[order[:n_keep]])])
         shown = np.where(np.isfinite(score), score if mode == "min" else -score, np.nan)
-        rungs.append({"rung": r, "bracket": bracket, "group": gi,
-                      "steps": budget, "settings": alive, "promoted": alive[keep],
-                      "value": shown,
-                      "train_steps": len(alive) * n_seeds * (budget - s0),
-                      "compile_s": group.info["compile_s"] - t0[1],
-                      "run_s": group.info["run_s"] - t0[0]})
+        rungs.append(Rung(rung=r, bracket=bracket, group=gi, steps=budget, settings=alive,
+                          promoted=alive[keep], value=shown,
+                          train_steps=len(alive) * n_seeds * (budget - s0),
+                          compile_s=group.info.compile_s - t0[1],
+                          run_s=group.info.run_s - t0[0]))
         if bar is not None:
             bar.update(1)
         if keep.size == 0:
@@ -171,8 +190,10 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     builder_groups, rungs, rows, trained = [], [], [None] * len(settings), \
         np.zeros(len(settings), np.int64)
     failed_rows: list[tuple[list[int], str]] = []
+    group_of = np.full(len(settings), -1, np.int64)
     try:
         for gi, idx in enumerate(groups):
+            group_of[idx] = gi
             first = settings[idx[0]]
             cfg = resolve_loop(first, n_train, None, None)
             brackets = brackets_of[gi]
@@ -180,14 +201,14 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
             sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
             length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
             info = engine.new_group_info(first.statics(), len(used), 0, 0, first.steps,
-                                         [], brackets=len(brackets))
+                                         [])
             try:
                 if gi in failures:
                     raise engine.GroupFailed(failures[gi])
                 per = engine.member_bytes(model, first, cfg, 1, False)
                 cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length,
                                          len(devices), None, memory_budget, max_chunk)
-                c = info["chunk_size"] = search_chunk(sizes, cap, len(devices), chunk_size)
+                c = info.chunk_size = search_chunk(sizes, cap, len(devices), chunk_size)
                 group = engine.Runner(ctx, [settings[idx[i]] for i in used], cfg, c, length,
                                       info)
                 pos = {u: j for j, u in enumerate(used)}
@@ -196,14 +217,15 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                     _halve(group, np.asarray([pos[int(i)] for i in members]), budgets, eta,
                            metric, mode, rungs, gi, bracket=b if len(brackets) > 1 else None,
                            bar=bar)
-                    for rg in rungs[start:]:  # group-local -> result rows
-                        rg["settings"] = np.asarray([idx[used[j]] for j in rg["settings"]])
-                        rg["promoted"] = np.asarray([idx[used[j]] for j in rg["promoted"]],
-                                                    np.int64)
+                    for rg in rungs[start:]:  # group-local -> space rows
+                        rg.settings = np.asarray([idx[used[j]] for j in rg.settings],
+                                                 np.int64)
+                        rg.promoted = np.asarray([idx[used[j]] for j in rg.promoted],
+                                                 np.int64)
                 for j, r in enumerate(group.rows()):
                     rows[idx[used[j]]] = r
                     trained[idx[used[j]]] = group.trained[j]
-                info["n_chunks"] = info["chunks_computed"]
+                info.n_chunks = info.chunks_computed
             except Exception as e:  # noqa: BLE001 - the failure policy
                 if on_error == "raise":
                     raise
@@ -211,7 +233,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                     f"{type(e).__name__}: {e}"
                 if not isinstance(e, engine.GroupFailed):
                     errors.append(e)
-                info["error"] = msg
+                info.error = msg
                 failed_rows.append(([idx[i] for i in used], msg))
             builder_groups.append(info)
     finally:
@@ -221,11 +243,11 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     keep = [i for i, r in enumerate(rows) if r is not None or
             any(i in f for f, _ in failed_rows)]
     return settings, seed_ids, rows, trained, builder_groups, rungs, keep, failed_rows, \
-        metric, mode, key
+        metric, mode, key, group_of
 
 
 def _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-            failed_rows, search):
+            failed_rows, search, group_of):
     """The result: one row per setting the search used (in space order)."""
     pos = {i: j for j, i in enumerate(keep)}
     template = next((r for r in rows if r is not None), None)
@@ -235,19 +257,18 @@ def _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs,
         final.append(s.replace(steps=int(trained[i])) if trained[i] else s)
         out_rows.append(rows[i] if rows[i] is not None else _failed_row(template,
                                                                         len(seed_ids)))
-    search["train_steps"] = int(sum(r["train_steps"] for r in rungs))
+    search["train_steps"] = int(sum(r.train_steps for r in rungs))
     search["full_sweep_train_steps"] = int(sum(len(seed_ids) * settings[i].steps
                                                for i in keep))
     for r in rungs:
-        r["settings"] = np.asarray([pos[int(i)] for i in r["settings"]], np.int64)
-        r["promoted"] = np.asarray([pos[int(i)] for i in r["promoted"]], np.int64)
+        r.settings = np.asarray([pos[int(i)] for i in r.settings], np.int64)
+        r.promoted = np.asarray([pos[int(i)] for i in r.promoted], np.int64)
     result = build(final, seed_ids, out_rows, groups, model=model, split=split, key=key,
-                   search=search)
-    for members, msg in failed_rows:
-        result.errors[[pos[i] for i in members]] = msg
-        result.status[[pos[i] for i in members]] = "failed"
-    result.steps_trained = np.asarray([trained[i] for i in keep], np.int64)
-    result.rungs = rungs
+                   search=search, result_cls=HalvingResult,
+                   group_of=[group_of[i] for i in keep], failed=[
+                       ([pos[i] for i in members], msg) for members, msg in failed_rows],
+                   rungs=rungs,
+                   steps_trained=np.asarray([trained[i] for i in keep], np.int64))
     return result
 
 
@@ -286,7 +307,7 @@ def successive_halving(
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_error: str = "record",
     progress: bool | None = None,
-) -> SweepResult:
+) -> HalvingResult:
     """Successive halving: every rung keeps the best ``1/eta`` and trains them ``eta``x longer.
 
     Rung ``r`` trains the surviving settings (each with every seed) until step
@@ -321,7 +342,7 @@ def successive_halving(
       {engine}
 
     Returns:
-      A :class:`~jaxhp.SweepResult` with one row per setting, holding its
+      A :class:`HalvingResult` with one row per setting, holding its
       validation metrics at the rung where it stopped; its setting has
       ``steps`` replaced by the steps it actually trained, so ``best()``,
       ``params()`` and ``evaluate_test()`` (which retrain with ``jaxhp.train``)
@@ -350,17 +371,19 @@ def successive_halving(
         budgets = rung_budgets(min_steps, steps, eta)
         return [(np.arange(n), budgets)]
 
-    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key = \
+    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key, \
+        group_of = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="successive_halving", plan=plan)
     steps = sorted({settings[i].steps for i in keep})
     return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-                   failed, {"method": "successive_halving", "eta": eta,
-                            "min_steps": min_steps, "max_steps": max(steps),
-                            "budgets": rung_budgets(min_steps, max(steps), eta),
-                            "metric": metric, "mode": mode})
+                   failed, group_of=group_of,
+                   search={"method": "successive_halving", "eta": eta,
+                           "min_steps": min_steps, "max_steps": max(steps),
+                           "budgets": rung_budgets(min_steps, max(steps), eta),
+                           "metric": metric, "mode": mode})
 
 
 successive_halving.__doc__ = successive_halving.__doc__.replace("{engine}", _ENGINE_ARGS)
@@ -385,7 +408,7 @@ def hyperband(
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_error: str = "record",
     progress: bool | None = None,
-) -> SweepResult:
+) -> HalvingResult:
     """Hyperband: successive halving brackets from aggressive to none (Li et al. 2018).
 
     Bracket ``b`` (see :func:`hyperband_brackets`) takes the next ``n_b``
@@ -403,7 +426,7 @@ def hyperband(
         total number of settings per static group (extra ones are not used).
 
     Returns:
-      A :class:`~jaxhp.SweepResult`, as for :func:`successive_halving`.
+      A :class:`HalvingResult`, as for :func:`successive_halving`.
 
     Raises:
       ValueError: as :func:`successive_halving`, or a space too small.
@@ -429,15 +452,17 @@ def hyperband(
             offset += n_b
         return out
 
-    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key = \
+    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key, \
+        group_of = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="hyperband", plan=plan)
     steps = max(settings[i].steps for i in keep)
     return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-                   failed, {"method": "hyperband", "eta": eta, "min_steps": min_steps,
-                            "max_steps": steps,
-                            "brackets": [[n, b] for n, b in hyperband_brackets(
-                                min_steps, steps, eta)],
-                            "metric": metric, "mode": mode})
+                   failed, group_of=group_of,
+                   search={"method": "hyperband", "eta": eta, "min_steps": min_steps,
+                           "max_steps": steps,
+                           "brackets": [[n, b] for n, b in hyperband_brackets(
+                               min_steps, steps, eta)],
+                           "metric": metric, "mode": mode})

@@ -45,8 +45,11 @@ class HParamsError(ValueError, TypeError):
     """Invalid hyperparameter values: lists every bad field with its rule.
 
     It is both a ``ValueError`` and a ``TypeError`` so that callers may catch
-    either; ``problems`` holds one message per bad field.
+    either; ``problems`` holds one message per bad field. Raised for a table of
+    settings (``jaxhp._table.validate_columns``), ``row`` is the first bad setting.
     """
+
+    row: int | None = None
 
     def __init__(self, cls_name: str, problems: Sequence[str]):
         self.problems = list(problems)
@@ -469,7 +472,7 @@ def _factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.nd
     each row's index into them; ``(None, None)`` if some value is unhashable.
 
     Values are told apart as ``==`` does (so ``1``, ``1.0`` and ``True`` are one
-    value, as in a ``static_key()``), or, with ``exact``, also by type.
+    value, as in a ``static_key()``), or, with ``exact``, also by their type.
     """
     n = arr.shape[0]
     if n == 0:
@@ -487,10 +490,8 @@ def _factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.nd
             hash(first)
             return [first], np.zeros(n, np.int64)
         keys: list = values
-        if exact:
-            types = set(map(type, values))
-            if bool in types and len(types) > 1:  # True == 1 == 1.0: key by type too
-                keys = list(zip(map(type, values), values))
+        if exact and len(set(map(type, values)) & {bool, int, float, complex}) > 1:
+            keys = list(zip(map(type, values), values))  # True == 1 == 1.0: type too
         index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     except (TypeError, ValueError):  # unhashable, or an array compared with ==
         return None, None

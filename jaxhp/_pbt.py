@@ -61,6 +61,9 @@ class PBTResult(SweepResult):
       >>> result.lineage[:, 0], result.schedule["learning_rate"][:, -1]
     """
 
+    EXTRAS = ("schedule", "schedule_steps", "lineage", "ready_steps", "ready_value")
+    SAVES_PARAMS = True
+
     def ancestry(self, index: int) -> dict:
         """The schedule that trained slot ``index``'s final parameters, across copies.
 
@@ -108,7 +111,7 @@ class PBTResult(SweepResult):
         model, split, _ = self._context(model, split)
         sel: Selection = self.best(metric, mode)
         hp = self._hp(sel.index)
-        params = [self.params(sel.index, s) for s in range(self.n_seeds)]
+        params = [self.params(sel.index, s, model=model) for s in range(self.n_seeds)]
         per_seed = {}
         for p in params:
             for k, v in evaluate(model, p, hp, split.test).items():
@@ -332,8 +335,10 @@ def pbt(
     lineage = np.tile(np.arange(n)[:, None], (1, n_segments - 1))
     ready_value = np.full((n, n_segments - 1), np.nan)
     infos, failed_rows = [], []
+    group_of = np.full(n, -1, np.int64)
     try:
         for gi, idx in enumerate(groups):
+            group_of[idx] = gi
             first = settings[idx[0]]
             cfg = resolve_loop(first, n_train, None, None)
             info = engine.new_group_info(first.statics(), len(idx), 0, 0, steps,
@@ -344,7 +349,7 @@ def pbt(
                     raise engine.GroupFailed(failures[gi])
                 spec, factors = specs[type(first)]
                 per = engine.member_bytes(model, first, cfg, 1, True)
-                c = info["chunk_size"] = engine.plan_chunks(
+                c = info.chunk_size = engine.plan_chunks(
                     len(idx), len(seed_ids), per + 4 * ready_every, len(devices), chunk_size,
                     memory_budget, max_chunk)
                 runner = engine.Runner(ctx, [settings[i] for i in idx], cfg, c, ready_every,
@@ -353,7 +358,7 @@ def pbt(
                 schedule, srcs, scores, _ = _pbt_group(
                     runner, steps, ready_every, n_q, spec, factors, metric, mode,
                     jax.random.fold_in(stream, gi) if gi else stream, bar)
-                info["n_chunks"] = info["chunks_computed"]
+                info.n_chunks = info.chunks_computed
                 idx_arr = np.asarray(idx)
                 for j, src in enumerate(srcs):
                     lineage[idx_arr, j] = idx_arr[src]
@@ -378,7 +383,7 @@ def pbt(
                     f"{type(e).__name__}: {e}"
                 if not isinstance(e, engine.GroupFailed):
                     errors.append(e)
-                info["error"] = msg
+                info.error = msg
                 failed_rows.append((list(idx), msg))
             infos.append(info)
     finally:
@@ -398,17 +403,13 @@ def pbt(
               "mode": mode, "train_steps": n * len(seed_ids) * steps}
     if len(groups) == 1:
         search["n_replaced"] = search["n_replaced"][0]
-    result = build(final, seed_ids, rows, infos, model=model, split=split, key=key,
-                   search=search, params=params, result_cls=PBTResult)
-    for members, msg in failed_rows:
-        result.errors[members] = msg
-        result.status[members] = "failed"
-    result.schedule = {f: v.astype(tunable_dtype()) for f, v in schedule_all.items()}
-    result.schedule_steps = ready_every * np.arange(n_ready + 1)
-    result.lineage = lineage
-    result.ready_steps = ready_every * np.arange(1, n_ready + 1)
-    result.ready_value = ready_value
-    return result
+    return build(final, seed_ids, rows, infos, model=model, split=split, key=key,
+                 search=search, params=params, result_cls=PBTResult, group_of=group_of,
+                 failed=failed_rows,
+                 schedule={f: v.astype(tunable_dtype()) for f, v in schedule_all.items()},
+                 schedule_steps=ready_every * np.arange(n_ready + 1), lineage=lineage,
+                 ready_steps=ready_every * np.arange(1, n_ready + 1),
+                 ready_value=ready_value)
 
 
 def _failed_row(template, n_seeds):

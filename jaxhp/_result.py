@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import numpy as np
@@ -19,6 +19,15 @@ import numpy as np
 from jaxhp._data import Split
 from jaxhp._hparams import HParams, HParamsError, did_you_mean
 from jaxhp._io import FormatError, load_pair, pair_paths, save_pair
+from jaxhp._record import (
+    GroupInfo,
+    RecordError,
+    decode,
+    encode,
+    flatten_params,
+    group_info,
+    unflatten_params,
+)
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 
@@ -97,18 +106,23 @@ class _Builder:
         n, s = len(settings), len(seed_ids)
         self.chunks: list[tuple[np.ndarray, Any]] = []
         self.errors = [""] * n
-        self.groups: list[dict] = []
+        self.groups: list[GroupInfo] = []
+        self.group_of = np.full(n, -1, np.int64)
         self.shape = (n, s)
         self._best: dict[tuple, tuple[int, float | None]] = {}
 
-    def add(self, indices: Sequence[int], out, m: int) -> None:
-        """Adds a chunk: ``out`` leaves ``(seeds, chunk, ...)``, the first ``m`` real."""
+    def add(self, indices: Sequence[int], out, m: int, group: int | None = None) -> None:
+        """Adds a chunk: ``out`` leaves ``(seeds, chunk, ...)``, the first ``m`` real,
+        of static group ``group`` (default: the group being run, ``len(groups)``)."""
         idx = np.asarray(indices[:m], np.int64)
+        self.group_of[idx] = len(self.groups) if group is None else group
         self.chunks.append((idx, jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :m], out)))
 
-    def fail(self, indices: Sequence[int], message: str) -> None:
+    def fail(self, indices: Sequence[int], message: str, group: int | None = None) -> None:
         for i in indices:
             self.errors[i] = message
+        self.group_of[np.asarray(indices, np.int64)] = \
+            len(self.groups) if group is None else group
 
     def best_so_far(self, metric: str, mode: str) -> float | None:
         """The best mean-over-seeds metric of healthy settings so far (incremental).
@@ -184,7 +198,8 @@ class _Builder:
             settings=list(self.settings), seed_ids=np.asarray(self.seed_ids, np.int64),
             status=status, diverged_at=diverged_at, train_loss=train_loss, val=val,
             loss_curve=loss_curve, val_curve=val_curve, errors=np.asarray(self.errors),
-            groups=self.groups, meta=meta, params=params, model=ctx["model"],
+            groups=list(self.groups), meta=meta, params=params, model=ctx["model"],
+            group_of=self.group_of.copy(),
             split=ctx["split"], key=ctx["key"])
 
 
@@ -232,9 +247,26 @@ class SweepResult:
         the result, so a loaded result still refuses a second look at test.
     """
 
+    EXTRAS: ClassVar[tuple[str, ...]] = ()
+    """The names of a search's own declared fields, saved and loaded with the result."""
+    SAVES_PARAMS: ClassVar[bool] = False
+    """Whether :meth:`save` keeps the trained parameters (PBT: its final parameters
+    come from a schedule and cannot be retrained from the final setting)."""
+    _TYPES: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        SweepResult._TYPES[cls.__name__] = cls
+
     def __init__(self, *, settings, seed_ids, status, diverged_at, train_loss, val,
                  loss_curve, val_curve, errors, groups, meta, params=None, model=None,
-                 split=None, key=None, test_reads=None):
+                 split=None, key=None, test_reads=None, group_of=None, **extras):
+        unknown = set(extras) - set(self.EXTRAS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown fields {sorted(unknown)}; "
+                            f"declared extras are {list(self.EXTRAS)}")
+        for name in self.EXTRAS:
+            setattr(self, name, extras.get(name))
         self.settings = settings
         self.seed_ids = seed_ids
         self.status = status
@@ -244,11 +276,14 @@ class SweepResult:
         self.loss_curve = loss_curve
         self.val_curve = val_curve
         self.errors = errors
-        self.groups = groups
+        self.groups: list[GroupInfo] = [group_info(g) for g in groups]
+        self.group_of = (np.asarray(group_of, np.int64) if group_of is not None
+                         else self._groups_by_statics())
         self.meta = meta
         self._params = params
         self._model, self._split, self._key = model, split, key
         self.test_reads: list[dict] = [dict(r) for r in test_reads or []]
+        self._saved_params = None  # (paths, stacked, present) of a loaded result
 
     builder = staticmethod(lambda settings, seed_ids, **ctx: _Builder(settings, seed_ids,
                                                                        **ctx))
@@ -268,15 +303,15 @@ class SweepResult:
     @property
     def compile_count(self) -> int:
         """Programs compiled by this sweep (one per static group, if not cached)."""
-        return int(sum(g.get("compiled", 0) for g in self.groups))
+        return int(sum(g.compiled for g in self.groups))
 
     @property
     def compile_seconds(self) -> float:
-        return float(sum(g["compile_s"] for g in self.groups))
+        return float(sum(g.compile_s for g in self.groups))
 
     @property
     def run_seconds(self) -> float:
-        return float(sum(g["run_s"] for g in self.groups))
+        return float(sum(g.run_s for g in self.groups))
 
     def setting_status(self) -> np.ndarray:
         """Per setting: ``ok`` if every seed is ok, else ``failed`` or ``diverged``."""
@@ -442,9 +477,10 @@ class SweepResult:
                 f"{missing[0]!r}: 'max'}})) or pass cv_results(directions={{...}})")
         dicts = self._setting_dicts()
         fit = np.zeros(self.n_settings)
-        for g, idx in zip(self.groups, self._group_indices()):
+        for gi, g in enumerate(self.groups):
+            idx = np.flatnonzero(self.group_of == gi)
             if len(idx):
-                fit[idx] = g["run_s"] / (len(idx) * self.n_seeds)
+                fit[idx] = g.run_s / (len(idx) * self.n_seeds)
         out: dict[str, Any] = {"mean_fit_time": fit, "std_fit_time": np.zeros_like(fit),
                                "mean_score_time": np.zeros_like(fit),
                                "std_score_time": np.zeros_like(fit)}
@@ -459,14 +495,15 @@ class SweepResult:
             out[f"rank_test_{m}"] = self.rank(m, dirs.get(m))
         return out
 
-    def _group_indices(self) -> list[np.ndarray]:
-        keys = [(tuple(sorted(g["statics"].items()))) for g in self.groups]
+    def _groups_by_statics(self) -> np.ndarray:
+        """The static group of each setting, matched by statics (files without
+        ``group_of``); -1 where no group matches."""
         dicts = self._setting_dicts()
-        out = []
-        for k, g in zip(keys, self.groups):
-            names = set(g["statics"])
-            out.append(np.asarray([i for i, d in enumerate(dicts)
-                                   if tuple(sorted((n, d[n]) for n in names)) == k]))
+        out = np.full(len(dicts), -1, np.int64)
+        for gi, g in enumerate(self.groups):
+            for i, d in enumerate(dicts):
+                if out[i] < 0 and all(d.get(k) == v for k, v in g.statics.items()):
+                    out[i] = gi
         return out
 
     def to_pandas(self, directions: Mapping[str, str] | None = None):
@@ -493,6 +530,20 @@ class SweepResult:
         """
         if self._params is not None and self._params[index] is not None:
             return jax.tree_util.tree_map(lambda a: a[seed], self._params[index])
+        saved = self._saved_params
+        if saved is not None and saved[2][index]:
+            model = model if model is not None else self._model
+            if model is None:
+                raise ValueError("this result was loaded from disk with its parameters: "
+                                 "pass `model=` so they can be put back into the "
+                                 "model's parameter structure")
+            structure = jax.eval_shape(model.init, jax.random.key(0), self._hp(index))
+            tree = unflatten_params(structure, saved[0], saved[1], index)
+            return jax.tree_util.tree_map(lambda a: a[seed], tree)
+        if self.SAVES_PARAMS:
+            raise ValueError(f"{type(self).__name__}: the parameters of setting {index} "
+                             "were not kept, and they cannot be retrained from its final "
+                             "setting alone")
         from jaxhp._train import train
 
         model, split, key = self._context(model, split)
@@ -613,8 +664,18 @@ class SweepResult:
             arrays[f"val/{k}"] = v
         for k, v in self.val_curve.items():
             arrays[f"val_curve/{k}"] = v
-        meta = {"result": self.meta, "groups": self.groups,
-                "settings": self._setting_dicts(),
+        arrays["group_of"] = self.group_of
+        extras = {name: encode(getattr(self, name), arrays, f"extra/{name}")
+                  for name in self.EXTRAS}
+        params = None
+        if self.SAVES_PARAMS and self._params is not None:
+            paths, stacked, present = flatten_params(self._params)
+            arrays.update({f"params/{p}": v for p, v in stacked.items()})
+            arrays["params_present"] = present
+            params = paths
+        meta = {"result": self.meta, "result_type": type(self).__name__,
+                "groups": encode(self.groups, arrays, "groups"),
+                "settings": self._setting_dicts(), "extras": extras, "params": params,
                 "hparams": self.meta.get("hparams"), "test_reads": self.test_reads}
         save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite)
 
@@ -666,11 +727,34 @@ class SweepResult:
         if "key_data" in result_meta:
             key = jax.random.wrap_key_data(np.asarray(result_meta["key_data"], np.uint32),
                                            impl=result_meta.get("key_impl"))
-        return cls(settings=settings, seed_ids=arrays["seed_ids"], status=arrays["status"],
+        kind = meta.get("result_type", "SweepResult")
+        rcls = SweepResult._TYPES.get(kind, SweepResult if kind == "SweepResult" else None)
+        if rcls is None:
+            raise FormatError(f"{js}: holds a {kind}, a result type this jaxhp does not "
+                              "know")
+        if not issubclass(rcls, cls):
+            raise FormatError(f"{js}: holds a {kind}, not a {cls.__name__}; load it with "
+                              f"{kind}.load or SweepResult.load")
+        try:
+            groups = decode(groups, arrays)
+            extras = {name: decode(v, arrays)
+                      for name, v in (meta.get("extras") or {}).items()}
+        except RecordError as e:
+            raise FormatError(f"{js}: {e}") from e
+        missing = [n for n in rcls.EXTRAS if n not in extras]
+        if missing:
+            raise FormatError(f"{js}: lacks the field(s) {missing} of a {kind}")
+        out = rcls(settings=settings, seed_ids=arrays["seed_ids"], status=arrays["status"],
                    diverged_at=arrays["diverged_at"], train_loss=arrays["train_loss"],
                    val=val, loss_curve=arrays["loss_curve"], val_curve=val_curve,
                    errors=arrays["errors"], groups=groups, meta=result_meta,
-                   key=key, test_reads=test_reads)
+                   key=key, test_reads=test_reads, group_of=arrays.get("group_of"),
+                   **{n: extras[n] for n in rcls.EXTRAS})
+        paths = meta.get("params")
+        if paths:
+            out._saved_params = (list(paths), {p: arrays[f"params/{p}"] for p in paths},
+                                 arrays["params_present"])
+        return out
 
     def __repr__(self) -> str:
         st = self.setting_status()

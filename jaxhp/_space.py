@@ -24,13 +24,14 @@ import numpy as np
 from jaxhp import _qmc
 from jaxhp._distributions import Distribution as Distribution
 from jaxhp._distributions import SpaceError as SpaceError
-from jaxhp._distributions import _as_axis, _Choice, _coerce
+from jaxhp._distributions import _as_axis, _Choice, _value_column
 from jaxhp._distributions import choice as choice
 from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
-from jaxhp._hparams import HParams, did_you_mean
+from jaxhp._hparams import Field, HParams, HParamsError, _item, did_you_mean
+from jaxhp._table import SettingsTable, _concat_columns, _constant, _fill_value
 
 __all__ = ["Distribution", "Space", "SpaceError", "choice", "fixed", "grid", "intrange",
            "loguniform", "quasirandom", "random", "uniform"]
@@ -69,6 +70,18 @@ class Space(abc.ABC):
     @abc.abstractmethod
     def _assignments(self) -> list[dict[str, Any]]:
         """The settings as ``{field: value}`` dicts, in order."""
+
+    def _columns(self, fields: dict[str, Field], fill: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The values of the fields the space sets, one column each, as the settings
+        take them (:func:`~jaxhp._distributions._coerce`); ``fill`` holds the value of
+        every field a part of a concatenation leaves unset.
+
+        This default goes through :meth:`_assignments` (one dict per setting); the
+        spaces of this module override it with vectorised code.
+        """
+        rows = self._assignments()
+        return {name: _value_column(fields[name], [a.get(name, fill[name]) for a in rows])
+                for name in self.fields}
 
     @abc.abstractmethod
     def _parts(self) -> list[tuple[str, Distribution]]:
@@ -170,17 +183,60 @@ class Space(abc.ABC):
           >>> [(h.width, h.depth) for h in hps]
           [(64, 3), (128, 3)]
         """
+        return self.table(hp_cls, base).settings()
+
+    def table(self, hp_cls: type[HParams], base: HParams | None = None) -> SettingsTable:
+        """Every setting of the space as columns, without one object per setting.
+
+        The same settings as :meth:`settings` (``table(...).settings() ==
+        settings(...)``, bit for bit): values are drawn for all settings at once,
+        validated once per field, and grouped by their static part.
+
+        Args:
+          hp_cls: an :class:`~jaxhp.HParams` subclass.
+          base: an instance of ``hp_cls`` whose values fill the fields the space
+            does not set; by default, the class defaults fill them.
+
+        Returns:
+          A :class:`~jaxhp._table.SettingsTable` of ``len(self)`` rows in the
+          space's order.
+
+        Raises:
+          SpaceError: as :meth:`settings`.
+
+        Example:
+          >>> table = grid(width=[64, 128]).table(MLPHP, base=MLPHP(depth=3))
+          >>> table.columns["width"].tolist(), table.n_groups
+          ([64, 128], 2)
+        """
         self.validate(hp_cls, base)
         fields = hp_cls.fields()
-        out = []
-        for i, assignment in enumerate(self._assignments()):
-            values = {n: _coerce(fields[n], v) for n, v in assignment.items()}
-            try:
-                out.append(base.replace(**values) if base is not None else hp_cls(**values))
-            except ValueError as e:
-                raise SpaceError(f"setting {i} of {self.describe()} ({values}) is "
-                                 f"invalid: {e}") from e
-        return out
+        fill = {name: _fill_value(hp_cls, name, base) for name in fields}
+        columns = self._columns(fields, fill)
+        try:
+            return SettingsTable(hp_cls, columns, base=base, n=len(self))
+        except HParamsError as e:
+            row = getattr(e, "row", None)
+            if row is None:
+                raise SpaceError(f"{self.describe()} over {hp_cls.__name__}: {e}") from e
+            values = {name: _item(columns[name], row) for name in self.fields}
+            cause = e.__cause__ if getattr(e, "_check_failed", False) else e
+            raise SpaceError(f"setting {row} of {self.describe()} ({values}) is "
+                             f"invalid: {cause}") from cause
+
+
+def _cross(parts: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Columns of the cartesian product of parts ``(length, columns)``, the last part
+    varying fastest (``itertools.product``'s order)."""
+    n = math.prod(k for k, _ in parts)
+    out = {}
+    after = n
+    for k, cols in parts:
+        after //= k
+        before = n // (after * k)
+        for name, col in cols.items():
+            out[name] = np.tile(np.repeat(col, after), before)
+    return out
 
 
 def _flat(space: Space, cls: type, attr: str) -> tuple[Space, ...]:
@@ -234,6 +290,10 @@ class _Grid(_Leaf):
         combos = itertools.product(*values)
         return [dict(zip(self.fields, combo, strict=True)) for combo in combos]
 
+    def _columns(self, fields, fill):
+        axes = [_value_column(fields[name], _grid_values(d)) for name, d in self.axes]
+        return _cross([(len(col), {name: col}) for (name, _), col in zip(self.axes, axes)])
+
     def to_dict(self):
         return {"type": "grid", "axes": _axes_dict(self.axes)}
 
@@ -269,6 +329,11 @@ class _Sampled(_Leaf):
     def _assignments(self):
         return [{name: d.sample_unit(u) for (name, d), u in zip(self.axes, row, strict=True)}
                 for row in self._units()]
+
+    def _columns(self, fields, fill):
+        units = self._units()
+        return {name: d._column(fields[name], units[:, j])
+                for j, (name, d) in enumerate(self.axes)}
 
     def to_dict(self):
         out = {"type": "quasirandom" if self.method else "random", "n": self.n,
@@ -308,6 +373,9 @@ class _Product(Space):
         return [{k: v for a in combo for k, v in a.items()}
                 for combo in itertools.product(*lists)]
 
+    def _columns(self, fields, fill):
+        return _cross([(len(s), s._columns(fields, fill)) for s in self.factors])
+
     def _parts(self):
         return [p for space in self.factors for p in space._parts()]
 
@@ -336,6 +404,15 @@ class _Concat(Space):
 
     def _assignments(self):
         return [a for space in self.parts for a in space._assignments()]
+
+    def _columns(self, fields, fill):
+        parts = [(len(s), s._columns(fields, fill)) for s in self.parts]
+        # A field a part does not set takes the base's value or the default there
+        # (validate() has refused a required field some part leaves unset).
+        return {name: _concat_columns([cols[name] if name in cols
+                                       else _constant(fields[name], fill[name], k)
+                                       for k, cols in parts])
+                for name in self.fields}
 
     def _parts(self):
         return [p for space in self.parts for p in space._parts()]

@@ -209,16 +209,16 @@ def _run_group(model, cfg, keep_params, settings, idx, c, split, key, seed_ids, 
             if structure is None:  # equal shapes in every chunk: trace once per group
                 structure = jax.eval_shape(fn, *args)
             out = ckpt.load(gi, ci, structure)
-            info["chunks_loaded"] += 1
+            info.chunks_loaded += 1
         else:
             compiled, dt = engine.CACHE.get(("sweep", model, cfg, keep_params), fn, args,
                                             mesh, _SPECS)
-            info["compile_s"] += dt
-            info["compiled"] += int(dt > 0)
+            info.compile_s += dt
+            info.compiled += int(dt > 0)
             t0 = time.perf_counter()
             out = jax.device_get(jax.block_until_ready(compiled(*args)))
-            info["run_s"] += time.perf_counter() - t0
-            info["chunks_computed"] += 1
+            info.run_s += time.perf_counter() - t0
+            info.chunks_computed += 1
             if ckpt is not None:
                 ckpt.save(gi, ci, out)
         m = min(c, n - start)

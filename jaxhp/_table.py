@@ -13,6 +13,7 @@ object per row. ``HParams`` objects are made only on request
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import types
@@ -66,8 +67,8 @@ def _length(columns: Mapping[str, np.ndarray], n: int | None) -> int:
 def _raise(cls: type[HParams], problems: list[str], row: int | None,
            cause: BaseException | None = None) -> None:
     err = HParamsError(cls.__name__, problems)
-    err.row = row  # the first offending setting (None: every setting)
-    err.check_failed = cause is not None  # a cross-field __check__ raised ``cause``
+    err.row = row  # the first offending setting
+    err._check_failed = cause is not None  # the class's __check__ raised ``cause``
     raise err from cause
 
 
@@ -138,11 +139,13 @@ def _converted(cls: type[HParams], columns: Mapping[str, Any]) -> dict[str, np.n
 
 
 def _row_values(cls: type[HParams], columns: Mapping[str, np.ndarray], n: int):
-    """Per row: the statics tuple and the tunable leaves (0-d arrays), lazily."""
+    """Per row: the statics tuple and the tunable leaves (new 0-d arrays), lazily."""
     stat = [columns[name].tolist() for name in cls.static_names()]
-    tun = [columns[name] for name in cls.tunable_names()]
-    for i in range(n):
-        yield i, tuple(s[i] for s in stat), [np.array(t[i]) for t in tun]
+    tun = [map(np.array, columns[name]) for name in cls.tunable_names()]
+    auxes = zip(*stat) if stat else itertools.repeat((), n)
+    leaves = zip(*tun) if tun else itertools.repeat((), n)
+    for i, aux, row in zip(range(n), auxes, leaves):
+        yield i, aux, list(row)
 
 
 def _check_rows(cls: type[HParams], columns: Mapping[str, np.ndarray], n: int) -> None:
@@ -324,10 +327,9 @@ class SettingsTable:
         set_(self, "_order", None)
 
     @classmethod
-    def _trusted(cls_, cls, columns, groups=None, statics=None) -> SettingsTable:
+    def _trusted(cls_, cls, columns, n, groups=None, statics=None) -> SettingsTable:
         """A table of columns already in the table's form and validated."""
         obj = object.__new__(cls_)
-        n = _length(columns, None) if columns else 0
         if groups is None:
             groups, statics = _grouping(cls, columns, n)
         obj._init(cls, dict(columns), groups, statics, n)
@@ -469,13 +471,14 @@ class SettingsTable:
         cols = {name: col[idx] for name, col in self._columns.items()}
         old = self._groups[idx]
         if idx.size == 0:
-            return SettingsTable._trusted(self._cls, cols, np.zeros(0, np.int64), [])
+            return SettingsTable._trusted(self._cls, cols, 0, np.zeros(0, np.int64), [])
         uniq, first, inverse = np.unique(old, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
         statics = [self._group_statics[int(uniq[k])] for k in order]
-        return SettingsTable._trusted(self._cls, cols, rank[inverse.reshape(-1)], statics)
+        return SettingsTable._trusted(self._cls, cols, idx.size, rank[inverse.reshape(-1)],
+                                      statics)
 
     @classmethod
     def concat(cls_, tables: Sequence[SettingsTable]) -> SettingsTable:
@@ -503,7 +506,8 @@ class SettingsTable:
                     statics.append(s)
                 ids.append(index[key])
             parts.append(np.asarray(ids, np.int64)[t.groups] if len(t) else t.groups)
-        return SettingsTable._trusted(cls, cols, np.concatenate(parts), statics)
+        return SettingsTable._trusted(cls, cols, sum(len(t) for t in tables),
+                                      np.concatenate(parts), statics)
 
     @classmethod
     def from_settings(cls_, settings: Sequence[HParams] | HParams,

@@ -58,19 +58,19 @@ def test_rung_budgets():
 
 def test_halving_counts(halving):
     settings, r = halving
-    assert [len(g["settings"]) for g in r.rungs] == [27, 9, 3]
-    assert [len(g["promoted"]) for g in r.rungs] == [9, 3, 0]
+    assert [len(g.settings) for g in r.rungs] == [27, 9, 3]
+    assert [len(g.promoted) for g in r.rungs] == [9, 3, 0]
     assert sorted(np.bincount(r.steps_trained)[[10, 30, 90]]) == [3, 6, 18]
     assert [s.steps for s in r.settings] == r.steps_trained.tolist()
     spent = 2 * (27 * 10 + 9 * 20 + 3 * 60)
-    assert r.meta["search"]["train_steps"] == spent == sum(g["train_steps"] for g in r.rungs)
+    assert r.meta["search"]["train_steps"] == spent == sum(g.train_steps for g in r.rungs)
     assert r.meta["search"]["full_sweep_train_steps"] == 27 * 2 * 90
     assert len(r.groups) == 1 and r.val_curve["mse"].shape == (27, 2, 3)
     # one static group: an init program and one segment program serve every rung
-    assert r.groups[0]["compiled"] <= 2 and r.groups[0]["chunk_size"] == 9
+    assert r.groups[0].compiled <= 2 and r.groups[0].chunk_size == 9
     # A survivor's promoted set is a subset of the settings it trained with.
     for a, b in zip(r.rungs, r.rungs[1:]):
-        assert set(a["promoted"]) == set(b["settings"])
+        assert set(a.promoted) == set(b.settings)
 
 
 def test_survivors_continue_from_carried_state(halving, diabetes):
@@ -91,7 +91,7 @@ def test_diverged_never_survive(halving):
     _, r = halving
     assert list(r.setting_status()[3:5]) == ["diverged", "diverged"]
     for g in r.rungs:
-        assert not {3, 4} & set(g["promoted"].tolist())
+        assert not {3, 4} & set(g.promoted.tolist())
     assert r.steps_trained[3] == r.steps_trained[4] == 10
     assert r.best("mse").index not in (3, 4)
 
@@ -127,8 +127,8 @@ def test_hyperband(diabetes):
     r = hyperband(MODEL, _space(6), diabetes, key=KEY, min_steps=10, max_steps=30,
                   metric="mse", base=BASE)
     assert r.n_settings == 5
-    assert [g["bracket"] for g in r.rungs] == [0, 0, 1]
-    assert [len(g["settings"]) for g in r.rungs] == [3, 1, 2]
+    assert [g.bracket for g in r.rungs] == [0, 0, 1]
+    assert [len(g.settings) for g in r.rungs] == [3, 1, 2]
     assert sorted(r.steps_trained[:3]) == [10, 10, 30] and np.all(r.steps_trained[3:] == 30)
     assert r.meta["search"]["train_steps"] == 3 * 10 + 1 * 20 + 2 * 30
     with pytest.raises(ValueError, match="need 17 settings"):
@@ -150,12 +150,12 @@ def test_halving_runs_each_static_group_and_selects_across(diabetes):
     space = _space(6) * jaxhp.grid(batch_size=[16, 32])
     r = successive_halving(MODEL, space, diabetes, key=KEY, min_steps=10, max_steps=30,
                            metric="mse")
-    assert len(r.groups) == 2 and [g["statics"]["batch_size"] for g in r.groups] == [16, 32]
-    assert [rg["group"] for rg in r.rungs] == [0, 0, 1, 1]
-    assert [len(rg["settings"]) for rg in r.rungs] == [6, 2, 6, 2]
+    assert len(r.groups) == 2 and [g.statics["batch_size"] for g in r.groups] == [16, 32]
+    assert [rg.group for rg in r.rungs] == [0, 0, 1, 1]
+    assert [len(rg.settings) for rg in r.rungs] == [6, 2, 6, 2]
     for rg in r.rungs:  # each group's rungs hold its own settings only
-        assert {r.settings[i].batch_size for i in rg["settings"]} == \
-            {r.groups[rg["group"]]["statics"]["batch_size"]}
+        assert {r.settings[i].batch_size for i in rg.settings} == \
+            {r.groups[rg.group].statics["batch_size"]}
     mean, _ = r.aggregate("mse")
     assert r.best("mse").value == np.nanmin(mean)  # selection runs across the groups
     with pytest.raises(jaxhp.SelectionError, match="did you mean"):
@@ -169,7 +169,7 @@ def test_hyperband_compiles_two_programs_for_every_bracket_and_rung(diabetes):
     with count_compiles() as c:
         r = hyperband(model, space, diabetes, key=KEY, min_steps=10, max_steps=90,
                       metric="mse", base=BASE)
-    assert len({rg["bracket"] for rg in r.rungs}) == 3 and len(r.rungs) == 6
+    assert len({rg.bracket for rg in r.rungs}) == 3 and len(r.rungs) == 6
     assert c.count == r.compile_count == 2  # initialise; train a segment and evaluate
     with count_compiles() as c:  # other tunable values: nothing new to compile
         hyperband(model, _space(17, seed=5), diabetes, key=KEY, min_steps=10,
@@ -183,9 +183,9 @@ def test_halving_does_not_depend_on_chunking(diabetes, halving):
         other = successive_halving(MODEL, settings, diabetes, key=KEY, seeds=2,
                                    min_steps=10, max_steps=90, metric="mse",
                                    chunk_size=chunk)
-        assert other.groups[0]["chunk_size"] != r.groups[0]["chunk_size"]
-        assert [g["promoted"].tolist() for g in other.rungs] == \
-            [g["promoted"].tolist() for g in r.rungs]
+        assert other.groups[0].chunk_size != r.groups[0].chunk_size
+        assert [g.promoted.tolist() for g in other.rungs] == \
+            [g.promoted.tolist() for g in r.rungs]
         np.testing.assert_allclose(other.val["mse"], r.val["mse"], rtol=1e-6)
         np.testing.assert_array_equal(other.steps_trained, r.steps_trained)
 
@@ -203,7 +203,7 @@ def test_halving_failing_group_is_recorded_and_the_others_run(diabetes):
                                metric="mse")
     st = r.setting_status()
     assert sorted(set(st)) == ["failed", "ok"] and (st == "failed").sum() == 3
-    assert all(r.settings[i].batch_size == 32 for i in r.rungs[0]["settings"])
+    assert all(r.settings[i].batch_size == 32 for i in r.rungs[0].settings)
     assert r.best("mse").setting.batch_size == 32
     with pytest.raises(RuntimeError, match="batches of 16"):
         successive_halving(model, space, diabetes, key=KEY, min_steps=10, max_steps=30,

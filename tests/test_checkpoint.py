@@ -57,9 +57,9 @@ def assert_identical(a, b):
 def test_resume_skips_finished_chunks_and_is_bit_identical(diabetes, tmp_path):
     full = run(diabetes)
     first = run(diabetes, tmp_path)
-    assert first.groups[0]["chunks_computed"] == 4 and first.groups[0]["chunks_loaded"] == 0
+    assert first.groups[0].chunks_computed == 4 and first.groups[0].chunks_loaded == 0
     again = run(diabetes, tmp_path)
-    assert again.groups[0]["chunks_computed"] == 0 and again.groups[0]["chunks_loaded"] == 4
+    assert again.groups[0].chunks_computed == 0 and again.groups[0].chunks_loaded == 4
     assert again.compile_count == 0
     assert_identical(full, first)
     assert_identical(full, again)
@@ -83,8 +83,8 @@ def test_interrupted_sweep_keeps_finished_chunks(diabetes, tmp_path, monkeypatch
     assert not (tmp_path / LOCK).exists()  # released on the way out
     monkeypatch.setattr(Checkpoint, "save", original)
     resumed = run(diabetes, tmp_path)
-    assert resumed.groups[0]["chunks_loaded"] == 2
-    assert resumed.groups[0]["chunks_computed"] == 2
+    assert resumed.groups[0].chunks_loaded == 2
+    assert resumed.groups[0].chunks_computed == 2
     assert_identical(resumed, run(diabetes))
 
 
@@ -93,7 +93,7 @@ def test_leftover_temporary_file_is_ignored_and_removed(diabetes, tmp_path):
     tmp = tmp_path / ".jaxhp-tmp-deadbeef"
     tmp.write_bytes(b"half a chunk")
     again = run(diabetes, tmp_path)
-    assert not tmp.exists() and again.groups[0]["chunks_loaded"] == 4
+    assert not tmp.exists() and again.groups[0].chunks_loaded == 4
 
 
 @pytest.mark.parametrize("change, field", [
@@ -109,7 +109,7 @@ def test_resume_with_a_changed_sweep_is_refused(diabetes, tmp_path, change, fiel
     assert "overwrite=True" in str(e.value)
     assert not (tmp_path / LOCK).exists()  # a refused sweep releases the lock
     fresh = run(diabetes, tmp_path, overwrite=True, **change)
-    assert fresh.groups[0]["chunks_loaded"] == 0
+    assert fresh.groups[0].chunks_loaded == 0
 
 
 def test_resume_with_changed_data_is_refused(diabetes, tmp_path):
@@ -137,7 +137,7 @@ def test_truncated_chunk_and_old_format_are_refused(diabetes, tmp_path):
 def test_kept_parameters_are_checkpointed_too(diabetes, tmp_path):
     first = run(diabetes, tmp_path, keep_params=True)
     again = run(diabetes, tmp_path, keep_params=True)
-    assert again.groups[0]["chunks_loaded"] == 4
+    assert again.groups[0].chunks_loaded == 4
     for i in (0, 9):
         a, b = first.params(i, 1), again.params(i, 1)
         np.testing.assert_array_equal(a["w"], b["w"])
@@ -191,8 +191,8 @@ def test_sigkill_then_resume_is_bit_identical(diabetes, tmp_path):
                       l2=jaxhp.loguniform(1e-4, 1.0))
     kw = dict(key=KEY, seeds=2, base=base(), chunk_size=2)
     resumed = jaxhp.sweep(MODEL, sp, diabetes, checkpoint_dir=tmp_path, **kw)
-    assert resumed.groups[0]["chunks_loaded"] == killed_at
-    assert resumed.groups[0]["chunks_computed"] == 12 - killed_at
+    assert resumed.groups[0].chunks_loaded == killed_at
+    assert resumed.groups[0].chunks_computed == 12 - killed_at
     assert_identical(resumed, jaxhp.sweep(MODEL, sp, diabetes, **kw))
 
 
@@ -206,8 +206,8 @@ def test_memory_budget_sets_the_chunk_count(diabetes):
     sp = jaxhp.random(5000, seed=0, learning_rate=jaxhp.loguniform(1e-3, 0.3))
     result = jaxhp.sweep(MODEL, sp, diabetes, key=KEY, base=hp, loss_every=0,
                          memory_budget=per * 250)
-    assert result.groups[0]["chunk_size"] == 250
-    assert result.groups[0]["n_chunks"] == 20
+    assert result.groups[0].chunk_size == 250
+    assert result.groups[0].n_chunks == 20
     assert result.loss_curve.shape == (5000, 1, 0)
 
 
@@ -312,7 +312,7 @@ def test_edited_loss_or_captured_constant_is_refused_naming_the_function(diabete
                     **SMALL)
     assert "`model.metrics`" in str(e.value)
     rebuilt = jaxhp.sweep(ridge(), SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
-    assert rebuilt.groups[0]["chunks_loaded"] == 2 and rebuilt.groups[0]["chunks_computed"] == 0
+    assert rebuilt.groups[0].chunks_loaded == 2 and rebuilt.groups[0].chunks_computed == 0
     assert_identical(first, rebuilt)
 
 
@@ -446,7 +446,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(diabetes, tmp_path):
     theirs.write_bytes(b"half a chunk of a killed writer")
     live.write_bytes(b"a live writer's file")
     result = run(diabetes, tmp_path)
-    assert result.groups[0]["chunks_computed"] == 4
+    assert result.groups[0].chunks_computed == 4
     assert not (tmp_path / LOCK).exists()
     assert not theirs.exists() and live.exists()  # only the dead writer's file is removed
 
@@ -469,5 +469,5 @@ def test_mismatch_is_refused_before_anything_is_deleted(diabetes, tmp_path):
     with pytest.raises(jaxhp.CheckpointMismatch):
         run(diabetes, tmp_path, seeds=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert run(diabetes, tmp_path).groups[0]["chunks_loaded"] == 4
+    assert run(diabetes, tmp_path).groups[0].chunks_loaded == 4
     assert not leftover.exists()  # removed once the folder is locked and matches

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     r = jaxhp.sweep(models.linear_regression(10), settings, split,
                     key=jax.random.key(0), seeds=2, chunk_size=int(sys.argv[1]))
     print(json.dumps({"n_devices": jax.device_count(), "mse": r.val["mse"].tolist(),
-                      "chunk": r.groups[0]["chunk_size"], "compiled": r.compile_count}))
+                      "chunk": r.groups[0].chunk_size, "compiled": r.compile_count}))
 """)
 
 
@@ -57,8 +57,8 @@ HALVING = textwrap.dedent("""
     r = jaxhp.hyperband(models.linear_regression(10), settings, split,
                         key=jax.random.key(0), seeds=2, min_steps=3, metric="mse")
     print(json.dumps({"n_devices": jax.device_count(), "mse": r.val["mse"].tolist(),
-                      "chunk": r.groups[0]["chunk_size"], "compiled": r.compile_count,
-                      "promoted": [g["promoted"].tolist() for g in r.rungs]}))
+                      "chunk": r.groups[0].chunk_size, "compiled": r.compile_count,
+                      "promoted": [g.promoted.tolist() for g in r.rungs]}))
 """)
 
 

@@ -141,4 +141,4 @@ def test_same_sweep_is_bit_identical_in_process_and_in_a_fresh_process(diabetes,
         np.testing.assert_array_equal(other.train_loss, a.train_loss)
     for k in ("device_kind", "jax_version", "jaxhp_version", "platform"):
         assert c.meta[k] == a.meta[k]
-    assert c.groups[0]["chunk_size"] == 4
+    assert c.groups[0].chunk_size == 4

@@ -87,7 +87,7 @@ def test_one_compile_per_static_group_whatever_the_size(diabetes):
     with count_compiles() as c:
         result = jaxhp.sweep(model, settings, diabetes, key=KEY, chunk_size=4)
     assert c.count == 2 == result.compile_count == len(result.groups)
-    assert [g["n_chunks"] for g in result.groups] == [6, 3]  # uneven last chunks
+    assert [g.n_chunks for g in result.groups] == [6, 3]  # uneven last chunks
     # more settings, same groups and chunk size: the programs are reused
     with count_compiles() as c:
         jaxhp.sweep(model, settings * 2, diabetes, key=KEY, chunk_size=4)
@@ -225,7 +225,7 @@ def test_static_groups_can_vary_in_steps(diabetes):
     assert result.loss_curve.shape == (2, 1, 50)
     assert np.all(np.isnan(result.loss_curve[0, 0, 20:]))
     assert result.val_curve["mse"].shape == (2, 1, 5)
-    assert [g["eval_steps"] for g in result.groups] == [[10, 20], [10, 20, 30, 40, 50]]
+    assert [g.eval_steps for g in result.groups] == [[10, 20], [10, 20, 30, 40, 50]]
 
 
 def test_failing_group_is_recorded_and_others_run(diabetes):
@@ -244,7 +244,7 @@ def test_failing_group_is_recorded_and_others_run(diabetes):
         result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
     assert list(result.setting_status()) == ["ok", "failed", "ok"]
     assert "no model of 30 steps" in result.errors[1] and result.errors[0] == ""
-    assert "no model of 30 steps" in result.groups[1]["error"]
+    assert "no model of 30 steps" in result.groups[1].error
     assert result.best("mse").index in (0, 2)
     with pytest.raises(RuntimeError, match="no model of 30 steps"):
         jaxhp.sweep(model, settings, diabetes, key=KEY, on_error="raise")

@@ -1,0 +1,180 @@
+"""Typed records of a search and their plain-JSON/array encoding (never pickled).
+
+- :class:`GroupInfo`: one static group of a search (statics, chunking, compile
+  and run seconds, error), the same fields for every search.
+- :class:`Rung`: one rung of successive halving or Hyperband.
+- :func:`encode` / :func:`decode`: a result's declared extras (dicts, lists,
+  numpy arrays, numbers, strings and the records above) to ``(arrays, JSON)``
+  and back, so that ``save``/``load`` keep them exactly.
+- :func:`flatten_params` / :func:`unflatten_params`: per-setting parameter
+  pytrees as stacked arrays keyed by their tree paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class RecordError(ValueError):
+    """An encoded record is malformed (a missing field, an unknown record type)."""
+
+
+@dataclasses.dataclass
+class GroupInfo:
+    """One static group of a search.
+
+    Attributes:
+      statics: the group's static fields.
+      n_settings: its settings.
+      chunk_size: settings per compiled call; n_chunks: compiled calls.
+      steps: training steps of its settings; eval_steps: when the validation
+        curve was recorded.
+      compile_s, run_s: seconds spent compiling and in the compiled calls.
+      compiled: programs compiled for it (0 when all were cached).
+      chunks_computed, chunks_loaded: chunks trained, and loaded from a checkpoint.
+      error: the message of the error that failed the group, else ``None``.
+    """
+
+    statics: dict
+    n_settings: int
+    chunk_size: int = 0
+    n_chunks: int = 0
+    steps: int = 0
+    eval_steps: list = dataclasses.field(default_factory=list)
+    compile_s: float = 0.0
+    run_s: float = 0.0
+    compiled: int = 0
+    chunks_computed: int = 0
+    chunks_loaded: int = 0
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Rung:
+    """One rung of successive halving (or of a Hyperband bracket).
+
+    Attributes:
+      rung: its index in the bracket; bracket: the Hyperband bracket (None for
+        plain successive halving); group: the static group.
+      steps: the steps every member has trained after the rung.
+      settings: the result rows trained in the rung; promoted: those that go on.
+      value: the mean validation metric of ``settings`` (NaN: unhealthy).
+      train_steps: member steps spent in the rung.
+      compile_s, run_s: seconds spent compiling and running it.
+    """
+
+    rung: int
+    bracket: int | None
+    group: int
+    steps: int
+    settings: np.ndarray
+    promoted: np.ndarray
+    value: np.ndarray
+    train_steps: int
+    compile_s: float = 0.0
+    run_s: float = 0.0
+
+
+RECORDS = {"GroupInfo": GroupInfo, "Rung": Rung}
+
+
+def encode(obj: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
+    """``obj`` as JSON, its numpy arrays moved into ``arrays`` under ``prefix/...``."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            raise TypeError(f"{prefix}: an object array cannot be saved (no pickling)")
+        arrays[prefix] = obj
+        return {"__array__": prefix}
+    if dataclasses.is_dataclass(obj) and type(obj).__name__ in RECORDS:
+        return {"__record__": type(obj).__name__,
+                "fields": {f.name: encode(getattr(obj, f.name), arrays, f"{prefix}/{f.name}")
+                           for f in dataclasses.fields(obj)}}
+    if isinstance(obj, Mapping):
+        for k in obj:
+            if not isinstance(k, str):
+                raise TypeError(f"{prefix}: keys must be strings, got {k!r}")
+        return {"__dict__": {k: encode(v, arrays, f"{prefix}/{k}") for k, v in obj.items()}}
+    if isinstance(obj, (list, tuple)):
+        items = [encode(v, arrays, f"{prefix}/{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"{prefix}: a {type(obj).__name__} cannot be saved as plain "
+                    "arrays and JSON")
+
+
+def decode(obj: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(obj, list):
+        return [decode(v, arrays) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__array__" in obj:
+        name = obj["__array__"]
+        if name not in arrays:
+            raise RecordError(f"the array `{name}` is missing")
+        return arrays[name]
+    if "__record__" in obj:
+        cls = RECORDS.get(obj["__record__"])
+        if cls is None:
+            raise RecordError(f"unknown record type {obj['__record__']!r}")
+        fields = {k: decode(v, arrays) for k, v in obj.get("fields", {}).items()}
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise RecordError(f"a {cls.__name__} record does not fit: {e}") from e
+    if "__tuple__" in obj:
+        return tuple(decode(v, arrays) for v in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {k: decode(v, arrays) for k, v in obj["__dict__"].items()}
+    raise RecordError(f"an unknown encoded object with keys {sorted(obj)}")
+
+
+def group_info(d: Mapping[str, Any] | GroupInfo) -> GroupInfo:
+    """A :class:`GroupInfo` from itself or from the plain dict of an older file."""
+    if isinstance(d, GroupInfo):
+        return d
+    names = {f.name for f in dataclasses.fields(GroupInfo)}
+    try:
+        return GroupInfo(**{k: v for k, v in d.items() if k in names})
+    except TypeError as e:
+        raise RecordError(f"a group record does not fit GroupInfo: {e}") from e
+
+
+def flatten_params(params: Sequence[Any]) -> tuple[list[str], dict[str, np.ndarray],
+                                                    np.ndarray]:
+    """Per-setting parameter pytrees (leaves ``(seeds, ...)``; ``None`` for a setting
+    without parameters) as ``(paths, {path: (settings, seeds, ...)}, present)``."""
+    present = np.asarray([p is not None for p in params], bool)
+    first = next((p for p in params if p is not None), None)
+    if first is None:
+        return [], {}, present
+    leaves = jax.tree_util.tree_flatten_with_path(first)[0]
+    paths = [jax.tree_util.keystr(k) for k, _ in leaves]
+    stacked = {}
+    for j, (path, leaf) in enumerate(zip(paths, (v for _, v in leaves))):
+        zero = np.zeros_like(np.asarray(leaf))
+        stacked[path] = np.stack([
+            np.asarray(jax.tree_util.tree_leaves(p)[j]) if p is not None else zero
+            for p in params])
+    return paths, stacked, present
+
+
+def unflatten_params(structure: Any, paths: Sequence[str], stacked: Mapping[str, np.ndarray],
+                     index: int) -> Any:
+    """Setting ``index``'s parameters (leaves ``(seeds, ...)``) in the tree structure of
+    ``structure`` (e.g. ``jax.eval_shape`` of the model's ``init``)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(structure)
+    want = [jax.tree_util.keystr(k) for k, _ in leaves]
+    if sorted(want) != sorted(paths):
+        raise RecordError(f"the saved parameters have paths {list(paths)[:4]}..., the "
+                          f"model's are {want[:4]}...: another model?")
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(structure), [stacked[p][index] for p in want])
