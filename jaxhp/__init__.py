@@ -24,6 +24,7 @@ from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
+from jaxhp._halving import HalvingResult as HalvingResult
 from jaxhp._halving import hyperband as hyperband
 from jaxhp._halving import hyperband_brackets as hyperband_brackets
 from jaxhp._halving import rung_budgets as rung_budgets
@@ -43,6 +44,8 @@ from jaxhp._online import HypergradientDescentState as HypergradientDescentState
 from jaxhp._online import hypergradient_descent as hypergradient_descent
 from jaxhp._pbt import PBTResult as PBTResult
 from jaxhp._pbt import pbt as pbt
+from jaxhp._record import GroupInfo as GroupInfo
+from jaxhp._record import Rung as Rung
 from jaxhp._result import Selection as Selection
 from jaxhp._result import SelectionError as SelectionError
 from jaxhp._result import SweepResult as SweepResult
@@ -57,6 +60,7 @@ from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
 from jaxhp._train import train as train
+from jaxhp._tune import TuneResult as TuneResult
 from jaxhp._tune import tune_gradient as tune_gradient
 
 __version__ = "0.1.0"
@@ -68,14 +72,17 @@ __all__ = [
     "Distribution",
     "Field",
     "FormatError",
+    "GroupInfo",
     "HParams",
     "HParamsError",
+    "HalvingResult",
     "Hypergradient",
     "HypergradientDescentState",
     "Model",
     "ModelError",
     "PBTResult",
     "Run",
+    "Rung",
     "Selection",
     "SelectionError",
     "Space",
@@ -85,6 +92,7 @@ __all__ = [
     "SweepWarning",
     "TestReport",
     "TrainState",
+    "TuneResult",
     "check_split",
     "choice",
     "datasets",

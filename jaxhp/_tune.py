@@ -4,9 +4,10 @@ Every outer step computes the hypergradient of each start (``vmap`` over the
 starts of :func:`jaxhp._hypergrad.value_and_grad_fn`), takes an Optax step in
 the hypergradient coordinates (log space for ``log=True`` fields) and
 projects back into each field's valid range. The whole descent is one
-compiled program (``lax.scan`` over outer steps). The final settings are then
-trained once more by :func:`jaxhp._sweep.sweep`, so the result is a
-:class:`~jaxhp.SweepResult` and selection and the single test evaluation
+compiled program (``lax.scan`` over outer steps); its last evaluation (the
+run of every seed at each start's final point) is the result's row, so no
+second sweep retrains the final settings. The result is a :class:`TuneResult`
+(a :class:`~jaxhp.SweepResult`): selection and the single test evaluation
 work exactly as for a sweep.
 """
 
@@ -23,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxhp import _population as population
 from jaxhp._data import Split, part_size
 from jaxhp._engine import settings_from
 from jaxhp._hparams import Field, HParams, stack, tunable_dtype
 from jaxhp._hypergrad import (
-    _value_fn,
+    _objective,
     check_mode,
     check_objective,
+    from_coords,
     make_solver,
     resolve_remat,
     resolve_wrt,
@@ -37,8 +40,9 @@ from jaxhp._hypergrad import (
     value_and_grad_fn,
 )
 from jaxhp._model import Model
+from jaxhp._record import GroupInfo
 from jaxhp._result import SweepResult
-from jaxhp._train import check_key, resolve_loop, validate
+from jaxhp._train import check_key, resolve_loop, run_pure, validate
 
 _BIG = 1e30
 
@@ -83,12 +87,22 @@ def _finite(tree) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg", "objective", "mode", "solver",
-                                             "optimizer", "steps"))
-def _descend(model, cfg, objective, mode, solver, optimizer, steps, z0, lo, hi, hp,
+                                             "optimizer", "steps", "keep"))
+def _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0, lo, hi, hp,
              train_part, val_part, keys):
     vg = value_and_grad_fn(model, cfg, objective, mode, solver)
-    value_f = lambda z, hp, key: _value_fn(model, cfg, objective)(z, hp, train_part,
-                                                                  val_part, key)[0]
+    plain = cfg._replace(remat=None)  # no gradient through the final evaluation
+
+    def final_run(z, hp):
+        """Every seed's run at ``z``: the objective and the full record of the run."""
+        def one(k):
+            h = from_coords(hp, z)
+            run = run_pure(model, plain, h, train_part, val_part, k)
+            v = _objective(model, objective, run.state.params, val_part, h)
+            return jnp.where(run.diverged_at < 0, v, jnp.nan), run._replace(state=None)
+
+        v, runs = jax.vmap(one)(keys)
+        return jnp.mean(v), runs
 
     def one_start(z0, hp):
         def mean_vg(z):
@@ -102,16 +116,38 @@ def _descend(model, cfg, objective, mode, solver, optimizer, steps, z0, lo, hi, 
             g = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, 0.0), g)
             updates, new_state = optimizer.update(g, opt_state, z)
             new_z = jax.tree_util.tree_map(jnp.clip, optax.apply_updates(z, updates), lo, hi)
-            keep = lambda new, old: jax.tree_util.tree_map(
+            keep_ = lambda new, old: jax.tree_util.tree_map(
                 lambda a, b: jnp.where(ok, a, b), new, old)
-            return (keep(new_z, z), keep(new_state, opt_state)), (z, v, g)
+            return (keep_(new_z, z), keep_(new_state, opt_state)), (z, v, g)
 
         (z, _), (zs, vs, gs) = jax.lax.scan(outer, (z0, optimizer.init(z0)), None,
                                             length=steps)
-        v_final = jnp.mean(jax.vmap(lambda k: value_f(z, hp, k))(keys))
-        return z, zs, vs, gs, v_final
+        v_final, runs = final_run(z, hp)
+        pick = jnp.asarray(steps)
+        if keep == "best":  # the row is the best iterate's run (another run of training)
+            all_v = jnp.concatenate([vs, v_final[None]])
+            pick = jnp.argmin(jnp.where(jnp.isfinite(all_v), all_v, jnp.inf))
+            z_pick = jax.tree_util.tree_map(
+                lambda a, b: jnp.concatenate([a, b[None]])[pick], zs, z)
+            runs = final_run(z_pick, hp)[1]
+        return z, zs, vs, gs, v_final, pick, runs
 
     return jax.vmap(one_start)(z0, hp)
+
+
+class TuneResult(SweepResult):
+    """The outcome of :func:`tune_gradient`: one row per start, at its final (or best)
+    point, as trained by the descent's own last evaluation.
+
+    Attributes:
+      trajectory: ``values`` (``{field: (starts, steps + 1)}``: every start's
+        path), ``objective`` (``(starts, steps + 1)``), ``grad`` (the
+        hypergradients), ``log_fields``, ``picked`` (the iterate each row is),
+        ``train_steps``, ``compile_s``, ``run_s`` and ``mode``. Kept by
+        ``save``/``load``.
+    """
+
+    EXTRAS = ("trajectory",)
 
 
 def tune_gradient(
@@ -131,7 +167,7 @@ def tune_gradient(
     keep: str = "final",
     solver: str = "cg",
     solver_steps: int = 100,
-) -> SweepResult:
+) -> TuneResult:
     """Gradient descent on hyperparameters from many starting settings at once.
 
     Each start follows its own hypergradient (see :func:`hypergradient`) for
@@ -166,15 +202,16 @@ def tune_gradient(
         :func:`hypergradient`).
 
     Returns:
-      A :class:`~jaxhp.SweepResult` with one row per start (its final, or
-      best, setting, trained again and validated), so that ``best()`` and
-      ``evaluate_test()`` work as for a sweep, plus ``result.trajectory``:
+      A :class:`TuneResult` with one row per start (its final, or best,
+      setting, as the descent's own last evaluation trained and validated it:
+      no second sweep), so that ``best()`` and ``evaluate_test()`` work as for
+      a sweep, plus ``result.trajectory``:
       ``values`` (``{field: (n_starts, steps + 1)}``, the values after 0..steps
       outer steps), ``objective`` (``(n_starts, steps + 1)``), ``grad``
       (``{field: (n_starts, steps)}``, in coordinates), ``log_fields``,
       ``train_steps`` (training steps run: starts x seeds x (steps + 1) x
-      ``hp.steps``), ``compile_s`` and ``run_s``. The trajectory is not saved
-      by ``result.save()``.
+      ``hp.steps``; one more run per start and seed with ``keep="best"``),
+      ``picked``, ``compile_s`` and ``run_s``. ``save``/``load`` keep it.
 
     Raises:
       ValueError: for bad ``wrt``, ``mode``, ``objective``, ``steps``,
@@ -223,34 +260,48 @@ def tune_gradient(
     z0 = {n: jnp.clip(v, *bounds[n]) for n, v in to_coords(batch, names).items()}
     lo = {n: jnp.asarray(b[0], z0[n].dtype) for n, b in bounds.items()}
     hi = {n: jnp.asarray(b[1], z0[n].dtype) for n, b in bounds.items()}
-    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(seeds, dtype=jnp.uint32))
-    args = (model, cfg, objective, mode, slv, optimizer, steps, z0, lo, hi, batch,
+    seed_ids = np.arange(seeds, dtype=np.uint32)
+    keys = population.member_keys(key, seed_ids)
+    args = (model, cfg, objective, mode, slv, optimizer, steps, keep, z0, lo, hi, batch,
             split.train, split.val, keys)
     t0 = time.perf_counter()
     compiled = _descend.lower(*args).compile()
     t1 = time.perf_counter()
-    z, zs, vs, gs, v_final = jax.block_until_ready(compiled(*args[7:]))
+    z, zs, vs, gs, v_final, pick, runs = jax.device_get(
+        jax.block_until_ready(compiled(*args[8:])))
     t2 = time.perf_counter()
     to_np = lambda t: {n: np.asarray(a) for n, a in t.items()}
     coords = {n: np.concatenate([np.asarray(zs[n]), np.asarray(z[n])[:, None]], axis=1)
               for n in names}
     objective_traj = np.concatenate([np.asarray(vs), np.asarray(v_final)[:, None]], axis=1)
     values = {n: np.exp(c) if fields[n].log else c for n, c in coords.items()}
-    pick = np.full(len(settings), steps)
-    if keep == "best":
-        masked = np.where(np.isfinite(objective_traj), objective_traj, np.inf)
-        pick = np.argmin(masked, axis=1)
+    pick = np.asarray(pick)
     final = []
     for i, s in enumerate(settings):
         final.append(s.replace(**{n: _project_host(values[n][i, pick[i]], fields[n])
                                   for n in names}))
-    from jaxhp._sweep import sweep
-
-    result = sweep(model, final, split, key=key, seeds=seeds, progress=False)
-    result.trajectory = {
+    n = len(settings)
+    builder = SweepResult.builder(final, seed_ids, model=model, split=split, key=key,
+                                  devices=jax.local_devices()[:1])
+    # (starts, seeds, ...) -> (seeds, starts, ...), as the builder takes a chunk
+    builder.add(np.arange(n), jax.tree_util.tree_map(lambda a: np.swapaxes(a, 0, 1), runs),
+                n, group=0)
+    info = GroupInfo(statics=first.statics(), n_settings=n, chunk_size=n, n_chunks=1,
+                     steps=cfg.steps, compile_s=t1 - t0, run_s=t2 - t1, compiled=1,
+                     chunks_computed=1)
+    builder.groups.append(info)
+    res = builder.build()
+    res.meta["search"] = {"method": "tune_gradient", "mode": mode, "steps": steps,
+                          "keep": keep, "objective": objective if isinstance(objective, str)
+                          else getattr(objective, "__qualname__", "callable")}
+    trajectory = {
         "values": values, "objective": objective_traj, "grad": to_np(gs),
         "log_fields": tuple(n for n in names if fields[n].log), "picked": pick,
-        "train_steps": int(len(settings) * seeds * (steps + 1) * cfg.steps),
+        "train_steps": int(n * seeds * (steps + 1 + (keep == "best")) * cfg.steps),
         "compile_s": t1 - t0, "run_s": t2 - t1, "mode": mode,
     }
-    return result
+    return TuneResult(settings=res.settings, seed_ids=res.seed_ids, status=res.status,
+                      diverged_at=res.diverged_at, train_loss=res.train_loss, val=res.val,
+                      loss_curve=res.loss_curve, val_curve=res.val_curve, errors=res.errors,
+                      groups=res.groups, meta=res.meta, model=model, split=split, key=key,
+                      group_of=res.group_of, trajectory=trajectory)
