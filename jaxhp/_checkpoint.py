@@ -39,6 +39,7 @@ from jaxhp._io import (
     pid_alive,
     save_pair,
 )
+from jaxhp._record import RecordError, decode, encode
 
 MANIFEST = "manifest.json"
 LOCK = "jaxhp.lock"
@@ -301,7 +302,7 @@ class Checkpoint:
                 self.done = dict(manifest["chunks"])
             self.removed_tmp = clean_tmp(self.folder)
             if overwrite:
-                for p in self.folder.glob("chunk-*"):
+                for p in [*self.folder.glob("chunk-*"), *self.folder.glob("state-*")]:
                     p.unlink()
                 path.unlink(missing_ok=True)
             self._write_manifest()
@@ -398,3 +399,51 @@ class Checkpoint:
                                   f"{rec}), this sweep expects {shape}; the file does not "
                                   "belong to this sweep or chunk")
         return jax.tree_util.tree_unflatten(paths[1], [arrays[k] for k in expected])
+
+
+    # ------------------------------------------------ states of adaptive searches
+    @staticmethod
+    def state_name(group: int, step: int) -> str:
+        return f"state-{group}-{step}"
+
+    def save_state(self, group: int, step: int, state: Any) -> None:
+        """Persists a search's state after its ``step``-th segment of static group
+        ``group`` (plain arrays and JSON, see :func:`jaxhp._record.encode`), lists it
+        in the manifest, then removes the group's older states."""
+        name = self.state_name(group, step)
+        arrays: dict[str, np.ndarray] = {}
+        body = encode(state, arrays, "state")
+        meta = {"group": group, "step": step, "sweep_sha256": self.fp_sha256, "state": body}
+        save_pair(self.folder / name, arrays, meta, "search-state", overwrite=True)
+        old = [k for k in self.done if k.startswith(f"state-{group}-") and k != name]
+        self.done[name] = name
+        for k in old:
+            del self.done[k]
+        self._write_manifest()
+        for k in old:  # listed no more: safe to delete
+            for path in pair_paths(self.folder / k):
+                path.unlink(missing_ok=True)
+
+    def latest_state(self, group: int) -> tuple[int, Any] | None:
+        """``(step, state)`` of the group's last saved state, or None.
+
+        Raises:
+          FormatError: naming the file, if it records another group, step or search.
+        """
+        steps = [int(k.rsplit("-", 1)[1]) for k in self.done
+                 if k.startswith(f"state-{group}-")]
+        if not steps:
+            return None
+        step = max(steps)
+        stem = self.folder / self.state_name(group, step)
+        _, js = pair_paths(stem)
+        arrays, meta = load_pair(stem, "search-state")
+        meta = meta if isinstance(meta, dict) else {}
+        if (meta.get("group"), meta.get("step")) != (group, step) or \
+                meta.get("sweep_sha256") != self.fp_sha256:
+            raise FormatError(f"{js}: holds the state of another group, step or search; "
+                              "delete it (it is then recomputed) or use overwrite=True")
+        try:
+            return step, decode(meta.get("state"), arrays)
+        except RecordError as e:
+            raise FormatError(f"{js}: {e}") from e

@@ -350,27 +350,28 @@ class Runner:
 
     Holds the settings (a batched ``HParams`` whose tunable columns a policy
     may replace), the carry of every member (leaves ``(seeds, settings,
-    ...)``, numpy), and what each member did: its losses per step, its
-    validation metrics after each segment, its final training objective and
-    health. :meth:`run` trains any subset of members over steps
+    ...)``, numpy), and what each member did, in dense buffers: its loss at
+    every step, its validation metrics after each segment it ran, its last
+    training objective. :meth:`run` trains any subset of members over steps
     ``[s0, s1)`` (from scratch when ``s0 == 0``) with two compiled programs
     (initialise; train a segment of at most ``length`` steps and evaluate),
-    whatever the subset, the segment or the tunable values.
+    whatever the subset, the segment or the tunable values. :meth:`state`
+    and :meth:`restore` save and resume all of it exactly.
     """
 
     def __init__(self, ctx: dict, settings: list[HParams], cfg: LoopConfig, chunk: int,
-                 length: int, info: dict):
-        self.ctx, self.settings, self.cfg, self.c, self.length = ctx, settings, cfg, chunk, \
-            length
-        self.info = info
+                 length: int, info: GroupInfo, total_steps: int, max_evals: int):
+        self.ctx, self.cfg, self.c, self.length, self.info = ctx, cfg, chunk, length, info
         self.hp = stack(settings)
         n, s = len(settings), len(ctx["seed_ids"])
-        self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
-        self.losses = [[] for _ in range(n)]
-        self.vals: list[list[dict]] = [[] for _ in range(n)]
-        self.last = [None] * n
-        self.trained = np.zeros(n, np.int64)
         self.shape = (n, s)
+        self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
+        self.loss = np.full((s, n, total_steps), np.nan, np.float32)
+        self.val: dict[str, np.ndarray] = {}  # metric -> (seeds, n, max_evals)
+        self.max_evals = max_evals
+        self.n_evals = np.zeros(n, np.int64)
+        self.train_loss = np.full((s, n), np.nan, np.float32)
+        self.trained = np.zeros(n, np.int64)
 
     def _call(self, name, fn, specs, args):
         compiled, dt = CACHE.get(name, fn, args, self.ctx["mesh"], specs)
@@ -390,10 +391,9 @@ class Runner:
         val_out: dict = {}
         dead_out = []
         for start in range(0, len(alive), c):
-            rows = alive[start:start + c]
+            rows = np.asarray(alive[start:start + c])
             m = len(rows)
-            hp = put(pad_axis(population.take_settings(self.hp, rows), c),
-                            mesh, POP)
+            hp = put(pad_axis(population.take_settings(self.hp, rows), c), mesh, POP)
             if self.carry is None or s0 == 0:
                 carry = self._call(("population-init", model, self.cfg), _init_program(model),
                                    _INIT_SPECS, (hp, shared["key"], shared["seed_ids"]))
@@ -403,36 +403,56 @@ class Runner:
                                            a.dtype), carry)
             else:
                 carry = pad_axis(population.take(self.carry, rows), c, axis=1)
-            args = (hp, put(carry, mesh, MEMBERS), shared["train"],
-                    shared["val"], np.int32(s0), np.int32(s1), shared["key"],
-                    shared["seed_ids"])
+            args = (hp, put(carry, mesh, MEMBERS), shared["train"], shared["val"],
+                    np.int32(s0), np.int32(s1), shared["key"], shared["seed_ids"])
             carry, losses, val, train_loss = self._call(
                 ("population-segment", model, self.cfg, self.length),
                 _segment_program(model, self.cfg, self.length), _SEGMENT_SPECS, args)
             for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
                                 jax.tree_util.tree_leaves(carry)):
                 dst[:, rows] = src[:, :m]
-            dead = carry[1][:, :m]
-            for j, i in enumerate(rows):
-                self.losses[i].append(losses[:, j, :s1 - s0])
-                self.vals[i].append({k: v[:, j] for k, v in val.items()})
-                self.last[i] = (train_loss[:, j], dead[:, j])
-                self.trained[i] = s1
+            self.loss[:, rows, s0:s1] = losses[:, :m, :s1 - s0]
+            k_eval = self.n_evals[rows]
             for k, v in val.items():
+                buf = self.val.setdefault(k, np.full(self.shape[::-1] + (self.max_evals,),
+                                                     np.nan, np.float32))
+                buf[:, rows, k_eval] = v[:, :m]
                 val_out.setdefault(k, []).append(v[:, :m])
-            dead_out.append(dead)
+            self.n_evals[rows] += 1
+            self.train_loss[:, rows] = train_loss[:, :m]
+            self.trained[rows] = s1
+            dead_out.append(carry[1][:, :m])
         return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
                 np.concatenate(dead_out, axis=1))
 
     def rows(self) -> list[Run]:
         """Per member: its outcome (leaves ``(seeds, ...)``), as the result builder takes it."""
         out = []
+        dead = self.carry[1]
         for i in range(self.shape[0]):
-            curve = {k: np.stack([v[k] for v in self.vals[i]], axis=-1)
-                     for k in self.vals[i][0]}
-            final = {k: v[..., -1] for k, v in curve.items()}
-            out.append(Run(None, self.last[i][0], final,
-                           np.concatenate(self.losses[i], axis=-1).astype(np.float32),
-                           {k: v.astype(np.float32) for k, v in curve.items()},
-                           self.last[i][1].astype(np.int32)))
+            e, t = int(self.n_evals[i]), int(self.trained[i])
+            curve = {k: v[:, i, :e] for k, v in self.val.items()}
+            out.append(Run(None, self.train_loss[:, i], {k: v[:, -1] for k, v in curve.items()},
+                           self.loss[:, i, :t], curve, np.asarray(dead[:, i], np.int32)))
         return out
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly: carry leaves, tunables, buffers."""
+        return {"carry": jax.tree_util.tree_leaves(self.carry),
+                "hp": {k: np.asarray(v) for k, v in self.hp.tunables().items()},
+                "loss": self.loss, "val": dict(self.val), "n_evals": self.n_evals,
+                "train_loss": self.train_loss, "trained": self.trained}
+
+    def restore(self, state: dict) -> None:
+        """Puts back a :meth:`state` (the carry's tree structure is traced, not saved)."""
+        model, shared = self.ctx["model"], self.ctx["shared"]
+        hp = pad_axis(population.take_settings(self.hp, np.arange(1)), 1)
+        structure = jax.eval_shape(_init_program(model), hp, shared["key"],
+                                   shared["seed_ids"])
+        self.carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure),
+                                                  [np.array(a) for a in state["carry"]])
+        self.hp = population.replace_tunables(self.hp, **state["hp"])
+        self.loss, self.n_evals = np.array(state["loss"]), np.array(state["n_evals"])
+        self.val = {k: np.array(v) for k, v in state["val"].items()}
+        self.train_loss, self.trained = np.array(state["train_loss"]), \
+            np.array(state["trained"])

@@ -19,6 +19,8 @@ segment and evaluate), whatever the number of rungs and brackets.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -27,10 +29,12 @@ import numpy as np
 from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._adaptive import build, check_int, check_metric, row
+from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams
-from jaxhp._model import Model
+from jaxhp._io import FormatError
+from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import Rung
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import check_key, resolve_loop
@@ -110,30 +114,47 @@ def search_chunk(sizes: Sequence[int], cap: int, n_devices: int, chunk_size) -> 
     return int(math.ceil(max(1, c) / n_devices) * n_devices)
 
 
-def _halve(group: engine.Runner, members: np.ndarray, budgets: list[int], eta: int, metric: str,
-           mode: str, rungs: list, gi: int, bracket=None, bar=None) -> None:
-    """Runs the rungs of one bracket over the group's ``members``."""
-    alive = np.asarray(members)
+def _halve(group: engine.Runner, brackets: list, eta: int, metric: str, mode: str, gi: int,
+           bar=None, ckpt=None) -> list[Rung]:
+    """Runs every bracket's rungs over the group (group-local member indices); after
+    each rung the whole state is checkpointed, and a saved state is resumed from."""
     n_seeds = group.shape[1]
-    for r, budget in enumerate(budgets):
+    labelled = len(brackets) > 1
+    b, r, alive, rungs = 0, 0, np.asarray(brackets[0][0]), []
+    saved = None if ckpt is None else ckpt.latest_state(gi)
+    if saved is not None:
+        step, state = saved
+        group.restore(state["runner"])
+        b, r, alive, rungs = state["bracket"], state["rung"], state["alive"], state["rungs"]
+        if bar is not None:
+            bar.update(step + 1)
+    while b < len(brackets):
+        budgets = brackets[b][1]
         s0 = budgets[r - 1] if r else 0
         t0 = group.info.run_s, group.info.compile_s
-        val, dead = group.run(alive, s0, budget)
+        val, dead = group.run(alive, s0, budgets[r])
         score = population.score(val[metric], dead, mode, xp=np)
         order = np.argsort(score, kind="stable")
         n_keep = 0 if r == len(budgets) - 1 else max(1, len(alive) // eta)
         keep = np.sort(order[:n_keep][np.isfinite(score[order[:n_keep]])])
         shown = np.where(np.isfinite(score), score if mode == "min" else -score, np.nan)
-        rungs.append(Rung(rung=r, bracket=bracket, group=gi, steps=budget, settings=alive,
-                          promoted=alive[keep], value=shown,
-                          train_steps=len(alive) * n_seeds * (budget - s0),
+        rungs.append(Rung(rung=r, bracket=b if labelled else None, group=gi,
+                          steps=budgets[r], settings=alive, promoted=alive[keep],
+                          value=shown, train_steps=len(alive) * n_seeds * (budgets[r] - s0),
                           compile_s=group.info.compile_s - t0[1],
                           run_s=group.info.run_s - t0[0]))
+        if keep.size:
+            r, alive = r + 1, alive[keep]
+        else:  # the bracket is over: the last rung promotes nobody
+            b, r = b + 1, 0
+            alive = np.asarray(brackets[b][0]) if b < len(brackets) else alive[:0]
+        if ckpt is not None:
+            ckpt.save_state(gi, len(rungs) - 1, {
+                "runner": group.state(), "bracket": b, "rung": r, "alive": alive,
+                "rungs": rungs})
         if bar is not None:
             bar.update(1)
-        if keep.size == 0:
-            break
-        alive = alive[keep]
+    return rungs
 
 
 def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
@@ -169,7 +190,7 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
 
 def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, base,
             max_steps, devices, chunk_size, memory_budget, max_chunk, on_error, progress,
-            who, plan):
+            who, plan, checkpoint_dir=None, overwrite=False):
     """The engine loop shared by :func:`successive_halving` and :func:`hyperband`.
 
     ``plan(n, budgets_fn)`` gives a group's brackets as ``(members, budgets)``.
@@ -184,9 +205,48 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
               "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
     ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
     brackets_of = [plan(len(idx), settings[idx[0]].steps) for idx in groups]
-    bar = engine.progress_bar(sum(len(b) for gi, bs in enumerate(brackets_of)
-                                  if gi not in failures for _, b in bs),
+    plans: dict[int, tuple] = {}  # group -> (cfg, used, length, chunk), before anything runs
+    infos = []
+    for gi, idx in enumerate(groups):
+        first = settings[idx[0]]
+        cfg = resolve_loop(first, n_train, None, None)
+        brackets = brackets_of[gi]
+        used = sorted({int(i) for members, _ in brackets for i in members})
+        sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
+        length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
+        infos.append(engine.new_group_info(first.statics(), len(used), 0, 0, first.steps, []))
+        if gi in failures:
+            continue
+        try:
+            per = engine.member_bytes(model, first, cfg, 1, False)
+        except Exception as e:  # noqa: BLE001 - a user function failed for this group
+            if on_error == "raise":
+                raise
+            failures[gi] = f"{type(e).__name__}: {e}"
+            errors.append(e)
+            continue
+        cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length, len(devices),
+                                 None, memory_budget, max_chunk)
+        plans[gi] = (cfg, used, length, search_chunk(sizes, cap, len(devices), chunk_size))
+    bar = engine.progress_bar(sum(len(b) for gi in plans for _, b in brackets_of[gi]),
                               progress, desc=who)
+    ckpt = None
+    if checkpoint_dir is not None:
+        healthy = [groups[gi][0] for gi in plans]
+        search_args = {"search": who, "min_steps": min_steps, "eta": eta, "metric": metric,
+                       "mode": mode, "max_steps": max_steps}
+        try:
+            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+                space=space, settings=settings,
+                model_fp=model_fingerprint(model, [settings[i] for i in healthy],
+                                           split.train),
+                split=split, seed_ids=seed_ids, key=key, loop=search_args,
+                plan=[[len(groups[gi]), plans[gi][3]] for gi in sorted(plans)]),
+                overwrite=overwrite)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
     builder_groups, rungs, rows, trained = [], [], [None] * len(settings), \
         np.zeros(len(settings), np.int64)
     failed_rows: list[tuple[list[int], str]] = []
@@ -194,38 +254,36 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     try:
         for gi, idx in enumerate(groups):
             group_of[idx] = gi
-            first = settings[idx[0]]
-            cfg = resolve_loop(first, n_train, None, None)
-            brackets = brackets_of[gi]
-            used = sorted({int(i) for members, _ in brackets for i in members})
-            sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
-            length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
-            info = engine.new_group_info(first.statics(), len(used), 0, 0, first.steps,
-                                         [])
+            info = infos[gi]
+            used = sorted({int(i) for members, _ in brackets_of[gi] for i in members})
             try:
-                if gi in failures:
+                if gi not in plans:
                     raise engine.GroupFailed(failures[gi])
-                per = engine.member_bytes(model, first, cfg, 1, False)
-                cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length,
-                                         len(devices), None, memory_budget, max_chunk)
-                c = info.chunk_size = search_chunk(sizes, cap, len(devices), chunk_size)
+                cfg, used, length, c = plans[gi]
+                info.chunk_size = c
+                brackets = brackets_of[gi]
                 group = engine.Runner(ctx, [settings[idx[i]] for i in used], cfg, c, length,
-                                      info)
+                                      info, total_steps=settings[idx[0]].steps,
+                                      max_evals=max(len(b) for _, b in brackets))
                 pos = {u: j for j, u in enumerate(used)}
-                for b, (members, budgets) in enumerate(brackets):
-                    start = len(rungs)
-                    _halve(group, np.asarray([pos[int(i)] for i in members]), budgets, eta,
-                           metric, mode, rungs, gi, bracket=b if len(brackets) > 1 else None,
-                           bar=bar)
-                    for rg in rungs[start:]:  # group-local -> space rows
-                        rg.settings = np.asarray([idx[used[j]] for j in rg.settings],
-                                                 np.int64)
-                        rg.promoted = np.asarray([idx[used[j]] for j in rg.promoted],
-                                                 np.int64)
+                local = [(np.asarray([pos[int(i)] for i in members]), budgets)
+                         for members, budgets in brackets]
+                for rg in _halve(group, local, eta, metric, mode, gi, bar, ckpt):
+                    rg.settings = np.asarray([idx[used[j]] for j in rg.settings], np.int64)
+                    rg.promoted = np.asarray([idx[used[j]] for j in rg.promoted], np.int64)
+                    rungs.append(rg)
                 for j, r in enumerate(group.rows()):
                     rows[idx[used[j]]] = r
                     trained[idx[used[j]]] = group.trained[j]
                 info.n_chunks = info.chunks_computed
+            except KeyboardInterrupt:
+                if ckpt is not None:
+                    print(f"jaxhp: interrupted; the search state after the last finished "
+                          f"rung is saved in {ckpt.folder}; run the same call to resume",
+                          file=sys.stderr)
+                raise
+            except (FormatError, OSError):  # the checkpoint's fault, not the group's
+                raise
             except Exception as e:  # noqa: BLE001 - the failure policy
                 if on_error == "raise":
                     raise
@@ -239,6 +297,8 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     finally:
         if bar is not None:
             bar.close()
+        if ckpt is not None:
+            ckpt.close()
     engine.report_failures(builder_groups, errors)
     keep = [i for i, r in enumerate(rows) if r is not None or
             any(i in f for f, _ in failed_rows)]
@@ -285,7 +345,11 @@ _ENGINE_ARGS = """devices: devices to shard each chunk over (default: all local)
       memory_budget, max_chunk: as in :func:`jaxhp.sweep`.
       on_error: ``"record"`` (a failing static group is marked ``failed``, the
         others run; a warning quotes the first error) or ``"raise"``.
-      progress: a tqdm bar over rungs (``None``: only on a terminal)."""
+      progress: a tqdm bar over rungs (``None``: only on a terminal).
+      checkpoint_dir: save the whole search state after every rung there
+        (atomically, with a lock and a fingerprint, as :func:`jaxhp.sweep`);
+        the same call again resumes after the last finished rung and gives
+        bit-identical results. overwrite: start afresh in that folder."""
 
 
 def successive_halving(
@@ -307,6 +371,8 @@ def successive_halving(
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_error: str = "record",
     progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> HalvingResult:
     """Successive halving: every rung keeps the best ``1/eta`` and trains them ``eta``x longer.
 
@@ -335,8 +401,8 @@ def successive_halving(
       max_steps: the steps of the last rung (default: each setting's
         ``steps``). During the search every setting has ``steps = max_steps``
         (models whose functions read ``hp.steps`` see the full horizon).
-      devices, chunk_size, memory_budget, max_chunk, on_error, progress: the
-        engine's options (see below).
+      devices, chunk_size, memory_budget, max_chunk, on_error, progress,
+      checkpoint_dir, overwrite: the engine's options (see below).
 
     Engine options:
       {engine}
@@ -376,7 +442,8 @@ def successive_halving(
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
-                on_error=on_error, progress=progress, who="successive_halving", plan=plan)
+                on_error=on_error, progress=progress, who="successive_halving", plan=plan,
+                checkpoint_dir=checkpoint_dir, overwrite=overwrite)
     steps = sorted({settings[i].steps for i in keep})
     return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
                    failed, group_of=group_of,
@@ -408,6 +475,8 @@ def hyperband(
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_error: str = "record",
     progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> HalvingResult:
     """Hyperband: successive halving brackets from aggressive to none (Li et al. 2018).
 
@@ -420,8 +489,8 @@ def hyperband(
 
     Args:
       model, split, key, seeds, min_steps, eta, metric, mode, base, max_steps,
-      devices, chunk_size, memory_budget, max_chunk, on_error, progress:
-        as in :func:`successive_halving`.
+      devices, chunk_size, memory_budget, max_chunk, on_error, progress,
+      checkpoint_dir, overwrite: as in :func:`successive_halving`.
       space: a search space or list of settings with at least the brackets'
         total number of settings per static group (extra ones are not used).
 
@@ -457,7 +526,8 @@ def hyperband(
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
-                on_error=on_error, progress=progress, who="hyperband", plan=plan)
+                on_error=on_error, progress=progress, who="hyperband", plan=plan,
+                checkpoint_dir=checkpoint_dir, overwrite=overwrite)
     steps = max(settings[i].steps for i in keep)
     return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
                    failed, group_of=group_of,

@@ -17,6 +17,8 @@ as in :func:`jaxhp.sweep`, so a copy continues on its source's minibatches.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -25,9 +27,12 @@ import numpy as np
 from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._adaptive import build, check_int, check_metric
+from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
+from jaxhp._io import FormatError
+from jaxhp._model import model_fingerprint
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._train import Run, check_key, resolve_loop
 from jaxhp._tune import _project_host, natural_bounds
@@ -185,14 +190,24 @@ def _exploit_explore(key, score, hp: HParams, n_q: int, spec, factors):
 
 
 def _pbt_group(runner: engine.Runner, steps: int, k: int, n_q: int, spec, factors, metric,
-               mode, stream, bar):
-    """Runs one static group's population through its intervals; returns its records."""
+               mode, stream, bar, ckpt=None, gi: int = 0):
+    """Runs one static group's population through its intervals; returns its records.
+    After each interval the whole state is checkpointed; a saved state is resumed."""
     n = runner.shape[0]
     everyone = np.arange(n)
     bounds = [(s0, min(s0 + k, steps)) for s0 in range(0, steps, k)]
     n_ready = len(bounds) - 1
-    schedule, srcs, scores, ready_val = [], [], [], []
-    for j, (s0, s1) in enumerate(bounds):
+    first, schedule, srcs, scores = 0, [], [], []
+    saved = None if ckpt is None else ckpt.latest_state(gi)
+    if saved is not None:
+        step, state = saved
+        runner.restore(state["runner"])
+        first, schedule, srcs, scores = step + 1, state["schedule"], state["srcs"], \
+            state["scores"]
+        if bar is not None:
+            bar.update(first)
+    for j in range(first, len(bounds)):
+        s0, s1 = bounds[j]
         schedule.append({f: np.asarray(v).copy() for f, v in runner.hp.tunables().items()})
         val, dead = runner.run(everyone, s0, s1)
         if j < n_ready:
@@ -202,10 +217,13 @@ def _pbt_group(runner: engine.Runner, steps: int, k: int, n_q: int, spec, factor
             runner.carry = population.take(runner.carry, src)  # curves stay per slot
             srcs.append(src)
             scores.append(score)
-            ready_val.append(val)
+        if ckpt is not None:
+            ckpt.save_state(gi, j, {"runner": runner.state(), "schedule": schedule,
+                                    "srcs": srcs, "scores": scores})
         if bar is not None:
             bar.update(1)
     return schedule, srcs, scores, bounds
+
 
 def pbt(
     model,
@@ -228,6 +246,8 @@ def pbt(
     max_chunk: int = DEFAULT_MAX_CHUNK,
     on_error: str = "record",
     progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> PBTResult:
     """Population-based training: exploit and explore every ``ready_every`` steps.
 
@@ -262,6 +282,9 @@ def pbt(
       base: fills the fields the space leaves unset.
       devices, chunk_size, memory_budget, max_chunk, on_error, progress: the
         engine's options, as in :func:`jaxhp.successive_halving`.
+      checkpoint_dir, overwrite: save the whole state (parameters, optimizer
+        states, hyperparameters, schedule, lineage) after every interval; the
+        same call again resumes after the last ready point, bit-identical.
 
     Returns:
       A :class:`PBTResult` (a :class:`~jaxhp.SweepResult`): one row per slot of
@@ -325,8 +348,6 @@ def pbt(
     ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
     stream = jax.random.fold_in(key, _STREAM)
     n_segments = math.ceil(steps / ready_every)
-    bar = engine.progress_bar(n_segments * (len(groups) - len(failures)), progress,
-                              desc="pbt")
     n = len(settings)
     rows: list = [None] * n
     final: list = list(settings)
@@ -334,6 +355,40 @@ def pbt(
     schedule_all: dict = {}
     lineage = np.tile(np.arange(n)[:, None], (1, n_segments - 1))
     ready_value = np.full((n, n_segments - 1), np.nan)
+    chunks: dict[int, int] = {}  # group -> chunk size, planned before anything runs
+    for gi, idx in enumerate(groups):
+        if gi in failures:
+            continue
+        first = settings[idx[0]]
+        try:
+            per = engine.member_bytes(model, first, resolve_loop(first, n_train, None, None),
+                                      1, True)
+        except Exception as e:  # noqa: BLE001 - a user function failed for this group
+            if on_error == "raise":
+                raise
+            failures[gi] = f"{type(e).__name__}: {e}"
+            errors.append(e)
+            continue
+        chunks[gi] = engine.plan_chunks(len(idx), len(seed_ids), per + 4 * ready_every,
+                                        len(devices), chunk_size, memory_budget, max_chunk)
+    bar = engine.progress_bar(n_segments * len(chunks), progress, desc="pbt")
+    ckpt = None
+    if checkpoint_dir is not None:
+        args = {"search": "pbt", "steps": steps, "ready_every": ready_every,
+                "fraction": fraction, "perturb": list(perturb), "fields": fields,
+                "metric": metric, "mode": mode}
+        try:
+            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+                space=space, settings=settings,
+                model_fp=model_fingerprint(model, [settings[groups[gi][0]] for gi in chunks],
+                                           split.train),
+                split=split, seed_ids=seed_ids, key=key, loop=args,
+                plan=[[len(groups[gi]), chunks[gi]] for gi in sorted(chunks)]),
+                overwrite=overwrite)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
     infos, failed_rows = [], []
     group_of = np.full(n, -1, np.int64)
     try:
@@ -345,19 +400,16 @@ def pbt(
                                          [min(steps, ready_every * (j + 1))
                                           for j in range(n_segments)])
             try:
-                if gi in failures:
+                if gi not in chunks:
                     raise engine.GroupFailed(failures[gi])
                 spec, factors = specs[type(first)]
-                per = engine.member_bytes(model, first, cfg, 1, True)
-                c = info.chunk_size = engine.plan_chunks(
-                    len(idx), len(seed_ids), per + 4 * ready_every, len(devices), chunk_size,
-                    memory_budget, max_chunk)
+                c = info.chunk_size = chunks[gi]
                 runner = engine.Runner(ctx, [settings[i] for i in idx], cfg, c, ready_every,
-                                       info)
+                                       info, total_steps=steps, max_evals=n_segments)
                 n_q = max(1, int(fraction * len(idx)))
                 schedule, srcs, scores, _ = _pbt_group(
                     runner, steps, ready_every, n_q, spec, factors, metric, mode,
-                    jax.random.fold_in(stream, gi) if gi else stream, bar)
+                    jax.random.fold_in(stream, gi) if gi else stream, bar, ckpt, gi)
                 info.n_chunks = info.chunks_computed
                 idx_arr = np.asarray(idx)
                 for j, src in enumerate(srcs):
@@ -376,6 +428,14 @@ def pbt(
                         for f, v in runner.hp.tunables().items()})
                     params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
                                                        runner.carry[0].params)
+            except KeyboardInterrupt:
+                if ckpt is not None:
+                    print(f"jaxhp: interrupted; the state after the last ready point is "
+                          f"saved in {ckpt.folder}; run the same call to resume",
+                          file=sys.stderr)
+                raise
+            except (FormatError, OSError):  # the checkpoint's fault, not the group's
+                raise
             except Exception as e:  # noqa: BLE001 - the failure policy
                 if on_error == "raise":
                     raise
@@ -389,6 +449,8 @@ def pbt(
     finally:
         if bar is not None:
             bar.close()
+        if ckpt is not None:
+            ckpt.close()
     engine.report_failures(infos, errors)
     template = next(r for r in rows if r is not None)
     for members, _ in failed_rows:
