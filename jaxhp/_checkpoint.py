@@ -40,6 +40,7 @@ from jaxhp._io import (
     save_pair,
 )
 from jaxhp._record import RecordError, decode, encode
+from jaxhp._table import SettingsTable
 
 MANIFEST = "manifest.json"
 LOCK = "jaxhp.lock"
@@ -101,20 +102,42 @@ def _default(o):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def _as_table(settings) -> SettingsTable:
+    return settings if isinstance(settings, SettingsTable) else \
+        SettingsTable.from_settings(list(settings))
+
+
+def _settings_hash(settings) -> str:
+    """SHA-256 over the settings' columns (names, dtypes and bytes; object columns as
+    JSON): no Python work per setting for numeric columns."""
+    table = _as_table(settings)
+    h = hashlib.sha256(f"{table.cls.__qualname__}|{len(table)}|".encode())
+    for name, col in table.columns.items():
+        h.update(f"{name}|{col.dtype.str}|".encode())
+        if col.dtype.kind == "O":
+            h.update(json.dumps(col.tolist(), default=_default).encode())
+        else:
+            h.update(np.ascontiguousarray(col).tobytes())
+    return h.hexdigest()
+
+
 def fingerprint(*, space, settings, model_fp, split, seed_ids, key, loop, plan) -> dict:
-    """Everything that defines a sweep's numbers, as JSON-comparable values."""
+    """Everything that defines a sweep's numbers, as JSON-comparable values.
+
+    ``settings`` is a :class:`~jaxhp._table.SettingsTable` or a list of settings.
+    """
     from jaxhp import __version__
+
+    table = _as_table(settings)
 
     space_desc = space.to_dict() if hasattr(space, "to_dict") else None
     return _json_roundtrip({
         "space": space_desc,
-        "settings_sha256": hashlib.sha256(json.dumps(
-            [s.to_dict() for s in settings], sort_keys=True,
-            default=_default).encode()).hexdigest(),
+        "settings_sha256": _settings_hash(settings),
         "n_settings": len(settings),
-        "static_values": sorted({json.dumps(s.statics(), sort_keys=True, default=_default)
-                                 for s in settings}),
-        "hparams": type(settings[0]).__module__ + "." + type(settings[0]).__qualname__,
+        "static_values": sorted(json.dumps(st, sort_keys=True, default=_default)
+                                for st in table.group_statics),
+        "hparams": table.cls.__module__ + "." + table.cls.__qualname__,
         **model_fp,  # "model" (names) and one hash per function: "model.loss", ...
         "data_sha256": data_hash(split),
         "seeds": [int(s) for s in seed_ids],

@@ -34,8 +34,9 @@ from jax.sharding import PartitionSpec as P
 from jaxhp import _population as population
 from jaxhp._data import DataError
 from jaxhp._hparams import HParams, HParamsError, stack
-from jaxhp._model import Model, ModelError
+from jaxhp._model import Model, ModelError, metrics_fn
 from jaxhp._record import GroupInfo
+from jaxhp._table import SettingsTable
 from jaxhp._train import LoopConfig, Run, eval_steps, validate
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -69,6 +70,36 @@ def settings_from(space, model: Model, base: HParams | None,
         raise ValueError(f"{caller}(): the model has no `hparams` class; pass "
                          "`base=YourHParams(...)` or a list of settings")
     return space.settings(cls, base=base)
+
+
+def table_from(space, model: Model, base: HParams | None,
+               caller: str = "sweep") -> SettingsTable:
+    """The settings of a space (or a list of settings, or a batched setting) as columns.
+
+    A space yields its table directly (:meth:`jaxhp.Space.table`, validated once
+    per field, no ``HParams`` object per setting); a list of settings is
+    turned into one.
+    """
+    if isinstance(space, SettingsTable):
+        return space
+    if isinstance(space, HParams):
+        return SettingsTable.from_settings(space if space.batch_shape else [space])
+    if isinstance(space, (list, tuple)):
+        for i, s in enumerate(space):
+            if not isinstance(s, HParams) or s.batch_shape:
+                raise TypeError(f"{caller}(): settings[{i}] must be one HParams setting, "
+                                f"got {s!r}")
+        if not space:
+            raise ValueError(f"{caller}(): the space has no settings")
+        return SettingsTable.from_settings(list(space))
+    if not hasattr(space, "table"):
+        raise TypeError(f"{caller}(): expected a search space, a list of HParams or a "
+                        f"batched HParams, got {type(space).__name__}")
+    cls = type(base) if base is not None else model.hparams
+    if cls is None:
+        raise ValueError(f"{caller}(): the model has no `hparams` class; pass "
+                         "`base=YourHParams(...)` or a list of settings")
+    return space.table(cls, base=base)
 
 
 def check_seeds(seeds) -> np.ndarray:
@@ -119,16 +150,49 @@ def group_settings(settings: Sequence[HParams]) -> list[list[int]]:
 def member_bytes(model: Model, hp: HParams, cfg: LoopConfig, n_val_metrics: int,
                  keep_params: bool) -> int:
     """Estimated device bytes of one population member (state, temporaries, curves)."""
-    params = jax.eval_shape(model.init, jax.random.key(0), hp)
-    opt_state = jax.eval_shape(model.optimizer(hp).init, params)
-    nbytes = lambda t: sum(math.prod(x.shape) * x.dtype.itemsize
-                           for x in jax.tree_util.tree_leaves(t))
-    p, o = nbytes(params), nbytes(opt_state)
+    p, o = _state_bytes(model, hp)
     n_loss = 0 if not cfg.loss_every else math.ceil(cfg.steps / cfg.loss_every)
     n_eval = len(eval_steps(cfg)) * n_val_metrics
     # params, grads, updates, new params and the select copies, plus opt state twice
     state = 5 * p + 2 * o + (p + o if keep_params else 0)
     return int(state + 4 * (n_loss + n_eval + n_val_metrics + 2))
+
+
+_SHAPES: collections.OrderedDict = collections.OrderedDict()
+
+
+def _shape_cached(key, compute):
+    """A small bounded cache of abstract (``eval_shape``) facts about a model."""
+    if key in _SHAPES:
+        _SHAPES.move_to_end(key)
+        return _SHAPES[key]
+    value = _SHAPES[key] = compute()
+    while len(_SHAPES) > 256:
+        _SHAPES.popitem(last=False)
+    return value
+
+
+def _state_bytes(model: Model, hp: HParams) -> tuple[int, int]:
+    return _shape_cached(("state", model, jax.tree_util.tree_structure(hp)),
+                         lambda: _state_bytes_uncached(model, hp))
+
+
+def count_metrics(model: Model, hp: HParams, part) -> int:
+    """The number of validation metrics the model returns (``loss`` included)."""
+    shapes = tuple((np.shape(a), str(np.asarray(a).dtype) if not hasattr(a, "dtype")
+                    else str(a.dtype)) for a in jax.tree_util.tree_leaves(part))
+    return _shape_cached(
+        ("metrics", model, jax.tree_util.tree_structure(hp), shapes),
+        lambda: len(jax.eval_shape(lambda p, h: metrics_fn(model, p, part, h),
+                                   jax.eval_shape(model.init, jax.random.key(0), hp), hp)))
+
+
+def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int]:
+    params = jax.eval_shape(model.init, jax.random.key(0), hp)
+    opt_state = jax.eval_shape(model.optimizer(hp).init, params)
+    nbytes = lambda t: sum(math.prod(x.shape) * x.dtype.itemsize
+                           for x in jax.tree_util.tree_leaves(t))
+    return nbytes(params), nbytes(opt_state)
 
 
 def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
@@ -287,9 +351,10 @@ def report_failures(groups: list[dict], errors: list[BaseException]) -> None:
 
 
 
-def validate_groups(model: Model, settings: Sequence[HParams], groups: list[list[int]],
-                    split, on_error: str) -> tuple[dict[int, str], list[BaseException]]:
-    """Checks the model and data once per static group, before anything compiles.
+def validate_groups(model: Model, firsts: Sequence[HParams], split,
+                    on_error: str) -> tuple[dict[int, str], list[BaseException]]:
+    """Checks the model and data once per static group (``firsts[g]``: one setting of
+    group ``g``), before anything compiles.
 
     Bad input (``ModelError``, ``DataError``, ``HParamsError``) is raised; any
     other error of a user function is recorded for its group under
@@ -297,9 +362,9 @@ def validate_groups(model: Model, settings: Sequence[HParams], groups: list[list
     """
     failures: dict[int, str] = {}
     errors: list[BaseException] = []
-    for gi, idx in enumerate(groups):
+    for gi, first in enumerate(firsts):
         try:
-            validate(model, settings[idx[0]], split)
+            validate(model, first, split)
         except (ModelError, DataError, HParamsError):
             raise
         except Exception as e:  # noqa: BLE001 - a user function failed for this group

@@ -180,7 +180,8 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
             raise ValueError(f"`min_steps`={min_steps} exceeds `max_steps`={s.steps}: the "
                              "first rung must not train longer than the last")
     groups = engine.group_settings(settings)
-    failures, errors = engine.validate_groups(model, settings, groups, split, on_error)
+    firsts = [settings[idx[0]] for idx in groups]
+    failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [g for gi, g in enumerate(groups) if gi not in failures]
     if healthy:
         metric = check_metric(model, settings[healthy[0][0]], split, metric)

@@ -337,7 +337,8 @@ def pbt(
     for idx in groups:
         cls = type(settings[idx[0]])
         specs[cls] = _explore_spec(cls, fields, perturb)
-    failures, errors = engine.validate_groups(model, settings, groups, split, on_error)
+    firsts = [settings[idx[0]] for idx in groups]
+    failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [g for gi, g in enumerate(groups) if gi not in failures]
     if healthy:
         metric = check_metric(model, settings[healthy[0][0]], split, metric)

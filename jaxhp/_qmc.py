@@ -124,15 +124,25 @@ def _apply_matrix(rows: list[int], v: int) -> int:
     return out
 
 
-def sobol(n: int, d: int, seed: int) -> np.ndarray:
-    """``n`` affinely scrambled Sobol points in ``[0, 1)^d``."""
+@functools.lru_cache(maxsize=64)
+def _sobol_setup(d: int, seed: int) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Per dimension: the scrambled direction numbers and the random shift (a pure
+    function of ``(d, seed)``, cached: it costs ~10 ms of Python per call)."""
     rng = np.random.default_rng([seed, 2])
-    index = np.arange(n, dtype=np.uint64)
-    out = np.empty((n, d))
+    out = []
     for j in range(d):
         rows = _scramble_matrix(rng)
-        v = [_apply_matrix(rows, vk) for vk in _sobol_directions(j)]
-        x = np.full(n, int(rng.integers(0, 1 << _BITS)), dtype=np.uint64)
+        v = tuple(_apply_matrix(rows, vk) for vk in _sobol_directions(j))
+        out.append((v, int(rng.integers(0, 1 << _BITS))))
+    return tuple(out)
+
+
+def sobol(n: int, d: int, seed: int) -> np.ndarray:
+    """``n`` affinely scrambled Sobol points in ``[0, 1)^d``."""
+    index = np.arange(n, dtype=np.uint64)
+    out = np.empty((n, d))
+    for j, (v, shift) in enumerate(_sobol_setup(d, seed)):
+        x = np.full(n, shift, dtype=np.uint64)
         for k in range(max(n - 1, 1).bit_length()):
             bit = (index >> np.uint64(k)) & np.uint64(1)
             x ^= bit * np.uint64(v[k])

@@ -28,6 +28,7 @@ from jaxhp._record import (
     group_info,
     unflatten_params,
 )
+from jaxhp._table import SettingsTable
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 
@@ -105,7 +106,7 @@ class _Builder:
         self.settings, self.seed_ids, self.context = settings, seed_ids, context
         n, s = len(settings), len(seed_ids)
         self.chunks: list[tuple[np.ndarray, Any]] = []
-        self.errors = [""] * n
+        self.errors = np.full(n, "", dtype=object)
         self.groups: list[GroupInfo] = []
         self.group_of = np.full(n, -1, np.int64)
         self.shape = (n, s)
@@ -119,8 +120,7 @@ class _Builder:
         self.chunks.append((idx, jax.tree_util.tree_map(lambda a: np.asarray(a)[:, :m], out)))
 
     def fail(self, indices: Sequence[int], message: str, group: int | None = None) -> None:
-        for i in indices:
-            self.errors[i] = message
+        self.errors[np.asarray(indices, np.int64)] = message
         self.group_of[np.asarray(indices, np.int64)] = \
             len(self.groups) if group is None else group
 
@@ -164,7 +164,7 @@ class _Builder:
                 val[k][idx] = o.val[k].T
                 ev = o.val_curve[k]
                 val_curve[k][idx, :, :ev.shape[-1]] = np.swapaxes(ev, 0, 1)
-        done &= np.asarray([not e for e in self.errors], bool)
+        done &= self.errors == ""
         status = np.where(diverged_at >= 0, DIVERGED, OK).astype("<U8")
         status[~done] = FAILED
         for arr in (train_loss, loss_curve, *val.values(), *val_curve.values()):
@@ -190,14 +190,17 @@ class _Builder:
             "n_devices": len(devices),
             "model": ctx["model"].name,
             "directions": dict(ctx["model"].directions),
-            "hparams": type(self.settings[0]).__qualname__,
+            "hparams": (self.settings.cls if isinstance(self.settings, SettingsTable)
+                        else type(self.settings[0])).__qualname__,
             "key_impl": str(jax.random.key_impl(ctx["key"])),
             "key_data": np.asarray(jax.random.key_data(ctx["key"])).tolist(),
         }
         return SweepResult(
-            settings=list(self.settings), seed_ids=np.asarray(self.seed_ids, np.int64),
+            settings=self.settings if isinstance(self.settings, SettingsTable)
+            else list(self.settings), seed_ids=np.asarray(self.seed_ids, np.int64),
             status=status, diverged_at=diverged_at, train_loss=train_loss, val=val,
-            loss_curve=loss_curve, val_curve=val_curve, errors=np.asarray(self.errors),
+            loss_curve=loss_curve, val_curve=val_curve,
+            errors=self.errors.astype(str),
             groups=list(self.groups), meta=meta, params=params, model=ctx["model"],
             group_of=self.group_of.copy(),
             split=ctx["split"], key=ctx["key"])
@@ -267,7 +270,10 @@ class SweepResult:
                             f"declared extras are {list(self.EXTRAS)}")
         for name in self.EXTRAS:
             setattr(self, name, extras.get(name))
-        self.settings = settings
+        if isinstance(settings, SettingsTable):  # columns; HParams made on request
+            self._table, self._settings = settings, None
+        else:
+            self._table, self._settings = None, list(settings)
         self.seed_ids = seed_ids
         self.status = status
         self.diverged_at = diverged_at
@@ -290,8 +296,33 @@ class SweepResult:
 
     # ------------------------------------------------------------- summaries
     @property
+    def settings(self) -> list:
+        """The settings, one per row (``HParams``; plain dicts after ``load`` without
+        ``hparams=``). A sweep keeps its settings as columns
+        (:attr:`table`); this list is built on first access."""
+        if self._settings is None:
+            self._settings = self._table.settings()
+        return self._settings
+
+    @property
+    def table(self):
+        """The settings as columns (a ``SettingsTable``), or None for a result built
+        from a list of settings of several classes or loaded without ``hparams=``."""
+        return self._table
+
+    def setting(self, index: int):
+        """Setting ``index`` (one ``HParams``, made from the columns on request).
+
+        Example:
+          >>> result.setting(result.best("mse").index)
+        """
+        if self._table is not None:
+            return self._table.setting(int(index))
+        return self._settings[index]
+
+    @property
     def n_settings(self) -> int:
-        return len(self.settings)
+        return len(self._table) if self._table is not None else len(self._settings)
 
     @property
     def n_seeds(self) -> int:
@@ -384,7 +415,7 @@ class SweepResult:
 
     def _selection(self, i: int, metric: str, mode: str) -> Selection:
         mean, std = self.aggregate(metric)
-        return Selection(int(i), self.settings[i], metric_name(metric), mode,
+        return Selection(int(i), self.setting(i), metric_name(metric), mode,
                          float(mean[i]), float(std[i]), self.metric(metric)[i].copy())
 
     def best(self, metric: str = "loss", mode: str | None = None) -> Selection:
@@ -436,7 +467,9 @@ class SweepResult:
 
     # ----------------------------------------------------------------- export
     def _setting_dicts(self) -> list[dict]:
-        return [s.to_dict() if isinstance(s, HParams) else dict(s) for s in self.settings]
+        if self._table is not None:
+            return self._table.to_dicts()
+        return [s.to_dict() if isinstance(s, HParams) else dict(s) for s in self._settings]
 
     def cv_results(self, directions: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The results in scikit-learn's ``cv_results_`` layout, key for key.
@@ -552,7 +585,7 @@ class SweepResult:
         return run.state.params
 
     def _hp(self, index: int) -> HParams:
-        s = self.settings[index]
+        s = self.setting(index)
         if not isinstance(s, HParams):
             raise TypeError("settings were loaded without their class; pass "
                             "`hparams=YourHParams` to SweepResult.load")
@@ -628,7 +661,7 @@ class SweepResult:
 
     def _record_test_read(self, report: TestReport) -> None:
         sel = report.selection
-        setting = self.settings[sel.index]
+        setting = self.setting(sel.index)
         self.test_reads.append({
             "metric": sel.metric, "mode": sel.mode, "refit": bool(report.refit),
             "index": int(sel.index),

@@ -23,9 +23,9 @@ from jaxhp import _population as population
 from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK, SweepWarning
-from jaxhp._hparams import HParams, stack
+from jaxhp._hparams import HParams
 from jaxhp._io import FormatError
-from jaxhp._model import Model, metrics_fn, model_fingerprint
+from jaxhp._model import Model, model_fingerprint
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
 
@@ -122,26 +122,25 @@ def sweep(
         raise ValueError(f"`select`={select!r}: must be a (metric, mode) pair, e.g. "
                          "('accuracy', None); mode None uses the model's declared direction")
     select = (select[0], resolve_direction(model.directions, *select))
-    settings = engine.settings_from(space, model, base)
-    if not settings:
+    table = engine.table_from(space, model, base)
+    if not len(table):
         raise ValueError("sweep(): the space has no settings")
     n_train = check_split(split)[0]
-    groups = engine.group_settings(settings)
-    cfgs = [resolve_loop(settings[idx[0]], n_train, eval_every, loss_every) for idx in groups]
-    failures, errors = engine.validate_groups(model, settings, groups, split, on_error)
+    groups = [table.rows(g) for g in range(table.n_groups)]
+    firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
+    cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
+    failures, errors = engine.validate_groups(model, firsts, split, on_error)
     devices, mesh = engine.mesh_for(devices)
-    healthy = [idx[0] for gi, idx in enumerate(groups) if gi not in failures]
-    n_metrics = 0 if not healthy else len(jax.eval_shape(
-        lambda p, h: metrics_fn(model, p, split.val, h),
-        jax.eval_shape(model.init, jax.random.key(0), settings[healthy[0]]),
-        settings[healthy[0]]))
+    healthy = [gi for gi in range(len(groups)) if gi not in failures]
+    n_metrics = 0 if not healthy else engine.count_metrics(model, firsts[healthy[0]],
+                                                           split.val)
 
     plans = []
     for gi, (idx, cfg) in enumerate(zip(groups, cfgs)):
         if gi in failures:
             plans.append((idx, cfg, 1, 0))
             continue
-        per = engine.member_bytes(model, settings[idx[0]], cfg, n_metrics, keep_params)
+        per = engine.member_bytes(model, firsts[gi], cfg, n_metrics, keep_params)
         c = engine.plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
                                memory_budget, max_chunk)
         plans.append((idx, cfg, c, math.ceil(len(idx) / c)))
@@ -153,8 +152,8 @@ def sweep(
         plan = [[len(p[0]), p[2], p[3]] for p in plans]
         try:
             ckpt = Checkpoint(checkpoint_dir, fingerprint(
-                space=space, settings=settings,
-                model_fp=model_fingerprint(model, [settings[i] for i in healthy],
+                space=space, settings=table,
+                model_fp=model_fingerprint(model, [firsts[gi] for gi in healthy],
                                            split.train),
                 split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
                 overwrite=overwrite)
@@ -162,16 +161,16 @@ def sweep(
             if bar is not None:
                 bar.close()
             raise
-    builder = SweepResult.builder(settings, seed_ids, model=model, split=split, key=key,
+    builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
     try:
         for gi, (idx, cfg, c, n_chunks) in enumerate(plans):
-            info = engine.new_group_info(settings[idx[0]].statics(), len(idx), c, n_chunks,
-                                         cfg.steps, eval_steps(cfg).tolist())
+            info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), c,
+                                         n_chunks, cfg.steps, eval_steps(cfg).tolist())
             try:
                 if gi in failures:
                     raise engine.GroupFailed(failures[gi])
-                _run_group(model, cfg, keep_params, settings, idx, c, split, key,
+                _run_group(model, cfg, keep_params, table, idx, c, split, key,
                            seed_ids, mesh, info, builder, bar, select, gi, ckpt)
             except KeyboardInterrupt:
                 if ckpt is not None:
@@ -195,9 +194,9 @@ def sweep(
     return builder.build()
 
 
-def _run_group(model, cfg, keep_params, settings, idx, c, split, key, seed_ids, mesh,
+def _run_group(model, cfg, keep_params, table, idx, c, split, key, seed_ids, mesh,
                info, builder, bar, select, gi, ckpt):
-    group_hp = stack([settings[i] for i in idx])
+    group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
     shared = engine.put((split.train, split.val, key, seed_ids), mesh)
     fn = _program(model, cfg, keep_params)

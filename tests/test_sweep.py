@@ -259,3 +259,26 @@ def test_progress_bar_reports_chunks_and_best_so_far(diabetes, capsys):
     assert "jaxhp sweep" in err and "3/3" in err and "best mse=" in err
     jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_keeps_settings_as_columns(diabetes, monkeypatch):
+    """From a space to the device and back, no HParams object is made per setting."""
+    calls = []
+    original = models.LinearHP.__init__
+
+    def counted(self, **kw):
+        calls.append(1)
+        original(self, **kw)
+
+    space = jaxhp.quasirandom(300, seed=1, learning_rate=jaxhp.loguniform(1e-3, 0.3),
+                              l2=jaxhp.loguniform(1e-5, 1.0))
+    base = models.LinearHP(steps=10)
+    monkeypatch.setattr(models.LinearHP, "__init__", counted)
+    result = jaxhp.sweep(models.linear_regression(10), space, diabetes, key=KEY, base=base,
+                         progress=False)
+    best = result.best("mse")
+    assert len(calls) <= 3  # one per static group (validation) and the selection
+    assert result.table is not None and len(result.table) == 300
+    monkeypatch.setattr(models.LinearHP, "__init__", original)
+    assert best.setting == space.settings(models.LinearHP, base=base)[best.index]
+    assert result.setting(7) == result.settings[7]  # the list is built on request
