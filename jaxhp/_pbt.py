@@ -35,7 +35,6 @@ from jaxhp._io import FormatError
 from jaxhp._model import model_fingerprint
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._train import Run, check_key, resolve_loop
-from jaxhp._tune import _project_host, natural_bounds
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.
@@ -147,7 +146,7 @@ def _explore_spec(cls, fields, perturb):
             raise ValueError(f"`fields`: {n!r} is an integer or a choice among values; "
                              "explore multiplies values, so it perturbs continuous "
                              "fields only (it still copies this one)")
-        lo, hi = natural_bounds(f)
+        lo, hi = f.bounds()
         spec.append((n, float(lo), float(hi)))
     if not spec:
         raise ValueError("`fields` is empty: name at least one tunable field to perturb")
@@ -425,7 +424,7 @@ def pbt(
                 for j, (i, r) in enumerate(zip(idx, runner.rows())):
                     rows[i] = r
                     final[i] = first.replace(**{
-                        f: _project_host(np.asarray(v)[j], fields_[f])
+                        f: float(fields_[f].project(np.asarray(v)[j]))
                         for f, v in runner.hp.tunables().items()})
                     params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
                                                        runner.carry[0].params)

@@ -27,7 +27,7 @@ import optax
 from jaxhp import _population as population
 from jaxhp._data import Split, part_size
 from jaxhp._engine import settings_from
-from jaxhp._hparams import Field, HParams, stack, tunable_dtype
+from jaxhp._hparams import Field, HParams, stack
 from jaxhp._hypergrad import (
     _objective,
     check_mode,
@@ -44,41 +44,12 @@ from jaxhp._record import GroupInfo
 from jaxhp._result import SweepResult
 from jaxhp._train import check_key, resolve_loop, run_pure, validate
 
-_BIG = 1e30
-
-
-def _nudge(b: float, up: bool) -> float:
-    step = 1e-6 * max(abs(b), 1.0)
-    return b + step if up else b - step
-
-
-def natural_bounds(f: Field) -> tuple[float, float]:
-    """The closed interval a field's value is projected into (open bounds nudged in)."""
-    lo = -math.inf if f.low is None else (_nudge(f.low, True) if f.low_open else f.low)
-    hi = math.inf if f.high is None else (_nudge(f.high, False) if f.high_open else f.high)
-    if f.log:
-        lo, hi = max(lo, 1 / _BIG), min(hi, _BIG)
-    return float(lo), float(hi)
-
 
 def coord_bounds(f: Field) -> tuple[float, float]:
-    """The same interval in hypergradient coordinates (log for log fields)."""
-    lo, hi = natural_bounds(f)
+    """A field's projection interval (:meth:`Field.bounds`) in hypergradient
+    coordinates (log for log fields)."""
+    lo, hi = f.bounds()
     return (math.log(lo), math.log(hi)) if f.log else (lo, hi)
-
-
-def _project_host(value: float, f: Field) -> float:
-    """Clips one value into the field's range, as a number of the tunable dtype that
-    validates."""
-    lo, hi = natural_bounds(f)
-    dt = tunable_dtype().type
-    v = dt(min(max(float(value), lo), hi))
-    for _ in range(8):  # rounding may land on an open bound: step inside
-        if f.check_number(float(v)) is None:
-            break
-        up = f.low is not None and float(v) <= f.low
-        v = np.nextafter(v, dt(np.inf if up else -np.inf))
-    return float(v)
 
 
 def _finite(tree) -> jax.Array:
@@ -278,7 +249,7 @@ def tune_gradient(
     pick = np.asarray(pick)
     final = []
     for i, s in enumerate(settings):
-        final.append(s.replace(**{n: _project_host(values[n][i, pick[i]], fields[n])
+        final.append(s.replace(**{n: float(fields[n].project(values[n][i, pick[i]]))
                                   for n in names}))
     n = len(settings)
     builder = SweepResult.builder(final, seed_ids, model=model, split=split, key=key,
