@@ -116,11 +116,11 @@ def _remat_scan(step, carry, start, length: int, k: int):
         return jax.lax.scan(step, carry, s + jnp.arange(k, dtype=jnp.int32))
 
     carry, ys = jax.lax.scan(chunk, carry, start + k * jnp.arange(n, dtype=jnp.int32))
-    ys = ys.reshape(-1)
+    ys = None if ys is None else ys.reshape(-1)  # None: the step outputs nothing
     if rem:
         tail_steps = start + n * k + jnp.arange(rem, dtype=jnp.int32)
         carry, tail = jax.lax.scan(step, carry, tail_steps)
-        ys = jnp.concatenate([ys, tail])
+        ys = None if tail is None else jnp.concatenate([ys, tail])
     return carry, ys
 
 
@@ -131,12 +131,15 @@ def start(model: Model, hp: HParams, key: jax.Array):
     return state, jnp.asarray(-1, jnp.int32)
 
 
-def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array):
+def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array,
+              want_loss: bool = True):
     """The training step ``step((state, dead_at), t) -> ((state, dead_at), loss)`` (pure).
 
     Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only. A
     member whose loss or parameters become non-finite is frozen at its last
     finite state, ``dead_at`` records the step and later losses are NaN.
+    ``want_loss=False``: the step outputs ``None`` instead of the loss (no
+    per-step output at all; the loss is still computed, for the health check).
     """
     data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
@@ -155,9 +158,16 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         keep = healthy & ok
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         dead_at = jnp.where(healthy & ~ok, t, dead_at)
-        return (state, dead_at), jnp.where(keep, loss, jnp.nan)
+        return (state, dead_at), (jnp.where(keep, loss, jnp.nan) if want_loss else None)
 
     return step
+
+
+def _steps(step, carry, start_step, length: int, remat: int | None = None):
+    """``lax.scan(step)`` over steps ``start_step .. start_step + length - 1``."""
+    if remat and remat < length:
+        return _remat_scan(step, carry, start_step, length, remat)
+    return jax.lax.scan(step, carry, start_step + jnp.arange(length, dtype=jnp.int32))
 
 
 def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: jax.Array,
@@ -169,41 +179,41 @@ def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: 
     ``cfg.batch_size`` and ``cfg.remat`` are read. Returns ``(carry, losses)``.
     """
     step = make_step(model, cfg, hp, train_part, key)
-    if cfg.remat and cfg.remat < n_steps:
-        return _remat_scan(step, carry, start_step, n_steps, cfg.remat)
-    return jax.lax.scan(step, carry, start_step + jnp.arange(n_steps, dtype=jnp.int32))
+    return _steps(step, carry, start_step, n_steps, cfg.remat)
 
 
 def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
              key: jax.Array) -> Run:
     """One training run as a pure function (no validation; see :func:`train`)."""
-
-    def block(carry, start_step, length):
-        return advance(model, cfg, hp, carry, train_part, key, start_step, length)
+    # loss_every 0/None: the steps output nothing (no (steps,) buffer per member)
+    step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every))
 
     def evaluate(params):
         return metrics_fn(model, params, val_part, hp)
 
     carry = start(model, hp, key)
     if cfg.eval_every:
-        n_blocks, rem = divmod(cfg.steps, cfg.eval_every)
+        every = cfg.eval_every
+        n_blocks, rem = divmod(cfg.steps, every)
 
         def outer(carry, b):
-            carry, losses = block(carry, b * cfg.eval_every, cfg.eval_every)
+            carry, losses = _steps(step, carry, b * every, every, cfg.remat)
             return carry, (losses, evaluate(carry[0].params))
 
         carry, (losses, val_curve) = jax.lax.scan(
             outer, carry, jnp.arange(n_blocks, dtype=jnp.int32))
-        losses = losses.reshape(-1)
+        losses = None if losses is None else losses.reshape(-1)
         if rem:
-            carry, tail = block(carry, n_blocks * cfg.eval_every, rem)
-            losses = jnp.concatenate([losses, tail])
+            carry, tail = _steps(step, carry, n_blocks * every, rem, cfg.remat)
+            losses = None if tail is None else jnp.concatenate([losses, tail])
     else:  # no curve: evaluate once, at the end
-        carry, losses = block(carry, 0, cfg.steps)
+        carry, losses = _steps(step, carry, 0, cfg.steps, cfg.remat)
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0].params))
     state, dead_at = carry
     train_loss = loss_fn(model, state.params, train_part, hp)[0]
+    if losses is None:
+        losses = jnp.zeros((0,), train_loss.dtype)
     return Run(state, train_loss, evaluate(state.params),
                _downsample(losses, cfg.loss_every), val_curve, dead_at)
 
