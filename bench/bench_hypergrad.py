@@ -41,10 +41,9 @@ import numpy as np
 import optax
 
 import jaxhp
-from jaxhp._hypergrad import Solver, _hypergradient_jit, resolve_remat, to_coords
-from jaxhp._sweep import sweep
+from jaxhp import sweep, tune_gradient
+from jaxhp._search.hypergrad import Solver, _hypergradient_jit, resolve_remat, to_coords
 from jaxhp._train import _train_jit, resolve_loop
-from jaxhp._tune import tune_gradient
 from jaxhp.models import MLPHP, LinearHP, linear_regression, mlp_classifier
 
 KEY = jax.random.key(0)

@@ -24,46 +24,45 @@ from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
-from jaxhp._halving import HalvingResult as HalvingResult
-from jaxhp._halving import hyperband as hyperband
-from jaxhp._halving import hyperband_brackets as hyperband_brackets
-from jaxhp._halving import rung_budgets as rung_budgets
-from jaxhp._halving import successive_halving as successive_halving
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
 from jaxhp._hparams import stack as stack
 from jaxhp._hparams import static as static
 from jaxhp._hparams import tunable as tunable
-from jaxhp._hypergrad import Hypergradient as Hypergradient
-from jaxhp._hypergrad import hypergradient as hypergradient
 from jaxhp._io import FormatError as FormatError
 from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
 from jaxhp._online import HypergradientDescentState as HypergradientDescentState
 from jaxhp._online import hypergradient_descent as hypergradient_descent
-from jaxhp._pbt import PBTResult as PBTResult
-from jaxhp._pbt import pbt as pbt
 from jaxhp._record import GroupInfo as GroupInfo
 from jaxhp._record import Rung as Rung
 from jaxhp._result import Selection as Selection
 from jaxhp._result import SelectionError as SelectionError
 from jaxhp._result import SweepResult as SweepResult
 from jaxhp._result import TestReport as TestReport
+from jaxhp._search.halving import HalvingResult as HalvingResult
+from jaxhp._search.halving import hyperband as hyperband
+from jaxhp._search.halving import hyperband_brackets as hyperband_brackets
+from jaxhp._search.halving import rung_budgets as rung_budgets
+from jaxhp._search.halving import successive_halving as successive_halving
+from jaxhp._search.hypergrad import Hypergradient as Hypergradient
+from jaxhp._search.hypergrad import hypergradient as hypergradient
+from jaxhp._search.pbt import PBTResult as PBTResult
+from jaxhp._search.pbt import pbt as pbt
+from jaxhp._search.sweep import SweepWarning as SweepWarning
+from jaxhp._search.sweep import sweep as sweep
+from jaxhp._search.tune import TuneResult as TuneResult
+from jaxhp._search.tune import tune_gradient as tune_gradient
 from jaxhp._space import Space as Space
 from jaxhp._space import grid as grid
 from jaxhp._space import quasirandom as quasirandom
 from jaxhp._space import random as random
-from jaxhp._sweep import SweepWarning as SweepWarning
-from jaxhp._sweep import sweep as sweep
 from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
 from jaxhp._train import train as train
-from jaxhp._tune import TuneResult as TuneResult
-from jaxhp._tune import tune_gradient as tune_gradient
-
-__version__ = "0.1.0"
+from jaxhp._version import __version__ as __version__
 
 __all__ = [
     "CheckpointLocked",

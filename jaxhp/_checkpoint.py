@@ -41,6 +41,7 @@ from jaxhp._io import (
 )
 from jaxhp._record import RecordError, decode, encode
 from jaxhp._table import SettingsTable
+from jaxhp._version import versions
 
 MANIFEST = "manifest.json"
 LOCK = "jaxhp.lock"
@@ -126,8 +127,6 @@ def fingerprint(*, space, settings, model_fp, split, seed_ids, key, loop, plan) 
 
     ``settings`` is a :class:`~jaxhp._table.SettingsTable` or a list of settings.
     """
-    from jaxhp import __version__
-
     table = _as_table(settings)
 
     space_desc = space.to_dict() if hasattr(space, "to_dict") else None
@@ -143,8 +142,7 @@ def fingerprint(*, space, settings, model_fp, split, seed_ids, key, loop, plan) 
         "seeds": [int(s) for s in seed_ids],
         "key": np.asarray(jax.random.key_data(key)).tolist(),
         "key_impl": str(jax.random.key_impl(key)),
-        "jaxhp_version": __version__,
-        "jax_version": jax.__version__,
+        **versions(),
         "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "loop": loop,
         "chunk_plan": plan,

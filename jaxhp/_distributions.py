@@ -19,9 +19,9 @@ import numpy as np
 
 from jaxhp._hparams import (
     Field,
-    _check_static,
-    _column_of,
-    _to_tunable,
+    check_static,
+    column_of,
+    to_tunable,
     tunable_dtype,
 )
 
@@ -124,7 +124,7 @@ class Distribution(abc.ABC):
           [1, 3, 4]
         """
         u = np.asarray(u, np.float64).reshape(-1)
-        return _column_of([self.sample_unit(x) for x in u.tolist()])
+        return column_of([self.sample_unit(x) for x in u.tolist()])
 
     def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
         """The values for unit samples ``u``, as a space gives them to field ``f``
@@ -170,7 +170,7 @@ def _range_problems(d: Distribution, name: str, f: Field, ends, what: str) -> li
 def _value_problems(d: Distribution, name: str, f: Field, values) -> list[str]:
     out = []
     for v in values:
-        problem = _check_static(name, f, v) if f.is_static else _to_tunable(name, f, v)[1]
+        problem = check_static(name, f, v) if f.is_static else to_tunable(name, f, v)[1]
         if problem:
             out.append(f"`{name}`: {d!r} includes a value the field rejects: {problem}")
     return out
@@ -274,7 +274,7 @@ class _IntRange(Distribution):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class _Choice(Distribution):
+class Choice(Distribution):
     values: tuple
 
     def __post_init__(self):
@@ -296,10 +296,10 @@ class _Choice(Distribution):
         return np.minimum((u * k).astype(np.int64), k - 1)
 
     def sample_units(self, u: np.ndarray) -> np.ndarray:
-        return _column_of(self.values)[self._indices(u)]
+        return column_of(self.values)[self._indices(u)]
 
     def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
-        return _value_column(f, self.values)[self._indices(u)]
+        return value_column(f, self.values)[self._indices(u)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "choice", "values": [_jsonable(v) for v in self.values]}
@@ -322,10 +322,10 @@ class _Fixed(Distribution):
         return self.value
 
     def sample_units(self, u: np.ndarray) -> np.ndarray:
-        return np.repeat(_column_of([self.value]), np.asarray(u).reshape(-1).shape[0])
+        return np.repeat(column_of([self.value]), np.asarray(u).reshape(-1).shape[0])
 
     def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
-        return np.repeat(_value_column(f, [self.value]), np.asarray(u).reshape(-1).shape[0])
+        return np.repeat(value_column(f, [self.value]), np.asarray(u).reshape(-1).shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "fixed", "value": _jsonable(self.value)}
@@ -411,7 +411,7 @@ def choice(values: Sequence) -> Distribution:
     Example:
       >>> space = random(16, optimizer=choice(["sgd", "adam"]))
     """
-    return _Choice(values)
+    return Choice(values)
 
 
 def fixed(value: Any) -> Distribution:
@@ -430,9 +430,9 @@ def fixed(value: Any) -> Distribution:
 
 
 # ------------------------------------------------------- used by spaces
-def _as_axis(kind: str, name: str, v: Any) -> Distribution:
+def as_axis(kind: str, name: str, v: Any) -> Distribution:
     """A distribution from a field's argument: a list means :func:`choice`."""
-    if isinstance(v, (_Choice, _Fixed)) or (isinstance(v, Distribution) and kind != "grid"):
+    if isinstance(v, (Choice, _Fixed)) or (isinstance(v, Distribution) and kind != "grid"):
         return v
     if isinstance(v, Distribution):
         raise SpaceError(f"grid(): `{name}`={v!r} is not a list of values; a grid takes "
@@ -445,7 +445,7 @@ def _as_axis(kind: str, name: str, v: Any) -> Distribution:
     if len(v) == 0:
         raise SpaceError(f"{kind}(): `{name}` has an empty list of values; give at least "
                          "one value")
-    return _Choice(tuple(v))
+    return Choice(tuple(v))
 
 
 def _coerce(f: Field, v: Any) -> Any:
@@ -475,25 +475,25 @@ def _exp(x: np.ndarray) -> np.ndarray:
     return np.fromiter(map(math.exp, x.tolist()), np.float64, x.shape[0])
 
 
-def _value_column(f: Field, values: Sequence) -> np.ndarray:
+def value_column(f: Field, values: Sequence) -> np.ndarray:
     """Explicit values (a choice, a grid axis) as a column for field ``f``, each one
     through :func:`_coerce`: tunables of :func:`~jaxhp._hparams.tunable_dtype`."""
     coerced = [_coerce(f, v) for v in values]
     if f.is_tunable and all(isinstance(v, float) for v in coerced):
         return np.array(coerced, tunable_dtype())
-    return _column_of(coerced)
+    return column_of(coerced)
 
 
 def _coerce_column(f: Field, col: np.ndarray) -> np.ndarray:
     """:func:`_coerce` of every entry of a column, vectorised for numeric columns."""
     if col.dtype.kind not in "iuf":
-        return _value_column(f, col.tolist())
+        return value_column(f, col.tolist())
     if f.is_static:
         if f.integer and col.dtype.kind == "f":
             whole = np.isfinite(col) & (col == np.floor(col)) & (np.abs(col) < 2.0**63)
             if whole.all():
                 return col.astype(np.int64)
-            return _column_of([int(v) if w else v for v, w in zip(col.tolist(), whole)])
+            return column_of([int(v) if w else v for v, w in zip(col.tolist(), whole)])
         return col
     dt = tunable_dtype()
     v = col.astype(np.float64)  # ints: as numpy converts a Python int, through float64

@@ -1,6 +1,6 @@
 """The host side of every search: validate, group, plan, shard, compile, time.
 
-A search (:mod:`jaxhp._sweep`, :mod:`jaxhp._halving`, ...) is a policy; the
+A search (:mod:`jaxhp._search.sweep`, :mod:`jaxhp._search.halving`, ...) is a policy; the
 mechanism it runs on lives here, once:
 
 - the arguments are validated once (:func:`check_seeds`, :func:`check_chunking`,

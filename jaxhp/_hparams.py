@@ -27,7 +27,7 @@ import numpy as np
 
 STATIC = "static"
 TUNABLE = "tunable"
-_MISSING = object()
+MISSING = object()
 _PROJECT_BIG = 1e30  # Field.bounds() keeps log-scaled fields within [1/_BIG, _BIG]
 
 
@@ -63,7 +63,7 @@ class Field:
     """The declaration of one hyperparameter field: its kind and its rule."""
 
     kind: str
-    default: Any = _MISSING
+    default: Any = MISSING
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -83,7 +83,7 @@ class Field:
 
     @property
     def has_default(self) -> bool:
-        return self.default is not _MISSING
+        return self.default is not MISSING
 
     def rule(self) -> str:
         """A short human-readable statement of the field's rule."""
@@ -153,7 +153,7 @@ class Field:
           >>> bad.tolist(), msg.split(":")[0]
           ([False, True], '`l2`=-1 (setting 1)')
         """
-        arr = _as_column(values)
+        arr = as_column(values)
         if arr.ndim == 0:
             raise ValueError(f"`{name}`: a column holds one value per setting; got a "
                              f"0-dimensional array {_short(arr)}")
@@ -167,21 +167,21 @@ class Field:
         if not bad.any():
             return bad, None
         i = int(np.argmax(bad))
-        v = arr[i] if arr.ndim > 1 else _item(arr, i)
-        msg = (_check_static(name, self, v, row=i) if self.is_static
-               else _to_tunable(name, self, v, row=i)[1])
+        v = arr[i] if arr.ndim > 1 else item_at(arr, i)
+        msg = (check_static(name, self, v, row=i) if self.is_static
+               else to_tunable(name, self, v, row=i)[1])
         return bad, msg or f"`{name}`={_short(v)}{_at(i)}: breaks the rule ({self.rule()})"
 
     def _bad_tunable_column(self, arr: np.ndarray, name: str) -> np.ndarray:
         kind = arr.dtype.kind
         if kind in "iuf":
-            x = _tunable_values(arr)
+            x = tunable_values(arr)
             bad = self._bad_numbers(x.astype(np.float64))
             if self.choices is not None:
                 bad |= ~np.isin(x, np.asarray(self.choices, x.dtype))
             return bad
         if kind == "O":  # mixed Python values: each one as construction checks it
-            return np.fromiter((_to_tunable(name, self, v)[1] is not None
+            return np.fromiter((to_tunable(name, self, v)[1] is not None
                                 for v in arr.tolist()), bool, arr.shape[0])
         return np.ones(arr.shape[0], bool)  # bool, str, complex...: never a real number
 
@@ -190,11 +190,11 @@ class Field:
             if self.low is None and self.high is None and not self.integer:
                 return np.zeros(arr.shape[0], bool)
             return self._bad_numbers(arr.astype(np.float64))
-        uniques, codes = _factorize(arr, exact=True)
+        uniques, codes = factorize(arr, exact=True)
         if uniques is None:  # unhashable values: each one as construction checks it
-            return np.fromiter((_check_static(name, self, v) is not None
+            return np.fromiter((check_static(name, self, v) is not None
                                 for v in arr.tolist()), bool, arr.shape[0])
-        bad = np.array([_check_static(name, self, v) is not None for v in uniques], bool)
+        bad = np.array([check_static(name, self, v) is not None for v in uniques], bool)
         return bad[codes]
 
     def bounds(self) -> tuple[float, float]:
@@ -260,7 +260,7 @@ def _check_rule_args(kind, default, low, high, log, integer, choices) -> None:
 
 
 def static(
-    default: Any = _MISSING,
+    default: Any = MISSING,
     *,
     low: float | None = None,
     high: float | None = None,
@@ -294,7 +294,7 @@ def static(
 
 
 def tunable(
-    default: Any = _MISSING,
+    default: Any = MISSING,
     *,
     low: float | None = None,
     high: float | None = None,
@@ -345,7 +345,7 @@ def _short(v) -> str:
     return repr(v)
 
 
-def _is_real(v) -> bool:
+def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
@@ -354,7 +354,7 @@ def _at(row: int | None) -> str:
     return "" if row is None else f" (setting {row})"
 
 
-def _check_static(name: str, f: Field, v: Any, row: int | None = None) -> str | None:
+def check_static(name: str, f: Field, v: Any, row: int | None = None) -> str | None:
     at = _at(row)
     if isinstance(v, (np.ndarray, jax.Array)) or _is_tracer(v):
         return (f"`{name}`={_short(v)}{at}: a static field takes a plain Python value "
@@ -383,7 +383,7 @@ def _not_one_number(name: str, v: Any, shape: tuple, row: int | None = None) -> 
             f"got an array of shape {shape}; use jaxhp.stack([...]) for a batch")
 
 
-def _to_tunable(name: str, f: Field, v: Any, row: int | None = None) -> tuple[Any, str | None]:
+def to_tunable(name: str, f: Field, v: Any, row: int | None = None) -> tuple[Any, str | None]:
     """Converts one tunable value to a 0-d array of :func:`tunable_dtype` and checks it.
 
     One setting takes one number per tunable (a Python or NumPy number, a 0-d
@@ -424,12 +424,12 @@ def _to_tunable(name: str, f: Field, v: Any, row: int | None = None) -> tuple[An
 
 
 # ------------------------------------------------------------------ columns
-def _item(arr: np.ndarray, i: int) -> Any:
+def item_at(arr: np.ndarray, i: int) -> Any:
     """Row ``i`` of a column as a plain Python value (``numpy`` scalars converted)."""
     return arr[i:i + 1].tolist()[0]
 
 
-def _column_of(values: Sequence) -> np.ndarray:
+def column_of(values: Sequence) -> np.ndarray:
     """A one-dimensional column of Python values: ``int64``, ``float64``, ``bool`` or
     ``<U`` strings when every value has that one type, ``object`` otherwise (None
     mixed with ints, tuples, ints beyond int64...), so that ``.tolist()`` gives the
@@ -452,22 +452,22 @@ def _column_of(values: Sequence) -> np.ndarray:
     return np.fromiter(values, object, len(values))
 
 
-def _as_column(values: Any) -> np.ndarray:
-    """``values`` as an array: an array as it is, a list through :func:`_column_of`."""
+def as_column(values: Any) -> np.ndarray:
+    """``values`` as an array: an array as it is, a list through :func:`column_of`."""
     if isinstance(values, np.ndarray):
         return values
     if isinstance(values, jax.Array):
         return np.asarray(values)
-    return _column_of(values)
+    return column_of(values)
 
 
-def _tunable_values(arr: np.ndarray) -> np.ndarray:
+def tunable_values(arr: np.ndarray) -> np.ndarray:
     """A numeric column converted to :func:`tunable_dtype` (a new array)."""
     with np.errstate(over="ignore", invalid="ignore"):  # out of range: inf, refused
         return arr.astype(tunable_dtype())
 
 
-def _factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.ndarray | None]:
+def factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.ndarray | None]:
     """The distinct values of a column (as Python values, in no particular order) and
     each row's index into them; ``(None, None)`` if some value is unhashable.
 
@@ -479,7 +479,7 @@ def _factorize(arr: np.ndarray, exact: bool = False) -> tuple[list | None, np.nd
         return [], np.zeros(0, np.int64)
     if arr.dtype.kind != "O":
         if bool(np.all(arr == arr[0])):  # the common case: one value (NaN: not here)
-            return [_item(arr, 0)], np.zeros(n, np.int64)
+            return [item_at(arr, 0)], np.zeros(n, np.int64)
         uniques, codes = np.unique(arr, return_inverse=True)
         return uniques.tolist(), codes.reshape(-1).astype(np.int64)
     values = arr.tolist()
@@ -535,7 +535,7 @@ class HParams:
         for base in reversed(cls.__mro__[1:]):
             fields.update(getattr(base, "_fields", {}))
         for name in inspect.get_annotations(cls):
-            value = cls.__dict__.get(name, _MISSING)
+            value = cls.__dict__.get(name, MISSING)
             if not isinstance(value, Field):
                 raise TypeError(
                     f"{cls.__name__}.{name}: every field must be declared with "
@@ -565,15 +565,15 @@ class HParams:
                                 f"fields are {list(cls._fields)}")
         for name, f in cls._fields.items():
             v = values.get(name, f.default)
-            if v is _MISSING:
+            if v is MISSING:
                 problems.append(f"`{name}`: required ({f.rule()}), no value given")
                 continue
             if f.is_static:
-                problem = _check_static(name, f, v)
-                if problem is None and f.integer and _is_real(v):
+                problem = check_static(name, f, v)
+                if problem is None and f.integer and is_real(v):
                     v = int(v)  # 5.0 or np.int64(5) -> 5: shapes and range() need an int
             else:
-                v, problem = _to_tunable(name, f, v)
+                v, problem = to_tunable(name, f, v)
             if problem:
                 problems.append(problem)
             object.__setattr__(self, name, v)

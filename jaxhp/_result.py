@@ -8,7 +8,6 @@ diverged or failed member is never selected. The test part is read by
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -29,6 +28,7 @@ from jaxhp._record import (
     unflatten_params,
 )
 from jaxhp._table import SettingsTable
+from jaxhp._version import versions
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 
@@ -182,9 +182,7 @@ class _Builder:
         devices = ctx["devices"]
         meta = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "jax_version": jax.__version__,
-            "jaxhp_version": _version(),
-            "python": platform.python_version(),
+            **versions(),
             "device_kind": devices[0].device_kind,
             "platform": devices[0].platform,
             "n_devices": len(devices),
@@ -221,11 +219,6 @@ def _masked_param(values: list) -> np.ma.MaskedArray:
         col[i] = v
     return col
 
-
-def _version() -> str:
-    from jaxhp import __version__
-
-    return __version__
 
 
 class SweepResult:

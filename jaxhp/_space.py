@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 
 from jaxhp import _qmc
+from jaxhp._distributions import Choice, as_axis, value_column
 from jaxhp._distributions import Distribution as Distribution
 from jaxhp._distributions import SpaceError as SpaceError
-from jaxhp._distributions import _as_axis, _Choice, _value_column
 from jaxhp._distributions import choice as choice
 from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
-from jaxhp._hparams import Field, HParams, HParamsError, _item, did_you_mean
-from jaxhp._table import SettingsTable, _concat_columns, _constant, _fill_value
+from jaxhp._hparams import Field, HParams, HParamsError, did_you_mean, item_at
+from jaxhp._table import SettingsTable, concat_columns, constant_column, fill_value
 
 __all__ = ["Distribution", "Space", "SpaceError", "choice", "fixed", "grid", "intrange",
            "loguniform", "quasirandom", "random", "uniform"]
@@ -80,7 +80,7 @@ class Space(abc.ABC):
         spaces of this module override it with vectorised code.
         """
         rows = self._assignments()
-        return {name: _value_column(fields[name], [a.get(name, fill[name]) for a in rows])
+        return {name: value_column(fields[name], [a.get(name, fill[name]) for a in rows])
                 for name in self.fields}
 
     @abc.abstractmethod
@@ -211,7 +211,7 @@ class Space(abc.ABC):
         """
         self.validate(hp_cls, base)
         fields = hp_cls.fields()
-        fill = {name: _fill_value(hp_cls, name, base) for name in fields}
+        fill = {name: fill_value(hp_cls, name, base) for name in fields}
         columns = self._columns(fields, fill)
         try:
             return SettingsTable(hp_cls, columns, base=base, n=len(self))
@@ -219,7 +219,7 @@ class Space(abc.ABC):
             row = getattr(e, "row", None)
             if row is None:
                 raise SpaceError(f"{self.describe()} over {hp_cls.__name__}: {e}") from e
-            values = {name: _item(columns[name], row) for name in self.fields}
+            values = {name: item_at(columns[name], row) for name in self.fields}
             cause = e.__cause__ if getattr(e, "_check_failed", False) else e
             raise SpaceError(f"setting {row} of {self.describe()} ({values}) is "
                              f"invalid: {cause}") from cause
@@ -261,7 +261,7 @@ def _axes_dict(axes) -> list[dict[str, Any]]:
 
 def _axes_repr(axes, grid_style: bool = False) -> str:
     def one(d):
-        return repr(list(d.values)) if grid_style and isinstance(d, _Choice) else repr(d)
+        return repr(list(d.values)) if grid_style and isinstance(d, Choice) else repr(d)
     return ", ".join(f"{name}={one(d)}" for name, d in axes)
 
 
@@ -291,7 +291,7 @@ class _Grid(_Leaf):
         return [dict(zip(self.fields, combo, strict=True)) for combo in combos]
 
     def _columns(self, fields, fill):
-        axes = [_value_column(fields[name], _grid_values(d)) for name, d in self.axes]
+        axes = [value_column(fields[name], _grid_values(d)) for name, d in self.axes]
         return _cross([(len(col), {name: col}) for (name, _), col in zip(self.axes, axes)])
 
     def to_dict(self):
@@ -302,7 +302,7 @@ class _Grid(_Leaf):
 
 
 def _grid_values(d: Distribution) -> tuple:
-    return d.values if isinstance(d, _Choice) else (d.value,)
+    return d.values if isinstance(d, Choice) else (d.value,)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -409,8 +409,8 @@ class _Concat(Space):
         parts = [(len(s), s._columns(fields, fill)) for s in self.parts]
         # A field a part does not set takes the base's value or the default there
         # (validate() has refused a required field some part leaves unset).
-        return {name: _concat_columns([cols[name] if name in cols
-                                       else _constant(fields[name], fill[name], k)
+        return {name: concat_columns([cols[name] if name in cols
+                                       else constant_column(fields[name], fill[name], k)
                                        for k, cols in parts])
                 for name in self.fields}
 
@@ -461,7 +461,7 @@ def grid(axes: Mapping[str, Any] | None = None, /, **values: Any) -> Space:
       [(64, 'sgd'), (64, 'adam')]
     """
     merged = _merge("grid", axes, values)
-    return _Grid(tuple((name, _as_axis("grid", name, v)) for name, v in merged.items()))
+    return _Grid(tuple((name, as_axis("grid", name, v)) for name, v in merged.items()))
 
 
 def random(n: int, dists: Mapping[str, Any] | None = None, /, *, seed: int = 0,
@@ -512,5 +512,5 @@ def quasirandom(n: int, dists: Mapping[str, Any] | None = None, /, *, seed: int 
 
 def _sampled(kind, n, seed, method, dists, kwargs) -> Space:
     merged = _merge(kind, dists, kwargs)
-    axes = tuple((name, _as_axis(kind, name, v)) for name, v in merged.items())
+    axes = tuple((name, as_axis(kind, name, v)) for name, v in merged.items())
     return _Sampled(_count(kind, "n", n, 1), _count(kind, "seed", seed, 0), axes, method)

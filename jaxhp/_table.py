@@ -23,19 +23,19 @@ from typing import Any
 import numpy as np
 
 from jaxhp._hparams import (
-    _MISSING,
+    MISSING,
     Field,
     HParams,
     HParamsError,
-    _as_column,
-    _column_of,
-    _factorize,
-    _is_real,
-    _item,
-    _to_tunable,
-    _tunable_values,
+    as_column,
+    column_of,
     did_you_mean,
+    factorize,
+    is_real,
+    item_at,
+    to_tunable,
     tunable_dtype,
+    tunable_values,
 )
 
 __all__ = ["SettingsTable", "validate_columns"]
@@ -107,8 +107,8 @@ def _canonical(f: Field, col: np.ndarray) -> np.ndarray:
     if f.is_tunable:
         if col.dtype.kind == "O":  # Python numbers, each converted as construction does
             dt = tunable_dtype()
-            return np.array([_to_tunable("", f, v)[0] for v in col.tolist()], dt).reshape(-1)
-        return _tunable_values(col)
+            return np.array([to_tunable("", f, v)[0] for v in col.tolist()], dt).reshape(-1)
+        return tunable_values(col)
     kind = col.dtype.kind
     if kind == "f" and f.integer:  # validated: every value is integral and finite
         if col.size == 0 or float(np.max(np.abs(col))) < 2.0**63:
@@ -122,17 +122,17 @@ def _canonical(f: Field, col: np.ndarray) -> np.ndarray:
         return col.astype(np.float64)
     if kind in "bU":
         return col.copy()
-    uniques, codes = _factorize(col, exact=True)
+    uniques, codes = factorize(col, exact=True)
     if uniques is None:  # unhashable: refused by validation; kept for the message
         return col.copy()
     if f.integer:
-        uniques = [int(v) if _is_real(v) else v for v in uniques]
-    return _column_of(uniques)[codes]
+        uniques = [int(v) if is_real(v) else v for v in uniques]
+    return column_of(uniques)[codes]
 
 
 def _converted(cls: type[HParams], columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Field rules on every column, then the columns in the table's form."""
-    cols = {name: _as_column(col) for name, col in columns.items()}
+    cols = {name: as_column(col) for name, col in columns.items()}
     _field_problems(cls, cols)
     fields = cls.fields()
     return {name: _canonical(fields[name], cols[name]) for name in fields if name in cols}
@@ -184,25 +184,25 @@ def validate_columns(cls: type[HParams], columns: Mapping[str, Any]) -> None:
       HParamsError: LinearHP: 1 invalid field: ...
     """
     _check_class(cls)
-    cols = {name: _as_column(col) for name, col in columns.items()}
+    cols = {name: as_column(col) for name, col in columns.items()}
     n = _length(cols, None) if cols else 0
     _check_rows(cls, _converted(cls, _filled(cls, cols, None, n)), n)
 
 
-def _fill_value(cls: type[HParams], name: str, base: HParams | None) -> Any:
+def fill_value(cls: type[HParams], name: str, base: HParams | None) -> Any:
     """The value a setting that does not set ``name`` takes: ``base``'s, or the default."""
     if base is not None:
         return getattr(base, name)
     return cls.fields()[name].default
 
 
-def _constant(f: Field, value: Any, n: int) -> np.ndarray:
+def constant_column(f: Field, value: Any, n: int) -> np.ndarray:
     """A column of ``n`` copies of one value (a tunable converted as construction does)."""
     if f.is_tunable:
-        arr, problem = _to_tunable("", f, value)
+        arr, problem = to_tunable("", f, value)
         if problem is None and isinstance(arr, np.ndarray):
             return np.full(n, arr, arr.dtype)
-    return np.repeat(_column_of([value]), n)
+    return np.repeat(column_of([value]), n)
 
 
 def _filled(cls: type[HParams], columns: Mapping[str, np.ndarray], base: HParams | None,
@@ -214,9 +214,9 @@ def _filled(cls: type[HParams], columns: Mapping[str, np.ndarray], base: HParams
         if name in columns:
             out[name] = columns[name]
         else:
-            value = _fill_value(cls, name, base)
-            if value is not _MISSING:
-                out[name] = _constant(f, value, n)
+            value = fill_value(cls, name, base)
+            if value is not MISSING:
+                out[name] = constant_column(f, value, n)
     return {**out, **{k: v for k, v in columns.items() if k not in out}}
 
 
@@ -234,7 +234,7 @@ def _grouping(cls: type[HParams], columns: Mapping[str, np.ndarray],
     combined = np.zeros(n, np.int64)
     radix = 1
     for name in names:
-        uniques, codes = _factorize(columns[name])
+        uniques, codes = factorize(columns[name])
         k = len(uniques)
         if k > 1:
             if radix * k < 2**62:
@@ -253,7 +253,7 @@ def _grouping(cls: type[HParams], columns: Mapping[str, np.ndarray],
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
         groups, firsts = rank[inverse.reshape(-1)], first[order]
-    statics = [{name: _item(columns[name], int(r)) for name in names} for r in firsts]
+    statics = [{name: item_at(columns[name], int(r)) for name in names} for r in firsts]
     return groups, statics
 
 
@@ -309,7 +309,7 @@ class SettingsTable:
         _check_class(cls)
         if base is not None and (type(base) is not cls or base.batch_shape):
             raise TypeError(f"`base`: expected one {cls.__name__} setting, got {base!r}")
-        cols = {name: _as_column(col) for name, col in columns.items()}
+        cols = {name: as_column(col) for name, col in columns.items()}
         n = _length(cols, n)
         converted = _converted(cls, _filled(cls, cols, base, n))
         _check_rows(cls, converted, n)
@@ -438,7 +438,7 @@ class SettingsTable:
     # ------------------------------------------------------------ settings
     def _values(self, i: int) -> dict[str, Any]:
         tunable = self._cls.tunable_names()
-        return {name: col[i] if name in tunable else _item(col, i)
+        return {name: col[i] if name in tunable else item_at(col, i)
                 for name, col in self._columns.items()}
 
     def setting(self, i: int) -> HParams:
@@ -491,7 +491,7 @@ class SettingsTable:
             if not isinstance(t, SettingsTable) or t.cls is not cls:
                 raise ValueError(f"concat(): table {k} is not a table of {cls.__name__}")
         dt = tunable_dtype()
-        cols = {name: _concat_columns([t.columns[name] for t in tables])
+        cols = {name: concat_columns([t.columns[name] for t in tables])
                 for name in cls.fields()}
         if any(cols[name].dtype != dt for name in cls.tunable_names()):
             return SettingsTable(cls, cols)  # another tunable dtype: convert, validate
@@ -524,7 +524,7 @@ class SettingsTable:
                 raise ValueError(f"from_settings(): a batched setting with one batch axis, "
                                  f"got batch shape {settings.batch_shape}")
             cols = {**{n: np.asarray(v) for n, v in settings.tunables().items()},
-                    **{n: np.repeat(_column_of([v]), len(settings))
+                    **{n: np.repeat(column_of([v]), len(settings))
                        for n, v in settings.statics().items()}}
             return SettingsTable(type(settings), cols, n=len(settings))
         settings = list(settings)
@@ -548,7 +548,7 @@ class SettingsTable:
                 cols[name] = (np.stack([np.asarray(v, dt) for v in values]) if values
                               else np.zeros(0, dt))
             else:
-                cols[name] = _column_of(values)
+                cols[name] = column_of(values)
         return SettingsTable(cls, cols, n=len(settings))
 
     # --------------------------------------------------------------- JSON
@@ -584,7 +584,7 @@ class SettingsTable:
             if name in cls.tunable_names():
                 cols[name] = np.asarray(values, np.float64).astype(dt).reshape(-1)
             else:
-                cols[name] = _column_of([_tupled(v) for v in values])
+                cols[name] = column_of([_tupled(v) for v in values])
         return SettingsTable(cls, cols, n=int(data.get("n", 0)))
 
     # -------------------------------------------------------------- misc
@@ -609,7 +609,7 @@ class SettingsTable:
                 f"static group{'s' * (self.n_groups != 1)})")
 
 
-def _concat_columns(pieces: Sequence[np.ndarray]) -> np.ndarray:
+def concat_columns(pieces: Sequence[np.ndarray]) -> np.ndarray:
     """Columns one after the other; mixed types become an ``object`` column."""
     pieces = list(pieces)
     kinds = {p.dtype.kind for p in pieces}

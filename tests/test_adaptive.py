@@ -8,8 +8,7 @@ import pytest
 from helpers import assert_trees_equal, count_compiles
 
 import jaxhp
-from jaxhp._halving import hyperband, hyperband_brackets, rung_budgets, successive_halving
-from jaxhp._pbt import pbt
+from jaxhp import hyperband, hyperband_brackets, pbt, rung_budgets, successive_halving
 from jaxhp._train import LoopConfig, advance, start
 from jaxhp.models import MLPHP, LinearHP, linear_regression, mlp_classifier
 

@@ -50,3 +50,56 @@ def test_undocumented_names_are_caught():
     assert _own_doc(Bare) == "" and _own_doc(bare) == ""
     assert _own_doc(type("Sub", (jaxhp.Split,), {})) == ""  # inherited docs do not count
     assert _own_doc(collections.namedtuple("Pair", "a b")) == ""  # generated docs neither
+
+
+# The layers, top to bottom; a module may import from its own layer or any below it.
+LAYERS = [
+    {"jaxhp", "jaxhp.__main__", "jaxhp.cli"},
+    {"jaxhp._search"},
+    {"jaxhp._engine"},
+    {"jaxhp._population"},
+]
+
+
+def _layer(module: str) -> int:
+    """The index of ``module``'s layer (everything below the population: the last)."""
+    for i, names in enumerate(LAYERS):
+        if module in names or any(module.startswith(n + ".") for n in names - {"jaxhp"}):
+            return i
+    return len(LAYERS)
+
+
+def _imports(path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every ``from jaxhp... import`` in a file."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxhp"):
+            out.append((node.module, [a.name for a in node.names]))
+    return out
+
+
+def _package_modules():
+    import pathlib
+
+    root = pathlib.Path(jaxhp.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path
+
+
+def test_imports_point_down_and_take_no_private_names():
+    upward, private = [], []
+    for name, path in _package_modules():
+        for module, names in _imports(path):
+            targets = [module] if module != "jaxhp" else [f"jaxhp.{n}" for n in names]
+            for target in targets:
+                if name != "jaxhp" and _layer(target) < _layer(name):
+                    upward.append(f"{name} imports {target}")
+            if module != "jaxhp":  # `from jaxhp import _engine` names a module, fine
+                private += [f"{name}: from {module} import {n}" for n in names
+                            if n.startswith("_") and n != "__version__"]
+    assert not upward, upward
+    assert not private, private

@@ -26,13 +26,18 @@ import optax
 import pytest
 
 import jaxhp
+from jaxhp import sweep, tune_gradient
 from jaxhp._data import Split
-from jaxhp._hypergrad import _value_fn, hypergradient, resolve_wrt, to_coords, value_and_grad_fn
 from jaxhp._online import HypergradientDescentState, hypergradient_descent
 from jaxhp._result import SweepResult
-from jaxhp._sweep import sweep
+from jaxhp._search.hypergrad import (
+    _value_fn,
+    hypergradient,
+    resolve_wrt,
+    to_coords,
+    value_and_grad_fn,
+)
 from jaxhp._train import LoopConfig, resolve_loop, run_pure
-from jaxhp._tune import tune_gradient
 from jaxhp.models import (
     MLPHP,
     LinearHP,

@@ -1,7 +1,7 @@
 """Gradient-based tuning: gradient descent on hyperparameters, from many starts at once.
 
 Every outer step computes the hypergradient of each start (``vmap`` over the
-starts of :func:`jaxhp._hypergrad.value_and_grad_fn`), takes an Optax step in
+starts of :func:`jaxhp._search.hypergrad.value_and_grad_fn`), takes an Optax step in
 the hypergradient coordinates (log space for ``log=True`` fields) and
 projects back into each field's valid range. The whole descent is one
 compiled program (``lax.scan`` over outer steps); its last evaluation (the
@@ -28,20 +28,20 @@ from jaxhp import _population as population
 from jaxhp._data import Split, part_size
 from jaxhp._engine import settings_from
 from jaxhp._hparams import Field, HParams, stack
-from jaxhp._hypergrad import (
-    _objective,
+from jaxhp._model import Model
+from jaxhp._record import GroupInfo
+from jaxhp._result import SweepResult
+from jaxhp._search.hypergrad import (
     check_mode,
     check_objective,
     from_coords,
     make_solver,
+    objective_value,
     resolve_remat,
     resolve_wrt,
     to_coords,
     value_and_grad_fn,
 )
-from jaxhp._model import Model
-from jaxhp._record import GroupInfo
-from jaxhp._result import SweepResult
 from jaxhp._train import check_key, resolve_loop, run_pure, validate
 
 
@@ -69,7 +69,7 @@ def _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0, lo
         def one(k):
             h = from_coords(hp, z)
             run = run_pure(model, plain, h, train_part, val_part, k)
-            v = _objective(model, objective, run.state.params, val_part, h)
+            v = objective_value(model, objective, run.state.params, val_part, h)
             return jnp.where(run.diverged_at < 0, v, jnp.nan), run._replace(state=None)
 
         v, runs = jax.vmap(one)(keys)

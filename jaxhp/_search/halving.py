@@ -28,7 +28,6 @@ import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._adaptive import build, check_int, check_metric, row
 from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
@@ -37,6 +36,7 @@ from jaxhp._io import FormatError
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import Rung
 from jaxhp._result import SweepResult, resolve_direction
+from jaxhp._search.common import build, check_int, check_metric, row
 from jaxhp._train import check_key, resolve_loop
 
 

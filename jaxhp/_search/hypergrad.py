@@ -205,7 +205,7 @@ def make_solver(method: str, steps: int, damping: float, neumann_lr) -> Solver:
 
 
 # ------------------------------------------------------------------ the maths
-def _objective(model: Model, objective, params, val_part, hp) -> jax.Array:
+def objective_value(model: Model, objective, params, val_part, hp) -> jax.Array:
     if callable(objective):
         return jnp.asarray(objective(params, val_part, hp))
     return metrics_fn(model, params, val_part, hp)[objective]
@@ -220,7 +220,7 @@ def _value_fn(model, cfg, objective):
     def f(z, hp, train_part, val_part, key):
         hp = from_coords(hp, z)
         run = run_pure(model, cfg, hp, train_part, val_part, key)
-        v = _objective(model, objective, run.state.params, val_part, hp)
+        v = objective_value(model, objective, run.state.params, val_part, hp)
         return jnp.where(run.diverged_at < 0, v, jnp.nan), run.diverged_at
     return f
 
@@ -262,7 +262,7 @@ def value_and_grad_fn(model: Model, cfg: LoopConfig, objective, mode: str,
 
     ``z`` is a dict of coordinates (see :func:`to_coords`); ``grad`` has its
     structure. Internal building block of :func:`hypergradient` and
-    :func:`jaxhp._tune.tune_gradient`.
+    :func:`jaxhp._search.tune.tune_gradient`.
     """
     f = _value_fn(model, cfg, objective)
     solver = Solver() if solver is None else solver
@@ -291,7 +291,7 @@ def value_and_grad_fn(model: Model, cfg: LoopConfig, objective, mode: str,
     def implicit(z, hp, train_part, val_part, key):
         run = run_pure(model, cfg, from_coords(hp, z), train_part, val_part, key)
         w = jax.lax.stop_gradient(run.state.params)
-        outer = lambda w, z: _objective(model, objective, w, val_part, from_coords(hp, z))
+        outer = lambda w, z: objective_value(model, objective, w, val_part, from_coords(hp, z))
         v, (gw, gz) = jax.value_and_grad(outer, argnums=(0, 1))(w, z)
         train_grad = lambda w, z: jax.grad(
             lambda w: loss_fn(model, w, train_part, from_coords(hp, z))[0])(w)

@@ -26,7 +26,6 @@ import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._adaptive import build, check_int, check_metric
 from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
@@ -34,6 +33,7 @@ from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._io import FormatError
 from jaxhp._model import model_fingerprint
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
+from jaxhp._search.common import build, check_int, check_metric
 from jaxhp._train import Run, check_key, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
