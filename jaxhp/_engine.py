@@ -195,6 +195,26 @@ def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int]:
     return nbytes(params), nbytes(opt_state)
 
 
+def shapes_of(split) -> tuple:
+    """The shapes and dtypes of the training and validation data (part of a program's
+    identity where the program itself is not at hand)."""
+    return tuple((np.shape(a), str(getattr(a, "dtype", ""))) for part in (split.train,
+                                                                         split.val)
+                 for a in jax.tree_util.tree_leaves(part))
+
+
+def chunk_cap(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
+              memory_budget: int | None, max_chunk: int) -> int:
+    """The largest chunk a measured chunk policy may try: the memory budget's limit
+    (not the CPU cache budget, a constant tuned on one machine), and ``max_chunk``
+    per device when the caller set it."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    c = n_devices * budget // max(1, per_member * n_seeds)
+    if max_chunk != DEFAULT_MAX_CHUNK:
+        c = min(c, max_chunk * n_devices)
+    return int(max(n_devices, min(c, n_settings)))
+
+
 def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
                 chunk_size, memory_budget: int | None,
                 max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
@@ -218,6 +238,120 @@ def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
                        n_devices * budget // max(1, per_member * n_seeds)))
         c = math.ceil(n_settings / math.ceil(n_settings / c))  # equal chunks
     return int(math.ceil(c / n_devices) * n_devices)
+
+
+class ChunkPolicy:
+    """A group's chunk size measured on this machine, from the planned one.
+
+    :func:`plan_chunks` sizes automatic chunks from constants (caps tuned on
+    one CPU). On another machine the best size differs by 10-15%, so the first
+    chunks measure it: the planned size ``c`` runs first; if the group is big
+    enough that trying other sizes pays for compiling them (their expected gain,
+    :data:`TUNE_GAIN` of the remaining run time, exceeds the compile time the
+    first chunk showed, per candidate), the next chunks try ``c / 2`` and
+    ``2 c`` (multiples of the devices, within ``cap``), and the rest of the
+    group runs at the size with the lowest measured time per setting (compile
+    excluded; a candidate must beat ``c`` by :data:`TUNE_MARGIN` to replace it).
+
+    Results do not depend on the chunking (every member trains alone: tested),
+    so tuning only moves the speed. The choice is reproducible: it is kept
+    per ``key`` for the process (:data:`CHUNK_CHOICES`), so a later sweep of
+    the same group reuses it without measuring, and :attr:`record` holds the
+    sizes tried, their seconds per setting and the choice, for the group's
+    info; passing the chosen size as ``chunk_size=`` replays the plan.
+
+    Use: ``size = policy.next(remaining)`` before each chunk (the chunk is
+    ``size`` settings, padded if fewer remain), then ``policy.observe(size,
+    compile_s, run_s, n_real)`` after it.
+    """
+
+    def __init__(self, planned: int, n_settings: int, n_devices: int, cap: int,
+                 key: Any = None, tune: bool = True):
+        self.planned, self.n, self.d, self.cap, self.key = planned, n_settings, n_devices, \
+            max(cap, planned), key
+        self.trials: dict[int, float] = {}  # size -> best seconds per setting
+        self.compile_s = 0.0
+        self.pending: list[int] = []
+        self.chosen: int | None = planned  # an explicit or checkpointed plan is kept
+        if tune:
+            self.chosen = CHUNK_CHOICES.get(key) if key is not None else None
+            if self.chosen is not None:
+                CHUNK_CHOICES.move_to_end(key)
+        self.done = 0
+
+    def _round(self, c: float) -> int:
+        return int(max(self.d, min(self.cap, math.ceil(c / self.d) * self.d)))
+
+    def candidates(self) -> list[int]:
+        """The sizes worth trying after the planned one (distinct, at most the group)."""
+        out = []
+        for c in (self._round(self.planned / 2), self._round(self.planned * 2)):
+            c = min(c, self._round(self.n))
+            if c != self.planned and c not in out and c < self.n:
+                out.append(c)
+        return out
+
+    def next(self, remaining: int) -> int:
+        """The size of the next chunk."""
+        if self.chosen is not None:
+            return self.chosen
+        if not self.trials:
+            return self.planned
+        if self.pending:
+            c = self.pending[0]
+            if c <= remaining:  # a trial is only worth a full chunk
+                return c
+            self.pending.clear()
+        return self._choose()
+
+    def observe(self, size: int, compile_s: float, run_s: float, n_real: int) -> None:
+        """Records a chunk of ``size`` settings (``n_real`` of them real) that ran in
+        ``run_s`` seconds after ``compile_s`` seconds of compilation (0 if cached)."""
+        self.done += n_real
+        if self.chosen is not None:
+            return
+        per = run_s / max(1, size)  # padding costs like real settings
+        self.trials[size] = min(per, self.trials.get(size, math.inf))
+        self.compile_s = max(self.compile_s, compile_s)
+        if self.pending and self.pending[0] == size:
+            self.pending.pop(0)
+        if len(self.trials) == 1:
+            remaining_s = per * (self.n - self.done)
+            tries = self.candidates()
+            if tries and TUNE_GAIN * remaining_s > len(tries) * max(self.compile_s, 1e-3):
+                self.pending = tries
+            else:
+                self._choose()
+        elif not self.pending:
+            self._choose()
+
+    def _choose(self) -> int:
+        base = self.trials.get(self.planned, math.inf)
+        best = min(self.trials, key=lambda c: (self.trials[c], c != self.planned))
+        if self.trials[best] > base * (1 - TUNE_MARGIN):
+            best = self.planned
+        self.chosen = best
+        if self.key is not None:
+            CHUNK_CHOICES[self.key] = best
+            while len(CHUNK_CHOICES) > 256:
+                CHUNK_CHOICES.popitem(last=False)
+        return best
+
+    @property
+    def record(self) -> dict:
+        """What was measured and chosen (seconds per setting by size), for the group info."""
+        return {"planned": self.planned, "chosen": self.chosen,
+                "trials": {int(c): float(s) for c, s in sorted(self.trials.items())}}
+
+
+# A candidate chunk size replaces the planned one when it is this much faster per setting;
+# smaller differences are within the run-to-run noise of a shared CPU.
+TUNE_MARGIN = 0.05
+# Trying other sizes is worth it when this fraction of the group's remaining run time
+# exceeds the compilation the trials cost (one program per tried size).
+TUNE_GAIN = 0.10
+# Chosen chunk sizes by program key, for the process (reused: no re-measuring, same plan).
+CHUNK_CHOICES: collections.OrderedDict = collections.OrderedDict()
 
 
 def mesh_for(devices: Sequence[jax.Device] | None) -> tuple[list, Mesh | None]:
@@ -314,7 +448,7 @@ def new_group_info(statics: dict, n_settings: int, chunk_size: int, n_chunks: in
                      n_chunks=n_chunks, steps=steps, eval_steps=list(eval_steps_))
 
 
-def progress_bar(total: int, progress, desc: str = "jaxhp sweep") -> Any:
+def progress_bar(total: int, progress, desc: str = "jaxhp sweep", unit: str = "chunk") -> Any:
     """A tqdm bar (``progress=None``: only on a terminal; ``True`` needs tqdm)."""
     if progress is False:
         return None
@@ -326,7 +460,7 @@ def progress_bar(total: int, progress, desc: str = "jaxhp sweep") -> Any:
         if progress is None:
             return None
         raise ImportError("progress=True needs tqdm: pip install 'jaxhp[progress]'") from e
-    return tqdm(total=total, desc=desc, unit="chunk")
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 class SweepWarning(UserWarning):

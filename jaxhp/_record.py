@@ -31,7 +31,10 @@ class GroupInfo:
     Attributes:
       statics: the group's static fields.
       n_settings: its settings.
-      chunk_size: settings per compiled call; n_chunks: compiled calls.
+      chunk_size: settings per compiled call (the size chosen by measurement when
+        the sweep measured chunk sizes); n_chunks: compiled calls.
+      chunk_trials: ``[[size, seconds per setting], ...]`` of the chunk sizes a sweep
+        tried on this machine before choosing ``chunk_size`` (empty: none tried).
       steps: training steps of its settings; eval_steps: when the validation
         curve was recorded.
       compile_s, run_s: seconds spent compiling and in the compiled calls.
@@ -44,6 +47,7 @@ class GroupInfo:
     n_settings: int
     chunk_size: int = 0
     n_chunks: int = 0
+    chunk_trials: list = dataclasses.field(default_factory=list)
     steps: int = 0
     eval_steps: list = dataclasses.field(default_factory=list)
     compile_s: float = 0.0

@@ -256,7 +256,9 @@ def test_progress_bar_reports_chunks_and_best_so_far(diabetes, capsys):
     jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, chunk_size=2,
                 progress=True, select=("mse", "min"))
     err = capsys.readouterr().err
-    assert "jaxhp sweep" in err and "3/3" in err and "best mse=" in err
+    # counted in settings, a chunk (2 settings) at a time
+    assert "jaxhp sweep" in err and "2/6" in err and "6/6" in err and "4/6" in err
+    assert "setting/s" in err and "best mse=" in err
     jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, progress=False)
     assert capsys.readouterr().err == ""
 

@@ -138,13 +138,16 @@ def sweep(
     plans = []
     for gi, (idx, cfg) in enumerate(zip(groups, cfgs)):
         if gi in failures:
-            plans.append((idx, cfg, 1, 0))
+            plans.append((idx, cfg, 1, 0, 1))
             continue
         per = engine.member_bytes(model, firsts[gi], cfg, n_metrics, keep_params)
         c = engine.plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
                                memory_budget, max_chunk)
-        plans.append((idx, cfg, c, math.ceil(len(idx) / c)))
-    bar = engine.progress_bar(sum(p[3] for p in plans), progress)  # before the lock
+        cap = engine.chunk_cap(len(idx), len(seed_ids), per, len(devices), memory_budget,
+                               max_chunk)
+        plans.append((idx, cfg, c, math.ceil(len(idx) / c), cap))
+    bar = engine.progress_bar(sum(len(p[0]) for gi, p in enumerate(plans)
+                                  if gi not in failures), progress, unit="setting")
     ckpt = None
     if checkpoint_dir is not None:
         loop = {"eval_every": eval_every, "loss_every": loss_every,
@@ -164,13 +167,18 @@ def sweep(
     builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
     try:
-        for gi, (idx, cfg, c, n_chunks) in enumerate(plans):
+        for gi, (idx, cfg, c, n_chunks, cap) in enumerate(plans):
             info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), c,
                                          n_chunks, cfg.steps, eval_steps(cfg).tolist())
             try:
                 if gi in failures:
                     raise engine.GroupFailed(failures[gi])
-                _run_group(model, cfg, keep_params, table, idx, c, split, key,
+                # automatic chunks are measured unless a checkpoint fixes the plan
+                policy = engine.ChunkPolicy(
+                    c, len(idx), len(devices), cap, tune=chunk_size is None and ckpt is None,
+                    key=("sweep", model, cfg, keep_params, len(seed_ids), c, cap,
+                         tuple(d.id for d in devices), engine.shapes_of(split)))
+                _run_group(model, cfg, keep_params, table, idx, policy, split, key,
                            seed_ids, mesh, info, builder, bar, select, gi, ckpt)
             except KeyboardInterrupt:
                 if ckpt is not None:
@@ -194,16 +202,19 @@ def sweep(
     return builder.build()
 
 
-def _run_group(model, cfg, keep_params, table, idx, c, split, key, seed_ids, mesh,
+def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids, mesh,
                info, builder, bar, select, gi, ckpt):
     group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
     shared = engine.put((split.train, split.val, key, seed_ids), mesh)
     fn = _program(model, cfg, keep_params)
     structure = None
-    for ci, start in enumerate(range(0, n, c)):
+    start = ci = 0
+    while start < n:
+        c = policy.next(n - start)
         chunk = engine.put(engine.pad_axis(group_hp[start:start + c], c), mesh, engine.POP)
         args = (chunk, *shared)
+        m = min(c, n - start)
         if ckpt is not None and ckpt.has(gi, ci):
             if structure is None:  # equal shapes in every chunk: trace once per group
                 structure = jax.eval_shape(fn, *args)
@@ -216,14 +227,19 @@ def _run_group(model, cfg, keep_params, table, idx, c, split, key, seed_ids, mes
             info.compiled += int(dt > 0)
             t0 = time.perf_counter()
             out = jax.device_get(jax.block_until_ready(compiled(*args)))
-            info.run_s += time.perf_counter() - t0
+            run_s = time.perf_counter() - t0
+            info.run_s += run_s
             info.chunks_computed += 1
+            policy.observe(c, dt, run_s, m)
             if ckpt is not None:
                 ckpt.save(gi, ci, out)
-        m = min(c, n - start)
         builder.add(idx[start:start + m], out, m)
+        start, ci = start + m, ci + 1
         if bar is not None:
-            bar.update(1)
+            bar.update(m)
             best = builder.best_so_far(*select)
             if best is not None:
                 bar.set_postfix({f"best {select[0]}": f"{best:.4g}"})
+    info.n_chunks = ci
+    info.chunk_size = policy.chosen or policy.planned
+    info.chunk_trials = [[int(c), float(t)] for c, t in policy.record["trials"].items()]
