@@ -725,6 +725,21 @@ class HParams:
         return out
 
     @classmethod
+    def declaration(cls) -> dict[str, Any]:
+        """The class's field declarations as plain JSON (what a saved result records,
+        so that loading it rebuilds settings of the same declared fields)."""
+        fields = []  # a list: the fields' order is the pytree's leaf order
+        for name, f in cls._fields.items():
+            d = {k: v for k, v in dataclasses.asdict(f).items()
+                 if k != "default" and v != _FIELD_DEFAULTS[k]}
+            if f.has_default:
+                d["default"] = _plain(f.default)
+            if f.choices is not None:
+                d["choices"] = _plain(list(f.choices))
+            fields.append({"name": name, "kind": f.kind, **d})
+        return {"class": cls.__qualname__, "module": cls.__module__, "fields": fields}
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HParams:
         """Builds a validated instance from :meth:`to_dict`'s output."""
         d = dict(d)
@@ -795,3 +810,61 @@ def stack(settings: Sequence[HParams]) -> HParams:
                              "static_key() first")
     return jax.tree_util.tree_map(
         lambda *xs: np.stack([np.asarray(x, tunable_dtype()) for x in xs]), *settings)
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Field)}
+
+
+def _plain(v: Any) -> Any:
+    """A declared value as JSON (tuples as lists)."""
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _tupled_value(v: Any) -> Any:
+    return tuple(_tupled_value(x) for x in v) if isinstance(v, list) else v
+
+
+def class_from_declaration(decl: Mapping[str, Any]) -> type[HParams]:
+    """The ``HParams`` class a :meth:`HParams.declaration` describes.
+
+    The recorded class itself when its module is already imported (nothing is
+    imported, so no code runs) and its declaration is unchanged; otherwise a
+    class rebuilt from the declaration: same name, fields, kinds, rules and
+    defaults (its instances validate like the original's).
+
+    Raises:
+      ValueError: a declaration that is not one.
+    """
+    import sys
+
+    try:
+        name, module, fields = decl["class"], decl["module"], decl["fields"]
+        if not (isinstance(name, str) and isinstance(fields, list)
+                and all(isinstance(f, Mapping) and isinstance(f.get("name"), str)
+                        for f in fields)):
+            raise TypeError
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not an HParams declaration: {decl!r}") from e
+    found: Any = sys.modules.get(module)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    if (isinstance(found, type) and issubclass(found, HParams)
+            and found.declaration()["fields"] == fields):
+        return found
+    attrs: dict[str, Any] = {"__annotations__": {}, "__module__": module,
+                             "__doc__": f"{name}, rebuilt from a saved declaration."}
+    for spec in fields:
+        spec = dict(spec)
+        field_name = spec.pop("name")
+        if spec.get("kind") not in (STATIC, TUNABLE):
+            raise ValueError(f"declaration of {name}.{field_name}: unknown kind "
+                             f"{spec.get('kind')!r}")
+        if "default" in spec:
+            spec["default"] = _tupled_value(spec["default"])
+        if spec.get("choices") is not None:
+            spec["choices"] = tuple(_tupled_value(c) for c in spec["choices"])
+        attrs["__annotations__"][field_name] = Any
+        attrs[field_name] = Field(**spec)
+    rebuilt = type(name.rsplit(".", 1)[-1], (HParams,), attrs)
+    rebuilt.__qualname__ = name
+    return rebuilt

@@ -16,7 +16,13 @@ import jax
 import numpy as np
 
 from jaxhp._data import Split
-from jaxhp._hparams import HParams, HParamsError, did_you_mean
+from jaxhp._hparams import (
+    HParams,
+    HParamsError,
+    class_from_declaration,
+    column_of,
+    did_you_mean,
+)
 from jaxhp._io import FormatError, load_pair, pair_paths, save_pair
 from jaxhp._record import (
     GroupInfo,
@@ -263,10 +269,9 @@ class SweepResult:
                             f"declared extras are {list(self.EXTRAS)}")
         for name in self.EXTRAS:
             setattr(self, name, extras.get(name))
-        if isinstance(settings, SettingsTable):  # columns; HParams made on request
-            self._table, self._settings = settings, None
-        else:
-            self._table, self._settings = None, list(settings)
+        if not isinstance(settings, SettingsTable):  # one type: always columns
+            settings = SettingsTable.from_settings(list(settings))
+        self._table, self._settings = settings, None  # HParams made on request
         self.seed_ids = seed_ids
         self.status = status
         self.diverged_at = diverged_at
@@ -290,17 +295,17 @@ class SweepResult:
     # ------------------------------------------------------------- summaries
     @property
     def settings(self) -> list:
-        """The settings, one per row (``HParams``; plain dicts after ``load`` without
-        ``hparams=``). A sweep keeps its settings as columns
-        (:attr:`table`); this list is built on first access."""
+        """The settings, one ``HParams`` per row, fresh or loaded (a loaded result
+        rebuilds its class from the saved declaration; see :meth:`load`). A result
+        keeps its settings as columns (:attr:`table`); this list is built on
+        first access."""
         if self._settings is None:
             self._settings = self._table.settings()
         return self._settings
 
     @property
     def table(self):
-        """The settings as columns (a ``SettingsTable``), or None for a result built
-        from a list of settings of several classes or loaded without ``hparams=``."""
+        """The settings as columns (a ``SettingsTable``)."""
         return self._table
 
     def setting(self, index: int):
@@ -309,13 +314,11 @@ class SweepResult:
         Example:
           >>> result.setting(result.best("mse").index)
         """
-        if self._table is not None:
-            return self._table.setting(int(index))
-        return self._settings[index]
+        return self._table.setting(int(index))
 
     @property
     def n_settings(self) -> int:
-        return len(self._table) if self._table is not None else len(self._settings)
+        return len(self._table)
 
     @property
     def n_seeds(self) -> int:
@@ -460,9 +463,7 @@ class SweepResult:
 
     # ----------------------------------------------------------------- export
     def _setting_dicts(self) -> list[dict]:
-        if self._table is not None:
-            return self._table.to_dicts()
-        return [s.to_dict() if isinstance(s, HParams) else dict(s) for s in self._settings]
+        return self._table.to_dicts()
 
     def cv_results(self, directions: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The results in scikit-learn's ``cv_results_`` layout, key for key.
@@ -702,7 +703,9 @@ class SweepResult:
         meta = {"result": self.meta, "result_type": type(self).__name__,
                 "groups": encode(self.groups, arrays, "groups"),
                 "settings": self._setting_dicts(), "extras": extras, "params": params,
-                "hparams": self.meta.get("hparams"), "test_reads": self.test_reads}
+                "hparams": self.meta.get("hparams"),
+                "hparams_declaration": self._table.cls.declaration(),
+                "test_reads": self.test_reads}
         save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite)
 
     @classmethod
@@ -711,8 +714,10 @@ class SweepResult:
 
         Args:
           path: the stem given to :meth:`save` (or it with ``.npz``/``.json``).
-          hparams: the settings' class, to get ``HParams`` instances back
-            (otherwise settings are plain dicts).
+          hparams: the settings' class. By default it is the recorded class when
+            its module is already imported and its declaration unchanged, else a
+            class rebuilt from the saved declaration (same name, fields, rules);
+            either way the settings are ``HParams``, as in a fresh result.
 
         Raises:
           FormatError: a missing, truncated, tampered or pickled file, or one
@@ -740,13 +745,26 @@ class SweepResult:
         if not isinstance(test_reads, list):
             raise FormatError(f"{js}: field `test_reads` is a {type(test_reads).__name__}, "
                               "expected a list")
-        if hparams is not None:
+        if hparams is None:
             try:
-                settings = [hparams.from_dict(d) for d in settings]
-            except (HParamsError, TypeError) as e:
-                raise FormatError(f"{js}: a setting does not fit {hparams.__qualname__} "
-                                  f"(a field renamed or removed since it was saved?): "
-                                  f"{e}") from e
+                hparams = class_from_declaration(need(meta, "hparams_declaration", js, dict))
+            except ValueError as e:
+                raise FormatError(f"{js}: field `hparams_declaration`: {e}") from e
+        try:
+            names = list(hparams.fields())
+            unknown = sorted({k for d in settings for k in d} - set(names))
+            if unknown:
+                raise ValueError("unknown field(s) " + ", ".join(f"`{k}`" for k in unknown)
+                                 + f"; its fields are {names}")
+            statics = set(hparams.static_names())
+            settings = SettingsTable(hparams, {
+                n: column_of([_tupled(d.get(n)) for d in settings]) if n in statics
+                else [d.get(n) for d in settings]
+                for n in names if any(n in d for d in settings)}, n=len(settings))
+        except (HParamsError, TypeError, ValueError) as e:
+            raise FormatError(f"{js}: a setting does not fit {hparams.__qualname__} "
+                              f"(a field renamed or removed since it was saved?): "
+                              f"{e}") from e
         val = {k[4:]: v for k, v in arrays.items() if k.startswith("val/")}
         val_curve = {k[10:]: v for k, v in arrays.items() if k.startswith("val_curve/")}
         key = None
@@ -788,3 +806,8 @@ class SweepResult:
                 f"{int(np.sum(st == OK))} ok, {int(np.sum(st == DIVERGED))} diverged, "
                 f"{int(np.sum(st == FAILED))} failed; {len(self.groups)} groups, "
                 f"compile {self.compile_seconds:.2f}s, run {self.run_seconds:.2f}s)")
+
+
+def _tupled(v: Any) -> Any:
+    """A static value read from JSON: lists back to the tuples they were."""
+    return tuple(_tupled(x) for x in v) if isinstance(v, list) else v

@@ -125,9 +125,42 @@ def test_load_of_a_file_lacking_a_field_names_the_file_and_the_field(two_results
             d["lr"] = d.pop("learning_rate")
 
     _rewrite(tmp_path / "r", tmp_path / "old_class", change_meta=rename_field)
-    assert len(jaxhp.SweepResult.load(tmp_path / "old_class").settings) == 3  # as dicts
-    with pytest.raises(jaxhp.FormatError, match=r"(?s)old_class.json: a setting does not fit "
-                       r"LinearHP.*`lr`"):
-        jaxhp.SweepResult.load(tmp_path / "old_class", hparams=models.LinearHP)
+    for hparams in (None, models.LinearHP):  # the recorded declaration, or the class given
+        with pytest.raises(jaxhp.FormatError, match=r"(?s)old_class.json: a setting does not "
+                           r"fit LinearHP.*`lr`"):
+            jaxhp.SweepResult.load(tmp_path / "old_class", hparams=hparams)
     header = json.loads((tmp_path / "r.json").read_text())
     assert header["meta"]["test_reads"] == []
+
+
+def test_settings_are_one_type_fresh_or_loaded(two_results, tmp_path):
+    r1, _ = two_results
+    r1.save(tmp_path / "r")
+    back = jaxhp.SweepResult.load(tmp_path / "r")  # LinearHP's module is imported: itself
+    assert all(type(s) is models.LinearHP for s in back.settings)
+    assert back.settings == r1.settings and back.table == r1.table
+
+    def moved(meta):  # the class's module is not imported in this process
+        meta["hparams_declaration"]["module"] = "my_project.not_imported"
+
+    _rewrite(tmp_path / "r", tmp_path / "moved", change_meta=moved)
+    other = jaxhp.SweepResult.load(tmp_path / "moved")
+    cls = type(other.setting(0))
+    assert issubclass(cls, jaxhp.HParams) and cls is not models.LinearHP
+    assert cls.__qualname__ == "LinearHP" and all(type(s) is cls for s in other.settings)
+    assert cls.declaration()["fields"] == models.LinearHP.declaration()["fields"]
+    assert [s.to_dict() for s in other.settings] == [s.to_dict() for s in r1.settings]
+    assert other.best("mse").index == r1.best("mse").index
+    with pytest.raises(jaxhp.HParamsError, match="learning_rate"):  # the rules came along
+        cls(learning_rate=-1.0)
+    assert cls.static_names() == models.LinearHP.static_names()
+
+
+def test_adaptive_results_keep_their_settings_as_columns(diabetes):
+    space = jaxhp.random(4, seed=0, learning_rate=jaxhp.loguniform(1e-3, 0.3))
+    sh = jaxhp.successive_halving(MODEL, space, diabetes, key=KEY, base=BASE, min_steps=5,
+                                  max_steps=20, eta=2, metric="mse")
+    cols = space.table(models.LinearHP, base=BASE).columns
+    np.testing.assert_array_equal(sh.table.columns["learning_rate"], cols["learning_rate"])
+    assert sorted(set(sh.table.columns["steps"].tolist())) == [5, 10, 20]  # steps trained
+    assert all(type(s) is models.LinearHP for s in sh.settings)
