@@ -17,7 +17,6 @@ import numpy as np
 
 from jaxhp._data import Split
 from jaxhp._hparams import (
-    HParams,
     HParamsError,
     class_from_declaration,
     column_of,
@@ -33,6 +32,7 @@ from jaxhp._record import (
     group_info,
     unflatten_params,
 )
+from jaxhp._refit import member_params, test_runs
 from jaxhp._table import SettingsTable
 from jaxhp._version import versions
 
@@ -564,26 +564,15 @@ class SweepResult:
                 raise ValueError("this result was loaded from disk with its parameters: "
                                  "pass `model=` so they can be put back into the "
                                  "model's parameter structure")
-            structure = jax.eval_shape(model.init, jax.random.key(0), self._hp(index))
+            structure = jax.eval_shape(model.init, jax.random.key(0), self.setting(index))
             tree = unflatten_params(structure, saved[0], saved[1], index)
             return jax.tree_util.tree_map(lambda a: a[seed], tree)
         if self.SAVES_PARAMS:
             raise ValueError(f"{type(self).__name__}: the parameters of setting {index} "
                              "were not kept, and they cannot be retrained from its final "
                              "setting alone")
-        from jaxhp._train import train
-
         model, split, key = self._context(model, split)
-        run = train(model, self._hp(index), split,
-                    key=jax.random.fold_in(key, int(self.seed_ids[seed])))
-        return run.state.params
-
-    def _hp(self, index: int) -> HParams:
-        s = self.setting(index)
-        if not isinstance(s, HParams):
-            raise TypeError("settings were loaded without their class; pass "
-                            "`hparams=YourHParams` to SweepResult.load")
-        return s
+        return member_params(model, self.setting(index), split, key, self.seed_ids[seed])
 
     def _context(self, model, split):
         model = model if model is not None else self._model
@@ -617,26 +606,10 @@ class SweepResult:
           >>> report.metrics["mse"]
         """
         self._check_test_unread(allow_repeat)
-        from jaxhp._train import evaluate, train
-
         model, split, key = self._context(model, split)
         sel = self.best(metric, mode)
-        hp = self._hp(sel.index)
-        train_part = split.train
-        if refit:
-            train_part = jax.tree_util.tree_map(
-                lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]),
-                split.train, split.val)
-        fit_split = Split(train_part, split.val, split.test)
-        per_seed: dict[str, list] = {}
-        params = []
-        for s in self.seed_ids:
-            run = train(model, hp, fit_split, key=jax.random.fold_in(key, int(s)))
-            m = evaluate(model, run.state.params, hp, split.test)
-            params.append(run.state.params)
-            for k, v in m.items():
-                per_seed.setdefault(k, []).append(float(v))
-        arrays = {k: np.asarray(v) for k, v in per_seed.items()}
+        arrays, params = test_runs(model, self.setting(sel.index), split, key, self.seed_ids,
+                                   refit)
         report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
                             refit, params)
         self._record_test_read(report)
@@ -659,7 +632,7 @@ class SweepResult:
         self.test_reads.append({
             "metric": sel.metric, "mode": sel.mode, "refit": bool(report.refit),
             "index": int(sel.index),
-            "setting": setting.to_dict() if isinstance(setting, HParams) else dict(setting),
+            "setting": setting.to_dict(),
             "val": float(sel.value),
             "metrics": {k: float(v) for k, v in report.metrics.items()},
             "per_seed": {k: [float(x) for x in np.asarray(v)]

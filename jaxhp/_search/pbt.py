@@ -32,6 +32,7 @@ from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._io import FormatError
 from jaxhp._model import model_fingerprint
+from jaxhp._refit import test_metrics
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._search.common import build, check_int, check_metric
 from jaxhp._train import Run, check_key, resolve_loop
@@ -110,17 +111,10 @@ class PBTResult(SweepResult):
                              "from a schedule of hyperparameters and copies; retrain "
                              "with `result.ancestry(i)` yourself if you need it")
         self._check_test_unread(allow_repeat)  # a loaded result remembers its reads
-        from jaxhp._train import evaluate
-
         model, split, _ = self._context(model, split)
         sel: Selection = self.best(metric, mode)
-        hp = self._hp(sel.index)
         params = [self.params(sel.index, s, model=model) for s in range(self.n_seeds)]
-        per_seed = {}
-        for p in params:
-            for k, v in evaluate(model, p, hp, split.test).items():
-                per_seed.setdefault(k, []).append(float(v))
-        arrays = {k: np.asarray(v) for k, v in per_seed.items()}
+        arrays = test_metrics(model, self.setting(sel.index), params, split)
         report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
                             False, params)
         self._record_test_read(report)

@@ -1,0 +1,47 @@
+"""Retraining one chosen setting alone: a member's parameters, and the one test read.
+
+A result is a record of what a search computed; when it did not keep a
+member's parameters, or when the chosen setting is tested, the setting is
+trained again here, alone, with the member's own key ``fold_in(key, seed)``
+(equal to the search's member within float tolerance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from jaxhp._data import Split
+from jaxhp._hparams import HParams
+from jaxhp._model import Model
+from jaxhp._train import evaluate, train
+
+
+def member_params(model: Model, hp: HParams, split: Split, key: jax.Array, seed: int):
+    """The trained parameters of member ``(hp, seed)``, retrained alone."""
+    return train(model, hp, split, key=jax.random.fold_in(key, int(seed))).state.params
+
+
+def test_runs(model: Model, hp: HParams, split: Split, key: jax.Array,
+              seed_ids: Sequence[int], refit: bool) -> tuple[dict, list]:
+    """Trains ``hp`` with every seed (on train, or train + validation when ``refit``)
+    and evaluates each on the test part: ``({metric: per-seed array}, params)``."""
+    train_part = split.train
+    if refit:
+        train_part = jax.tree_util.tree_map(
+            lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), split.train,
+            split.val)
+    fit_split = Split(train_part, split.val, split.test)
+    params = [member_params(model, hp, fit_split, key, s) for s in seed_ids]
+    return test_metrics(model, hp, params, split), params
+
+
+def test_metrics(model: Model, hp: HParams, params: Sequence, split: Split) -> dict:
+    """``{metric: per-seed array}`` of trained ``params`` (one per seed) on the test part."""
+    per_seed: dict[str, list] = {}
+    for p in params:
+        for k, v in evaluate(model, p, hp, split.test).items():
+            per_seed.setdefault(k, []).append(float(v))
+    return {k: np.asarray(v) for k, v in per_seed.items()}
