@@ -37,7 +37,7 @@ from jaxhp._hparams import HParams, HParamsError, stack
 from jaxhp._model import Model, ModelError, metrics_fn
 from jaxhp._record import GroupInfo
 from jaxhp._table import SettingsTable
-from jaxhp._train import LoopConfig, Run, eval_steps, validate
+from jaxhp._train import LoopConfig, Run, check_model_data, eval_steps, validate
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 # On a CPU, automatic chunks also keep their estimated working set (member_bytes x
@@ -496,9 +496,10 @@ def validate_groups(model: Model, firsts: Sequence[HParams], split,
     """
     failures: dict[int, str] = {}
     errors: list[BaseException] = []
+    check_model_data(model, split)  # once for every group (the search ran check_split)
     for gi, first in enumerate(firsts):
         try:
-            validate(model, first, split)
+            validate(model, first, split, data_checked=True)
         except (ModelError, DataError, HParamsError):
             raise
         except Exception as e:  # noqa: BLE001 - a user function failed for this group

@@ -246,16 +246,21 @@ def resolve_loop(hp: HParams, n_train: int, eval_every: int | None,
     return LoopConfig(steps, batch_size, eval_every or None, loss_every or None)
 
 
-def validate(model: Model, hp: HParams, split: Split) -> None:
-    """Checks data and model functions once per (model, statics, shapes)."""
+def validate(model: Model, hp: HParams, split: Split, data_checked: bool = False) -> None:
+    """Checks data and model functions once per (model, statics, shapes).
+
+    ``data_checked``: the caller has already checked this split (``check_split``
+    and the model's data check), e.g. once for all the static groups of a search.
+    """
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be a jaxhp.HParams instance, got {type(hp).__name__}")
     if model.hparams is not None and not isinstance(hp, model.hparams):
         raise TypeError(f"the setting is a {type(hp).__qualname__}, but model "
                         f"{model.name!r} takes {model.hparams.__qualname__}: build the "
                         f"settings from {model.hparams.__qualname__} (or its subclass)")
-    check_split(split)
-    check_model_data(model, split)
+    if not data_checked:
+        check_split(split)
+        check_model_data(model, split)
     one = hp[0] if hp.batch_shape else hp
     batch = abstract_batch(split.train)
     key = (model, jax.tree_util.tree_structure(one),
