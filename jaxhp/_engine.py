@@ -5,7 +5,7 @@ mechanism it runs on lives here, once:
 
 - the arguments are validated once (:func:`check_seeds`, :func:`check_chunking`,
   :func:`jaxhp._train.check_key`), before anything compiles;
-- settings are grouped by their static part (:func:`group_settings`), and each
+- settings are columns grouped by their static part (:func:`table_from`), and each
   group's population is cut into chunks sized to a memory budget
   (:func:`member_bytes`, :func:`plan_chunks`);
 - a chunk's population axis is padded to a multiple of the devices and sharded
@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxhp import _population as population
 from jaxhp._data import DataError
-from jaxhp._hparams import HParams, HParamsError, stack
+from jaxhp._hparams import HParams, HParamsError
 from jaxhp._model import Model, ModelError, metrics_fn
 from jaxhp._record import GroupInfo
 from jaxhp._table import SettingsTable
@@ -48,28 +48,6 @@ DEFAULT_CACHE_BUDGET = 64 * 2**20
 # at 512-1,024 settings per chunk: the (chunk, n_train) temporaries of a step stay
 # in the cores' L2 caches; 2,048 was 8-14% slower (bench/, max_chunk sweep).
 DEFAULT_MAX_CHUNK = 512
-
-
-def settings_from(space, model: Model, base: HParams | None,
-                  caller: str = "sweep") -> list[HParams]:
-    """The settings of a space, a list of settings, or a (batched) setting."""
-    if isinstance(space, HParams):
-        space = [space[i] for i in range(len(space))] if space.batch_shape else [space]
-    if isinstance(space, (list, tuple)):
-        settings = list(space)
-        for i, s in enumerate(settings):
-            if not isinstance(s, HParams) or s.batch_shape:
-                raise TypeError(f"{caller}(): settings[{i}] must be one HParams setting, "
-                                f"got {s!r}")
-        return settings
-    if not hasattr(space, "settings"):
-        raise TypeError(f"{caller}(): expected a search space, a list of HParams or a "
-                        f"batched HParams, got {type(space).__name__}")
-    cls = type(base) if base is not None else model.hparams
-    if cls is None:
-        raise ValueError(f"{caller}(): the model has no `hparams` class; pass "
-                         "`base=YourHParams(...)` or a list of settings")
-    return space.settings(cls, base=base)
 
 
 def table_from(space, model: Model, base: HParams | None,
@@ -137,14 +115,6 @@ def check_chunking(chunk_size, memory_budget, max_chunk) -> None:
 
 class GroupFailed(Exception):
     """A static group whose model functions failed during validation."""
-
-
-def group_settings(settings: Sequence[HParams]) -> list[list[int]]:
-    """Indices of the settings, grouped by static part, in order of first appearance."""
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(settings):
-        groups.setdefault((type(s), s.static_key()), []).append(i)
-    return list(groups.values())
 
 
 def member_bytes(model: Model, hp: HParams, cfg: LoopConfig, n_val_metrics: int,
@@ -548,22 +518,23 @@ _SEGMENT_SPECS = (POP, MEMBERS) + (SHARED,) * 6
 class Runner:
     """One static group's population on the host, run in fixed-size sharded chunks.
 
-    Holds the settings (a batched ``HParams`` whose tunable columns a policy
-    may replace), the carry of every member (leaves ``(seeds, settings,
-    ...)``, numpy), and what each member did, in dense buffers: its loss at
-    every step, its validation metrics after each segment it ran, its last
-    training objective. :meth:`run` trains any subset of members over steps
-    ``[s0, s1)`` (from scratch when ``s0 == 0``) with two compiled programs
-    (initialise; train a segment of at most ``length`` steps and evaluate),
-    whatever the subset, the segment or the tunable values. :meth:`state`
-    and :meth:`restore` save and resume all of it exactly.
+    Holds the settings (a batched ``HParams``, e.g. :meth:`SettingsTable.batch` of
+    the group's rows, whose tunable columns a policy may replace), the carry of
+    every member (leaves ``(seeds, settings, ...)``, numpy), and what each
+    member did, in dense buffers: its loss at every step, its validation
+    metrics after each segment it ran, its last training objective. :meth:`run`
+    trains any subset of members over steps ``[s0, s1)`` (from scratch when
+    ``s0 == 0``) with two compiled programs (initialise; train a segment of at
+    most ``length`` steps and evaluate), whatever the subset, the segment or
+    the tunable values; :meth:`outcome` gives what every member did as one
+    ``Run``. :meth:`state` and :meth:`restore` save and resume all of it exactly.
     """
 
-    def __init__(self, ctx: dict, settings: list[HParams], cfg: LoopConfig, chunk: int,
+    def __init__(self, ctx: dict, hp: HParams, cfg: LoopConfig, chunk: int,
                  length: int, info: GroupInfo, total_steps: int, max_evals: int):
         self.ctx, self.cfg, self.c, self.length, self.info = ctx, cfg, chunk, length, info
-        self.hp = stack(settings)
-        n, s = len(settings), len(ctx["seed_ids"])
+        self.hp = hp
+        n, s = len(hp), len(ctx["seed_ids"])
         self.shape = (n, s)
         self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
         self.loss = np.full((s, n, total_steps), np.nan, np.float32)
@@ -625,16 +596,18 @@ class Runner:
         return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
                 np.concatenate(dead_out, axis=1))
 
-    def rows(self) -> list[Run]:
-        """Per member: its outcome (leaves ``(seeds, ...)``), as the result builder takes it."""
-        out = []
-        dead = self.carry[1]
-        for i in range(self.shape[0]):
-            e, t = int(self.n_evals[i]), int(self.trained[i])
-            curve = {k: v[:, i, :e] for k, v in self.val.items()}
-            out.append(Run(None, self.train_loss[:, i], {k: v[:, -1] for k, v in curve.items()},
-                           self.loss[:, i, :t], curve, np.asarray(dead[:, i], np.int32)))
-        return out
+    def outcome(self) -> Run:
+        """Every member's outcome as one ``Run``, leaves ``(seeds, members, ...)``, from
+        the dense buffers: a member's final validation metrics are those of its last
+        evaluation; curves are NaN past what it trained (or was evaluated), cut at the
+        longest member's."""
+        last = (self.n_evals - 1)[None, :, None]
+        t, e = int(self.trained.max(initial=0)), int(self.n_evals.max(initial=0))
+        return Run(None, self.train_loss,
+                   {k: np.take_along_axis(v, last, axis=2)[:, :, 0]
+                    for k, v in self.val.items()},
+                   self.loss[:, :, :t], {k: v[:, :, :e] for k, v in self.val.items()},
+                   np.asarray(self.carry[1], np.int32))
 
     def state(self) -> dict:
         """Everything needed to continue exactly: carry leaves, tunables, buffers."""

@@ -6,6 +6,8 @@
 - :func:`encode` / :func:`decode`: a result's declared extras (dicts, lists,
   numpy arrays, numbers, strings and the records above) to ``(arrays, JSON)``
   and back, so that ``save``/``load`` keep them exactly.
+- :class:`StackedParams`: per-setting parameters read from stacked trees (one per
+  group of settings), sliced only when a setting's parameters are asked for.
 - :func:`flatten_params` / :func:`unflatten_params`: per-setting parameter
   pytrees as stacked arrays keyed by their tree paths.
 """
@@ -152,10 +154,61 @@ def group_info(d: Mapping[str, Any] | GroupInfo) -> GroupInfo:
         raise RecordError(f"a group record does not fit GroupInfo: {e}") from e
 
 
+class StackedParams(Sequence):
+    """Per-setting parameters (leaves ``(seeds, ...)``, ``None`` for a setting without
+    any) read from stacked trees, without a tree per setting.
+
+    ``parts`` are ``(rows, tree)`` pairs: ``tree``'s leaves are ``(seeds, len(rows),
+    ...)`` and column ``j`` holds the parameters of setting ``rows[j]``. Item ``i`` is
+    sliced from its part when asked for (a view, as ``a[:, j]`` gives).
+    """
+
+    def __init__(self, n: int, parts: Sequence[tuple[Any, Any]]):
+        self.part = np.full(n, -1, np.int64)
+        self.column = np.zeros(n, np.int64)
+        self.trees = []
+        for k, (rows, tree) in enumerate(parts):
+            rows = np.asarray(rows, np.int64)
+            self.part[rows] = k
+            self.column[rows] = np.arange(rows.size)
+            self.trees.append(tree)
+
+    def __len__(self) -> int:
+        return self.part.size
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        k, j = int(self.part[i]), int(self.column[i])
+        if k < 0:
+            return None
+        return jax.tree_util.tree_map(lambda a: a[:, j], self.trees[k])
+
+    def stacked(self) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
+        """As :func:`flatten_params`, scattered part by part with array indexing."""
+        present = self.part >= 0
+        if not self.trees:
+            return [], {}, present
+        leaves = jax.tree_util.tree_flatten_with_path(self.trees[0])[0]
+        paths = [jax.tree_util.keystr(k) for k, _ in leaves]
+        stacked = {}
+        for j, (path, (_, leaf)) in enumerate(zip(paths, leaves)):
+            leaf = np.asarray(leaf)
+            out = np.zeros((self.part.size, leaf.shape[0]) + leaf.shape[2:], leaf.dtype)
+            for k, tree in enumerate(self.trees):
+                out[self.part == k] = np.swapaxes(
+                    np.asarray(jax.tree_util.tree_leaves(tree)[j]), 0, 1)[
+                    self.column[self.part == k]]
+            stacked[path] = out
+        return paths, stacked, present
+
+
 def flatten_params(params: Sequence[Any]) -> tuple[list[str], dict[str, np.ndarray],
                                                     np.ndarray]:
     """Per-setting parameter pytrees (leaves ``(seeds, ...)``; ``None`` for a setting
     without parameters) as ``(paths, {path: (settings, seeds, ...)}, present)``."""
+    if isinstance(params, StackedParams):
+        return params.stacked()
     present = np.asarray([p is not None for p in params], bool)
     first = next((p for p in params if p is not None), None)
     if first is None:

@@ -26,6 +26,7 @@ from jaxhp._io import FormatError, load_pair, pair_paths, save_pair
 from jaxhp._record import (
     GroupInfo,
     RecordError,
+    StackedParams,
     decode,
     encode,
     flatten_params,
@@ -178,12 +179,10 @@ class _Builder:
         diverged_at[~done] = -1
         params = None
         if chunks and chunks[0][1].state is not None:
-            params = [None] * n
-            for idx, o in chunks:
-                for j, i in enumerate(idx):
-                    if done[i]:
-                        params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
-                                                           o.state.params)
+            params = StackedParams(n, [
+                (idx[done[idx]], jax.tree_util.tree_map(lambda a, k=done[idx]: a[:, k],
+                                                        o.state.params))
+                for idx, o in chunks])
         ctx = self.context
         devices = ctx["devices"]
         meta = {

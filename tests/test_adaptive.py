@@ -202,11 +202,40 @@ def test_halving_failing_group_is_recorded_and_the_others_run(diabetes):
                                metric="mse")
     st = r.setting_status()
     assert sorted(set(st)) == ["failed", "ok"] and (st == "failed").sum() == 3
+    assert all("no model with batches of 16" in e for e in r.errors[st == "failed"])
     assert all(r.settings[i].batch_size == 32 for i in r.rungs[0].settings)
     assert r.best("mse").setting.batch_size == 32
     with pytest.raises(RuntimeError, match="batches of 16"):
         successive_halving(model, space, diabetes, key=KEY, min_steps=10, max_steps=30,
                            metric="mse", on_error="raise")
+
+
+def test_adaptive_searches_keep_settings_as_columns(diabetes, monkeypatch):
+    """Halving and PBT over a space make no HParams object per setting: the settings
+    stay columns from the space to the device and back into the result."""
+    calls = []
+    original = LinearHP.__init__
+
+    def counted(self, **kw):
+        calls.append(1)
+        original(self, **kw)
+
+    space = jaxhp.grid(optimizer=["sgd", "adam"]) * _space(60, seed=4, high=0.3)
+    base = LinearHP(batch_size=32)
+    monkeypatch.setattr(LinearHP, "__init__", counted)
+    halving = successive_halving(MODEL, space, diabetes, key=KEY, base=base, min_steps=3,
+                                 max_steps=27, metric="mse", progress=False)
+    n_halving = len(calls)
+    population = pbt(MODEL, space, diabetes, key=KEY, base=base, steps=12, ready_every=4,
+                     metric="mse", progress=False)
+    n_pbt = len(calls) - n_halving
+    monkeypatch.setattr(LinearHP, "__init__", original)
+    # a few per static group (two groups here: validation), none per setting (120)
+    assert n_halving <= 4 and n_pbt <= 4, (n_halving, n_pbt)
+    assert len(halving.table) == len(population.table) == 120
+    i = int(np.argmax(halving.steps_trained))
+    assert halving.setting(i).steps == halving.steps_trained[i] == 27
+    assert population.setting(5).steps == 12
 
 
 # ------------------------------------------------------ population-based training

@@ -2,7 +2,7 @@
 
 The mechanism (keys, vmap nesting, scoring, chunks, devices, compile cache)
 lives in :mod:`jaxhp._population` and :mod:`jaxhp._engine`; this module only
-checks a search's own arguments and turns its per-setting rows into a result.
+checks a search's own arguments and turns its groups' outcomes into a result.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from jaxhp._data import Split
 from jaxhp._hparams import HParams, did_you_mean
 from jaxhp._model import Model, metrics_fn
 from jaxhp._result import SelectionError, SweepResult, metric_name
-from jaxhp._train import Run
+from jaxhp._table import SettingsTable
 
 
 def check_int(name: str, v, low: int, high: int | None = None, why: str = "") -> int:
@@ -39,31 +39,34 @@ def check_metric(model: Model, hp: HParams, split: Split, metric: str) -> str:
     return name
 
 
-def row(train_loss, val: dict, loss_curve, val_curve: dict, dead_at) -> Run:
-    """One setting's outcome, leaves ``(seeds, ...)``, as the sweep builder takes it."""
-    return Run(None, np.asarray(train_loss), {k: np.asarray(v) for k, v in val.items()},
-               np.asarray(loss_curve, np.float32),
-               {k: np.asarray(v, np.float32) for k, v in val_curve.items()},
-               np.asarray(dead_at, np.int32))
+def group_firsts(table: SettingsTable) -> list[HParams]:
+    """One setting per static group (its first row): the only ``HParams`` a search makes
+    before its result is asked for one."""
+    return [table.batch(table.rows(g)[:1])[0] for g in range(table.n_groups)]
 
 
-def build(settings: Sequence[HParams], seed_ids, rows: Sequence[Run], groups: list,
-          *, model: Model, split: Split, key, search: dict, params=None,
-          result_cls=SweepResult, group_of=None, failed=(), **extras) -> SweepResult:
-    """A :class:`SweepResult` (or subclass, with its declared ``extras``) from
-    per-setting rows; ``failed`` lists ``(rows, message)`` of failed groups."""
-    builder = SweepResult.builder(list(settings), seed_ids, model=model, split=split,
-                                  key=key, devices=jax.local_devices()[:1])
-    for i, r in enumerate(rows):
-        builder.add([i], jax.tree_util.tree_map(lambda a: a[:, None], r), 1,
-                    group=None if group_of is None else int(group_of[i]))
+def replace_columns(table: SettingsTable, **columns) -> SettingsTable:
+    """``table`` with some columns replaced (one value per row), validated once per field."""
+    return SettingsTable(table.cls, {**table.columns, **columns})
+
+
+def build(table: SettingsTable, seed_ids, outcomes: Sequence[tuple], groups: list, *,
+          model: Model, split: Split, key, search: dict, params=None,
+          result_cls=SweepResult, failed: Sequence[tuple] = (), **extras) -> SweepResult:
+    """A :class:`SweepResult` (or subclass, with its declared ``extras``) of the rows of
+    ``table``: each static group's outcome is added at once, ``outcomes`` holding
+    ``(group, rows, Run)`` with leaves ``(seeds, len(rows), ...)``; ``failed`` holds
+    ``(group, rows, message)`` of the groups that failed."""
+    builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
+                                  devices=jax.local_devices()[:1])
+    for gi, rows, run in outcomes:
+        builder.add(rows, run, len(rows), group=gi)
+    for gi, rows, msg in failed:
+        builder.fail(rows, msg, group=gi)
     builder.groups.extend(groups)
     res = builder.build()
     res.meta["search"] = search
-    for members, msg in failed:
-        res.errors[members] = msg
-        res.status[members] = "failed"
-    return result_cls(settings=res.settings, seed_ids=res.seed_ids, status=res.status,
+    return result_cls(settings=res.table, seed_ids=res.seed_ids, status=res.status,
                       diverged_at=res.diverged_at, train_loss=res.train_loss, val=res.val,
                       loss_curve=res.loss_curve, val_curve=res.val_curve,
                       errors=res.errors, groups=res.groups, meta=res.meta, params=params,

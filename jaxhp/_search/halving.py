@@ -36,7 +36,13 @@ from jaxhp._io import FormatError
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import Rung
 from jaxhp._result import SweepResult, resolve_direction
-from jaxhp._search.common import build, check_int, check_metric, row
+from jaxhp._search.common import (
+    build,
+    check_int,
+    check_metric,
+    group_firsts,
+    replace_columns,
+)
 from jaxhp._train import check_key, resolve_loop
 
 
@@ -159,34 +165,42 @@ def _halve(group: engine.Runner, brackets: list, eta: int, metric: str, mode: st
 
 def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
              devices, chunk_size, memory_budget, max_chunk, on_error, who):
-    """Validates everything once, before anything compiles; groups by static part."""
+    """Validates everything once, before anything compiles; groups by static part.
+
+    The settings stay columns: ``max_steps`` replaces the ``steps`` column."""
     if on_error not in ("record", "raise"):
         raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
     seed_ids = engine.check_seeds(seeds)
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     check_int("eta", eta, 2, why=" (keep the best 1/eta of each rung)")
     check_int("min_steps", min_steps, 1)
-    settings = engine.settings_from(space, model, base, who)
-    if not settings:
+    table = engine.table_from(space, model, base, who)
+    if not len(table):
         raise ValueError(f"{who}(): the space has no settings")
     n_train = check_split(split)[0]
-    for s in {type(s): s for s in settings}.values():
-        resolve_loop(s, n_train, None, None)  # a static `steps`, a valid batch size
+    for first in group_firsts(table):
+        resolve_loop(first, n_train, None, None)  # a static `steps`, a valid batch size
     if max_steps is not None:
         check_int("max_steps", max_steps, 1)
-        settings = [s.replace(steps=max_steps) for s in settings]
-    for s in settings:
-        if min_steps > s.steps:
-            raise ValueError(f"`min_steps`={min_steps} exceeds `max_steps`={s.steps}: the "
-                             "first rung must not train longer than the last")
-    groups = engine.group_settings(settings)
-    firsts = [settings[idx[0]] for idx in groups]
+        table = replace_columns(table, steps=np.full(len(table), max_steps))
+    steps = table.columns["steps"]
+    if (min_steps > steps).any():
+        raise ValueError(f"`min_steps`={min_steps} exceeds `max_steps`="
+                         f"{steps[np.argmax(min_steps > steps)]}: the first rung must not "
+                         "train longer than the last")
+    groups = [table.rows(g) for g in range(table.n_groups)]
+    firsts = group_firsts(table)
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
-    healthy = [g for gi, g in enumerate(groups) if gi not in failures]
+    healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:
-        metric = check_metric(model, settings[healthy[0][0]], split, metric)
+        metric = check_metric(model, firsts[healthy[0]], split, metric)
     mode = resolve_direction(model.directions, metric, mode)
-    return seed_ids, settings, groups, failures, errors, metric, mode
+    return seed_ids, table, groups, firsts, failures, errors, metric, mode
+
+
+def _used(brackets) -> np.ndarray:
+    """The group-local members any bracket trains, ascending."""
+    return np.unique(np.concatenate([np.asarray(m, np.int64) for m, _ in brackets]))
 
 
 def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, base,
@@ -197,7 +211,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     ``plan(n, budgets_fn)`` gives a group's brackets as ``(members, budgets)``.
     """
     key = check_key(key)
-    seed_ids, settings, groups, failures, errors, metric, mode = _prepare(
+    seed_ids, table, groups, firsts, failures, errors, metric, mode = _prepare(
         model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
         devices, chunk_size, memory_budget, max_chunk, on_error, who)
     devices, mesh = engine.mesh_for(devices)
@@ -205,17 +219,17 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
               "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
     ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
-    brackets_of = [plan(len(idx), settings[idx[0]].steps) for idx in groups]
-    plans: dict[int, tuple] = {}  # group -> (cfg, used, length, chunk), before anything runs
+    brackets_of = [plan(len(idx), firsts[gi].steps) for gi, idx in enumerate(groups)]
+    plans: dict[int, tuple] = {}  # group -> (cfg, length, chunk), before anything runs
     infos = []
-    for gi, idx in enumerate(groups):
-        first = settings[idx[0]]
+    for gi, first in enumerate(firsts):
         cfg = resolve_loop(first, n_train, None, None)
         brackets = brackets_of[gi]
-        used = sorted({int(i) for members, _ in brackets for i in members})
+        used = _used(brackets)
         sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
         length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
-        infos.append(engine.new_group_info(first.statics(), len(used), 0, 0, first.steps, []))
+        infos.append(engine.new_group_info(dict(table.group_statics[gi]), len(used), 0, 0,
+                                           first.steps, []))
         if gi in failures:
             continue
         try:
@@ -228,54 +242,47 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
             continue
         cap = engine.plan_chunks(max(sizes), len(seed_ids), per + 4 * length, len(devices),
                                  None, memory_budget, max_chunk)
-        plans[gi] = (cfg, used, length, search_chunk(sizes, cap, len(devices), chunk_size))
+        plans[gi] = (cfg, length, search_chunk(sizes, cap, len(devices), chunk_size))
     bar = engine.progress_bar(sum(len(b) for gi in plans for _, b in brackets_of[gi]),
                               progress, desc=who)
     ckpt = None
     if checkpoint_dir is not None:
-        healthy = [groups[gi][0] for gi in plans]
         search_args = {"search": who, "min_steps": min_steps, "eta": eta, "metric": metric,
                        "mode": mode, "max_steps": max_steps}
         try:
             ckpt = Checkpoint(checkpoint_dir, fingerprint(
-                space=space, settings=settings,
-                model_fp=model_fingerprint(model, [settings[i] for i in healthy],
+                space=space, settings=table,
+                model_fp=model_fingerprint(model, [firsts[gi] for gi in plans],
                                            split.train),
                 split=split, seed_ids=seed_ids, key=key, loop=search_args,
-                plan=[[len(groups[gi]), plans[gi][3]] for gi in sorted(plans)]),
+                plan=[[len(groups[gi]), plans[gi][2]] for gi in sorted(plans)]),
                 overwrite=overwrite)
         except BaseException:
             if bar is not None:
                 bar.close()
             raise
-    builder_groups, rungs, rows, trained = [], [], [None] * len(settings), \
-        np.zeros(len(settings), np.int64)
-    failed_rows: list[tuple[list[int], str]] = []
-    group_of = np.full(len(settings), -1, np.int64)
+    builder_groups, rungs, outcomes, failed = [], [], [], []
+    trained = np.zeros(len(table), np.int64)
     try:
         for gi, idx in enumerate(groups):
-            group_of[idx] = gi
             info = infos[gi]
-            used = sorted({int(i) for members, _ in brackets_of[gi] for i in members})
+            rows = idx[_used(brackets_of[gi])]  # the group's used rows of the table
             try:
                 if gi not in plans:
                     raise engine.GroupFailed(failures[gi])
-                cfg, used, length, c = plans[gi]
+                cfg, length, c = plans[gi]
                 info.chunk_size = c
                 brackets = brackets_of[gi]
-                group = engine.Runner(ctx, [settings[idx[i]] for i in used], cfg, c, length,
-                                      info, total_steps=settings[idx[0]].steps,
+                group = engine.Runner(ctx, table.batch(rows), cfg, c, length, info,
+                                      total_steps=firsts[gi].steps,
                                       max_evals=max(len(b) for _, b in brackets))
-                pos = {u: j for j, u in enumerate(used)}
-                local = [(np.asarray([pos[int(i)] for i in members]), budgets)
+                local = [(np.searchsorted(_used(brackets), np.asarray(members)), budgets)
                          for members, budgets in brackets]
                 for rg in _halve(group, local, eta, metric, mode, gi, bar, ckpt):
-                    rg.settings = np.asarray([idx[used[j]] for j in rg.settings], np.int64)
-                    rg.promoted = np.asarray([idx[used[j]] for j in rg.promoted], np.int64)
+                    rg.settings, rg.promoted = rows[rg.settings], rows[rg.promoted]
                     rungs.append(rg)
-                for j, r in enumerate(group.rows()):
-                    rows[idx[used[j]]] = r
-                    trained[idx[used[j]]] = group.trained[j]
+                outcomes.append((gi, rows, group.outcome()))
+                trained[rows] = group.trained
                 info.n_chunks = info.chunks_computed
             except KeyboardInterrupt:
                 if ckpt is not None:
@@ -293,7 +300,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                 if not isinstance(e, engine.GroupFailed):
                     errors.append(e)
                 info.error = msg
-                failed_rows.append(([idx[i] for i in used], msg))
+                failed.append((gi, rows, msg))
             builder_groups.append(info)
     finally:
         if bar is not None:
@@ -301,43 +308,36 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
         if ckpt is not None:
             ckpt.close()
     engine.report_failures(builder_groups, errors)
-    keep = [i for i, r in enumerate(rows) if r is not None or
-            any(i in f for f, _ in failed_rows)]
-    return settings, seed_ids, rows, trained, builder_groups, rungs, keep, failed_rows, \
-        metric, mode, key, group_of
+    return table, seed_ids, outcomes, failed, trained, builder_groups, rungs, metric, mode, \
+        key
 
 
-def _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-            failed_rows, search, group_of):
-    """The result: one row per setting the search used (in space order)."""
-    pos = {i: j for j, i in enumerate(keep)}
-    template = next((r for r in rows if r is not None), None)
-    final, out_rows = [], []
-    for i in keep:
-        s = settings[i]
-        final.append(s.replace(steps=int(trained[i])) if trained[i] else s)
-        out_rows.append(rows[i] if rows[i] is not None else _failed_row(template,
-                                                                        len(seed_ids)))
+def _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups, rungs,
+            search):
+    """The result: one row per setting the search used (in space order), whose ``steps``
+    is the steps it trained (kept when it trained none).
+
+    Rows are renumbered with an inverse index (row of the space -> row of the result);
+    the final settings are columns: the used rows with their ``steps`` column replaced.
+    """
+    used = np.zeros(len(table), bool)
+    for _, rows, *_ in (*outcomes, *failed):
+        used[rows] = True
+    keep = np.flatnonzero(used)
+    pos = np.full(len(table), -1, np.int64)
+    pos[keep] = np.arange(keep.size)
+    steps = table.columns["steps"][keep]
+    final = replace_columns(table.take(keep),
+                            steps=np.where(trained[keep] > 0, trained[keep], steps))
     search["train_steps"] = int(sum(r.train_steps for r in rungs))
-    search["full_sweep_train_steps"] = int(sum(len(seed_ids) * settings[i].steps
-                                               for i in keep))
+    search["full_sweep_train_steps"] = int(len(seed_ids) * steps.sum())
     for r in rungs:
-        r.settings = np.asarray([pos[int(i)] for i in r.settings], np.int64)
-        r.promoted = np.asarray([pos[int(i)] for i in r.promoted], np.int64)
-    result = build(final, seed_ids, out_rows, groups, model=model, split=split, key=key,
-                   search=search, result_cls=HalvingResult,
-                   group_of=[group_of[i] for i in keep], failed=[
-                       ([pos[i] for i in members], msg) for members, msg in failed_rows],
-                   rungs=rungs,
-                   steps_trained=np.asarray([trained[i] for i in keep], np.int64))
-    return result
-
-
-def _failed_row(template, n_seeds):
-    nan = np.full((n_seeds,), np.nan, np.float32)
-    val = {} if template is None else {k: nan for k in template.val}
-    curve = {} if template is None else {k: nan[:, None] for k in template.val}
-    return row(nan, val, nan[:, None], curve, np.full((n_seeds,), -1, np.int32))
+        r.settings, r.promoted = pos[r.settings], pos[r.promoted]
+    return build(final, seed_ids, [(gi, pos[rows], run) for gi, rows, run in outcomes],
+                 groups, model=model, split=split, key=key, search=search,
+                 result_cls=HalvingResult,
+                 failed=[(gi, pos[rows], msg) for gi, rows, msg in failed],
+                 rungs=rungs, steps_trained=trained[keep])
 
 
 _ENGINE_ARGS = """devices: devices to shard each chunk over (default: all local).
@@ -438,20 +438,18 @@ def successive_halving(
         budgets = rung_budgets(min_steps, steps, eta)
         return [(np.arange(n), budgets)]
 
-    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key, \
-        group_of = \
+    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="successive_halving", plan=plan,
                 checkpoint_dir=checkpoint_dir, overwrite=overwrite)
-    steps = sorted({settings[i].steps for i in keep})
-    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-                   failed, group_of=group_of,
-                   search={"method": "successive_halving", "eta": eta,
-                           "min_steps": min_steps, "max_steps": max(steps),
-                           "budgets": rung_budgets(min_steps, max(steps), eta),
-                           "metric": metric, "mode": mode})
+    steps = int(table.columns["steps"].max())
+    return _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups,
+                   rungs, search={"method": "successive_halving", "eta": eta,
+                                  "min_steps": min_steps, "max_steps": steps,
+                                  "budgets": rung_budgets(min_steps, steps, eta),
+                                  "metric": metric, "mode": mode})
 
 
 successive_halving.__doc__ = successive_halving.__doc__.replace("{engine}", _ENGINE_ARGS)
@@ -522,18 +520,16 @@ def hyperband(
             offset += n_b
         return out
 
-    settings, seed_ids, rows, trained, groups, rungs, keep, failed, metric, mode, key, \
-        group_of = \
+    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="hyperband", plan=plan,
                 checkpoint_dir=checkpoint_dir, overwrite=overwrite)
-    steps = max(settings[i].steps for i in keep)
-    return _finish(model, split, key, seed_ids, settings, rows, trained, groups, rungs, keep,
-                   failed, group_of=group_of,
-                   search={"method": "hyperband", "eta": eta, "min_steps": min_steps,
-                           "max_steps": steps,
-                           "brackets": [[n, b] for n, b in hyperband_brackets(
-                               min_steps, steps, eta)],
-                           "metric": metric, "mode": mode})
+    steps = int(table.columns["steps"].max())
+    return _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups,
+                   rungs, search={"method": "hyperband", "eta": eta, "min_steps": min_steps,
+                                  "max_steps": steps,
+                                  "brackets": [[n, b] for n, b in hyperband_brackets(
+                                      min_steps, steps, eta)],
+                                  "metric": metric, "mode": mode})

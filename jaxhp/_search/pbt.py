@@ -32,10 +32,17 @@ from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._io import FormatError
 from jaxhp._model import model_fingerprint
+from jaxhp._record import StackedParams
 from jaxhp._refit import test_metrics
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
-from jaxhp._search.common import build, check_int, check_metric
-from jaxhp._train import Run, check_key, resolve_loop
+from jaxhp._search.common import (
+    build,
+    check_int,
+    check_metric,
+    group_firsts,
+    replace_columns,
+)
+from jaxhp._train import check_key, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.
@@ -305,12 +312,12 @@ def pbt(
     seed_ids = engine.check_seeds(seeds)
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     key = check_key(key)
-    settings = engine.settings_from(space, model, base, "pbt")
+    table = engine.table_from(space, model, base, "pbt")
     n_train = check_split(split)[0]
-    for s in {type(s): s for s in settings}.values():
-        resolve_loop(s, n_train, None, None)  # a static `steps`, a valid batch size
+    for first in group_firsts(table):
+        resolve_loop(first, n_train, None, None)  # a static `steps`, a valid batch size
     if steps is None:
-        all_steps = sorted({s.steps for s in settings})
+        all_steps = np.unique(table.columns["steps"]).tolist()
         if len(all_steps) > 1:
             raise ValueError(f"pbt(): the settings vary `steps` ({all_steps}); the "
                              "population's ready points need one horizon: pass `steps=`")
@@ -320,21 +327,18 @@ def pbt(
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
         raise ValueError(f"`fraction`={fraction!r}: must be in (0, 0.5] (the bottom "
                          "fraction copies from the top fraction)")
-    settings = [s.replace(steps=steps) for s in settings]
-    groups = engine.group_settings(settings)
+    table = replace_columns(table, steps=np.full(len(table), steps))
+    groups = [table.rows(g) for g in range(table.n_groups)]
     small = [len(idx) for idx in groups if len(idx) < 2]
     if small:
         raise ValueError(f"pbt(): a population (a static group) has {small[0]} setting; "
                          "exploit needs at least 2 per static group")
-    specs = {}
-    for idx in groups:
-        cls = type(settings[idx[0]])
-        specs[cls] = _explore_spec(cls, fields, perturb)
-    firsts = [settings[idx[0]] for idx in groups]
+    spec, factors = _explore_spec(table.cls, fields, perturb)
+    firsts = group_firsts(table)
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
-    healthy = [g for gi, g in enumerate(groups) if gi not in failures]
+    healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:
-        metric = check_metric(model, settings[healthy[0][0]], split, metric)
+        metric = check_metric(model, firsts[healthy[0]], split, metric)
     mode = resolve_direction(model.directions, metric, mode)
     devices, mesh = engine.mesh_for(devices)
     shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
@@ -342,10 +346,9 @@ def pbt(
     ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
     stream = jax.random.fold_in(key, _STREAM)
     n_segments = math.ceil(steps / ready_every)
-    n = len(settings)
-    rows: list = [None] * n
-    final: list = list(settings)
-    params: list = [None] * n
+    n = len(table)
+    final = {name: np.array(col) for name, col in table.tunables().items()}
+    params = []  # (rows, parameters with leaves (seeds, len(rows), ...)) per group
     schedule_all: dict = {}
     lineage = np.tile(np.arange(n)[:, None], (1, n_segments - 1))
     ready_value = np.full((n, n_segments - 1), np.nan)
@@ -353,7 +356,7 @@ def pbt(
     for gi, idx in enumerate(groups):
         if gi in failures:
             continue
-        first = settings[idx[0]]
+        first = firsts[gi]
         try:
             per = engine.member_bytes(model, first, resolve_loop(first, n_train, None, None),
                                       1, True)
@@ -373,8 +376,8 @@ def pbt(
                 "metric": metric, "mode": mode}
         try:
             ckpt = Checkpoint(checkpoint_dir, fingerprint(
-                space=space, settings=settings,
-                model_fp=model_fingerprint(model, [settings[groups[gi][0]] for gi in chunks],
+                space=space, settings=table,
+                model_fp=model_fingerprint(model, [firsts[gi] for gi in chunks],
                                            split.train),
                 split=split, seed_ids=seed_ids, key=key, loop=args,
                 plan=[[len(groups[gi]), chunks[gi]] for gi in sorted(chunks)]),
@@ -383,45 +386,37 @@ def pbt(
             if bar is not None:
                 bar.close()
             raise
-    infos, failed_rows = [], []
-    group_of = np.full(n, -1, np.int64)
+    infos, outcomes, failed = [], [], []
     try:
         for gi, idx in enumerate(groups):
-            group_of[idx] = gi
-            first = settings[idx[0]]
+            first = firsts[gi]
             cfg = resolve_loop(first, n_train, None, None)
-            info = engine.new_group_info(first.statics(), len(idx), 0, 0, steps,
-                                         [min(steps, ready_every * (j + 1))
-                                          for j in range(n_segments)])
+            info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), 0, 0,
+                                         steps, [min(steps, ready_every * (j + 1))
+                                                 for j in range(n_segments)])
             try:
                 if gi not in chunks:
                     raise engine.GroupFailed(failures[gi])
-                spec, factors = specs[type(first)]
                 c = info.chunk_size = chunks[gi]
-                runner = engine.Runner(ctx, [settings[i] for i in idx], cfg, c, ready_every,
-                                       info, total_steps=steps, max_evals=n_segments)
+                runner = engine.Runner(ctx, table.batch(idx), cfg, c, ready_every, info,
+                                       total_steps=steps, max_evals=n_segments)
                 n_q = max(1, int(fraction * len(idx)))
                 schedule, srcs, scores, _ = _pbt_group(
                     runner, steps, ready_every, n_q, spec, factors, metric, mode,
                     jax.random.fold_in(stream, gi) if gi else stream, bar, ckpt, gi)
                 info.n_chunks = info.chunks_computed
-                idx_arr = np.asarray(idx)
                 for j, src in enumerate(srcs):
-                    lineage[idx_arr, j] = idx_arr[src]
+                    lineage[idx, j] = idx[src]
                     sc = np.asarray(scores[j], np.float64)
-                    ready_value[idx_arr, j] = np.where(np.isfinite(sc),
-                                                       sc if mode == "min" else -sc, np.nan)
-                fields_ = type(first).fields()
+                    ready_value[idx, j] = np.where(np.isfinite(sc),
+                                                   sc if mode == "min" else -sc, np.nan)
                 for f in schedule[0]:
                     col = schedule_all.setdefault(f, np.full((n, n_segments), np.nan))
-                    col[idx_arr] = np.stack([sch[f] for sch in schedule], axis=1)
-                for j, (i, r) in enumerate(zip(idx, runner.rows())):
-                    rows[i] = r
-                    final[i] = first.replace(**{
-                        f: float(fields_[f].project(np.asarray(v)[j]))
-                        for f, v in runner.hp.tunables().items()})
-                    params[i] = jax.tree_util.tree_map(lambda a, j=j: a[:, j],
-                                                       runner.carry[0].params)
+                    col[idx] = np.stack([sch[f] for sch in schedule], axis=1)
+                for f, v in _projected(table.cls, runner.hp).items():
+                    final[f][idx] = v
+                outcomes.append((gi, idx, runner.outcome()))
+                params.append((idx, runner.carry[0].params))
             except KeyboardInterrupt:
                 if ckpt is not None:
                     print(f"jaxhp: interrupted; the state after the last ready point is "
@@ -438,7 +433,7 @@ def pbt(
                 if not isinstance(e, engine.GroupFailed):
                     errors.append(e)
                 info.error = msg
-                failed_rows.append((list(idx), msg))
+                failed.append((gi, idx, msg))
             infos.append(info)
     finally:
         if bar is not None:
@@ -446,32 +441,25 @@ def pbt(
         if ckpt is not None:
             ckpt.close()
     engine.report_failures(infos, errors)
-    template = next(r for r in rows if r is not None)
-    for members, _ in failed_rows:
-        for i in members:
-            rows[i] = _failed_row(template, len(seed_ids))
     n_ready = n_segments - 1
     search = {"method": "pbt", "steps": steps, "ready_every": ready_every,
-              "fraction": fraction, "perturb": list(_explore_spec(
-                  type(settings[0]), fields, perturb)[1]),
+              "fraction": fraction, "perturb": list(factors),
               "n_replaced": [max(1, int(fraction * len(idx))) for idx in groups],
-              "fields": [s_[0] for s_ in specs[type(settings[0])][0]], "metric": metric,
+              "fields": [s_[0] for s_ in spec], "metric": metric,
               "mode": mode, "train_steps": n * len(seed_ids) * steps}
     if len(groups) == 1:
         search["n_replaced"] = search["n_replaced"][0]
-    return build(final, seed_ids, rows, infos, model=model, split=split, key=key,
-                 search=search, params=params, result_cls=PBTResult, group_of=group_of,
-                 failed=failed_rows,
+    return build(replace_columns(table, **final), seed_ids, outcomes, infos, model=model,
+                 split=split, key=key, search=search, params=StackedParams(n, params),
+                 result_cls=PBTResult, failed=failed,
                  schedule={f: v.astype(tunable_dtype()) for f, v in schedule_all.items()},
                  schedule_steps=ready_every * np.arange(n_ready + 1), lineage=lineage,
                  ready_steps=ready_every * np.arange(1, n_ready + 1),
                  ready_value=ready_value)
 
 
-def _failed_row(template, n_seeds):
-    nan = np.full((n_seeds,), np.nan, np.float32)
-    return Run(None, nan, {k: nan for k in template.val},
-               np.full((n_seeds, template.loss_curve.shape[-1]), np.nan, np.float32),
-               {k: np.full((n_seeds, v.shape[-1]), np.nan, np.float32)
-                for k, v in template.val_curve.items()},
-               np.full((n_seeds,), -1, np.int32))
+def _projected(cls, hp) -> dict[str, np.ndarray]:
+    """A batched setting's tunable columns, each projected into its field's range
+    (:meth:`Field.project`, vectorised): the final settings of a population."""
+    fields = cls.fields()
+    return {f: fields[f].project(np.asarray(v)) for f, v in hp.tunables().items()}

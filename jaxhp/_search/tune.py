@@ -26,11 +26,12 @@ import optax
 
 from jaxhp import _population as population
 from jaxhp._data import Split, part_size
-from jaxhp._engine import settings_from
-from jaxhp._hparams import Field, HParams, stack
+from jaxhp._engine import table_from
+from jaxhp._hparams import Field, HParams
 from jaxhp._model import Model
 from jaxhp._record import GroupInfo
 from jaxhp._result import SweepResult
+from jaxhp._search.common import replace_columns
 from jaxhp._search.hypergrad import (
     check_mode,
     check_objective,
@@ -202,15 +203,18 @@ def tune_gradient(
         raise ValueError(f"`seeds`={seeds!r}: must be an integer >= 1")
     if keep not in ("final", "best"):
         raise ValueError(f"`keep`={keep!r}: must be 'final' or 'best'")
-    settings = settings_from(starts, model, base, caller="tune_gradient")
-    if not settings:
+    table = table_from(starts, model, base, caller="tune_gradient")
+    if not len(table):
         raise ValueError("tune_gradient(): no starting settings")
-    first = settings[0]
-    for i, s in enumerate(settings):
-        if type(s) is not type(first) or s.static_key() != first.static_key():
-            raise ValueError(f"starts[{i}] differs from starts[0] in its static fields "
-                             f"({s.statics()} vs {first.statics()}); gradient-based tuning "
-                             "runs one program: group the starts by static fields")
+    if table.n_groups > 1:
+        i = int(np.argmax(table.groups != 0))
+        raise ValueError(f"starts[{i}] differs from starts[0] in its static fields "
+                         f"({table.group_statics[table.groups[i]]} vs "
+                         f"{table.group_statics[0]}); gradient-based tuning runs one "
+                         "program: group the starts by static fields")
+    n = len(table)
+    batch = table.batch(np.arange(n))
+    first = batch[0]
     key = check_key(key)
     validate(model, first, split)
     names = resolve_wrt(type(first), wrt)
@@ -226,7 +230,6 @@ def tune_gradient(
     slv = make_solver(solver, solver_steps, 0.0, None)
     optimizer = optax.adam(0.1) if optimizer is None else optimizer
     fields = type(first).fields()
-    batch = stack(settings)
     bounds = {n: coord_bounds(fields[n]) for n in names}
     z0 = {n: jnp.clip(v, *bounds[n]) for n, v in to_coords(batch, names).items()}
     lo = {n: jnp.asarray(b[0], z0[n].dtype) for n, b in bounds.items()}
@@ -247,11 +250,8 @@ def tune_gradient(
     objective_traj = np.concatenate([np.asarray(vs), np.asarray(v_final)[:, None]], axis=1)
     values = {n: np.exp(c) if fields[n].log else c for n, c in coords.items()}
     pick = np.asarray(pick)
-    final = []
-    for i, s in enumerate(settings):
-        final.append(s.replace(**{n: float(fields[n].project(values[n][i, pick[i]]))
-                                  for n in names}))
-    n = len(settings)
+    final = replace_columns(table, **{f: fields[f].project(values[f][np.arange(n), pick])
+                                      for f in names})
     builder = SweepResult.builder(final, seed_ids, model=model, split=split, key=key,
                                   devices=jax.local_devices()[:1])
     # (starts, seeds, ...) -> (seeds, starts, ...), as the builder takes a chunk
@@ -271,7 +271,7 @@ def tune_gradient(
         "train_steps": int(n * seeds * (steps + 1 + (keep == "best")) * cfg.steps),
         "compile_s": t1 - t0, "run_s": t2 - t1, "mode": mode,
     }
-    return TuneResult(settings=res.settings, seed_ids=res.seed_ids, status=res.status,
+    return TuneResult(settings=res.table, seed_ids=res.seed_ids, status=res.status,
                       diverged_at=res.diverged_at, train_loss=res.train_loss, val=res.val,
                       loss_curve=res.loss_curve, val_curve=res.val_curve, errors=res.errors,
                       groups=res.groups, meta=res.meta, model=model, split=split, key=key,
