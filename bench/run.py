@@ -29,11 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 FORCE_DEVICES = "--xla_force_host_platform_device_count"
 
 MODES = {
+    # quick: a smoke test. Shorter runs (bench/tasks.py, JAXHP_BENCH_QUICK), and every
+    # job in the bench's own process except the memory run (which keeps its fresh
+    # process, so that the worker path is exercised too).
     "quick": dict(ridge_n=[8, 32], mlp_n=[4], reps=dict(ridge=1, mlp=1), memory_n=256,
-                  one_process=True, repeat_under=0.0,
-                  sub=dict(ridge=dict(jax_step_loop=2, jax_scan_loop=4, sklearn=4, torch_loop=2,
+                  one_process=True, in_process=True, repeat_under=0.0,
+                  sub=dict(ridge=dict(jax_step_loop=2, jax_scan_loop=2, sklearn=2, torch_loop=2,
                                     torch_func=64, optuna=4),
-                         mlp=dict(jax_step_loop=1, jax_scan_loop=1, sklearn=2, torch_loop=1,
+                         mlp=dict(jax_step_loop=1, jax_scan_loop=1, sklearn=1, torch_loop=1,
                                   torch_func=4)),
                   chunks=[], anchor=dict(ridge=32, mlp=4), big=32, small=8),
     "cpu": dict(ridge_n=[16, 256, 1024, 4096, 16384], mlp_n=[8, 64, 256],
@@ -75,8 +78,20 @@ NAMES = {
 
 
 # ------------------------------------------------------------------ workers
-def run_worker(jobs: list[dict], n_devices: int | None) -> list[dict]:
-    """Runs jobs in a fresh Python process; ``n_devices`` forces that many CPU devices."""
+def run_worker(jobs: list[dict], n_devices: int | None, in_process: bool = False
+               ) -> list[dict]:
+    """Runs jobs in a fresh Python process; ``n_devices`` forces that many CPU devices.
+
+    ``in_process``: runs them here instead (quick mode), when this process already has
+    the devices asked for.
+    """
+    if in_process:
+        import jax
+
+        if n_devices in (None, len(jax.local_devices())):
+            from bench import worker
+
+            return worker.run_jobs(jobs)
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(FORCE_DEVICES)]
     if n_devices:
@@ -164,7 +179,7 @@ def bench_task(name: str, cfg: dict, device_configs: list, torch_device: str) ->
         batches = [jobs] if cfg["one_process"] else [[j] for j in jobs]
         for batch in batches:
             t0 = time.perf_counter()
-            for job, res in zip(batch, run_worker(batch, nd)):
+            for job, res in zip(batch, run_worker(batch, nd, cfg.get("in_process", False))):
                 n = job["n"]
                 for comp in comps:
                     key = {"vmap": "jax_vmap", "vmap_val_only": "jax_vmap_val_only",
@@ -194,7 +209,7 @@ def bench_task(name: str, cfg: dict, device_configs: list, torch_device: str) ->
     out["per_setting"] = {}
     for batch in batches:
         t0 = time.perf_counter()
-        results = run_worker(batch, None)
+        results = run_worker(batch, None, cfg.get("in_process", False))
         for job, res in zip(batch, results):
             res = {k: v for k, v in res.items() if k not in ("kind", "task", "name")}
             key = job["name"]
@@ -441,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 
         common.HIDDEN.update(filter(None, args.without.split(",")))
     mode = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
+    if args.quick:  # shorter runs (bench/tasks.py), here and in the worker processes
+        os.environ["JAXHP_BENCH_QUICK"] = "1"
     cfg = MODES[mode]
     t_start = time.perf_counter()
 

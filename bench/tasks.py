@@ -7,6 +7,8 @@
   minibatch 128; learning rate log-uniform in [1e-4, 1e-1], weight decay
   log-uniform in [1e-6, 1e-1]. Validation metric: accuracy.
 
+With ``--quick`` (environment ``JAXHP_BENCH_QUICK=1``): 100 and 60 steps.
+
 Every competitor trains the same settings (the first ``n`` of one
 ``jaxhp.random`` space, seed 0) on the same split.
 """
@@ -14,12 +16,15 @@ Every competitor trains the same settings (the first ``n`` of one
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 RIDGE_STEPS = 500
 MLP_STEPS, MLP_BATCH, MLP_WIDTH, MLP_DEPTH = 300, 128, 128, 2
+if os.environ.get("JAXHP_BENCH_QUICK"):  # ``python -m bench --quick``: a smoke test
+    RIDGE_STEPS, MLP_STEPS = 100, 60
 
 
 @dataclass(frozen=True)

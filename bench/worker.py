@@ -64,12 +64,8 @@ def run_job(job: dict) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    jobs_path, out_path = argv
-    with open(jobs_path) as f:
-        jobs = json.load(f)
-    import jax
-
+def run_jobs(jobs: list[dict]) -> list[dict]:
+    """Every job's result, or its error (one failing job does not stop the others)."""
     results = []
     for job in jobs:
         try:
@@ -77,6 +73,16 @@ def main(argv: list[str]) -> int:
         except Exception as e:  # noqa: BLE001 - reported to the parent, not fatal
             results.append({"kind": job["kind"], "task": job["task"], "n": job["n"],
                             "error": f"{type(e).__name__}: {e}"})
+    return results
+
+
+def main(argv: list[str]) -> int:
+    jobs_path, out_path = argv
+    with open(jobs_path) as f:
+        jobs = json.load(f)
+    import jax
+
+    results = run_jobs(jobs)
     with open(out_path, "w") as f:
         json.dump({"results": results, "devices": [str(d) for d in jax.local_devices()]}, f)
     return 0

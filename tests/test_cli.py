@@ -1,9 +1,12 @@
-"""The main job: ``jaxhp demo`` (console script and ``python -m jaxhp``)."""
+"""The main job: ``jaxhp demo`` (``python -m jaxhp`` in a real process once; the
+argument checks in-process through :func:`jaxhp.cli.main`)."""
 
 import subprocess
 import sys
 
 import pytest
+
+import jaxhp.cli
 
 
 @pytest.mark.slow
@@ -18,7 +21,7 @@ def test_demo_runs_the_seed_workflow_end_to_end():
     assert 0.2 < val < 1.0 and 0.2 < test < 1.0  # standardised MSE: far below 1 (= mean)
 
 
-def test_demo_rejects_unknown_task():
-    proc = subprocess.run([sys.executable, "-m", "jaxhp", "demo", "--task", "mnist"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "invalid choice: 'mnist'" in proc.stderr
+def test_demo_rejects_unknown_task(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        jaxhp.cli.main(["demo", "--task", "mnist"])
+    assert exit_.value.code == 2 and "invalid choice: 'mnist'" in capsys.readouterr().err

@@ -48,6 +48,9 @@ from jaxhp.models import (
 )
 
 KEY = jax.random.key(1)
+# One ridge model for the module: programs are cached per model (and static part), so
+# tests on the same static group share their compiled programs.
+RIDGE = linear_regression(10)
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +198,14 @@ def test_public_api_is_float32_without_x64(diabetes):
     assert jaxhp.stack([hp, hp]).l2.dtype == np.float32
     space = jaxhp.random(2, seed=0, l2=jaxhp.loguniform(1e-3, 1.0))
     assert space.settings(LinearHP)[0].l2.dtype == np.float32
-    hg = hypergradient(linear_regression(10), hp, diabetes, key=KEY, objective="mse")
+    hg = hypergradient(RIDGE, hp, diabetes, key=KEY, objective="mse")
     assert hg.value.dtype == jnp.float32
     assert {g.dtype for g in hg.grad.values()} == {jnp.dtype(jnp.float32)}
 
 
 def test_public_float32_hypergradient(diabetes, iris):
-    build, hp, _, _, _ = CASES["linear-sgd-momentum"]
-    model = build()
+    _, hp, _, _, _ = CASES["linear-sgd-momentum"]
+    model = RIDGE
     run = jaxhp.train(model, hp, diabetes, key=KEY)
     rev = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
     fwd = hypergradient(model, hp, diabetes, key=KEY, objective="mse", mode="forward")
@@ -236,7 +239,7 @@ def _ridge_closed_form(split, l2):
 
 @pytest.mark.parametrize("l2", [0.05, 0.5])
 def test_ridge_implicit_and_long_reverse_match_closed_form(diabetes, l2):
-    model = linear_regression(10)
+    model = RIDGE
     hp = LinearHP(learning_rate=0.4, l2=l2, steps=1000)  # converged: |grad| < 1e-6
     value, grad = _ridge_closed_form(diabetes, l2)
     kw = dict(key=KEY, wrt="l2", objective="mse")
@@ -254,11 +257,12 @@ def test_ridge_implicit_and_long_reverse_match_closed_form(diabetes, l2):
 
 
 def test_remat_gives_the_same_gradient_and_run(diabetes):
-    model = linear_regression(10)
-    hp = LinearHP(learning_rate=0.1, l2=1e-2, momentum=0.5, steps=50, batch_size=32)
+    model = RIDGE
+    # the case of test_public_float32_hypergradient: ``plain`` is its program
+    hp = CASES["linear-sgd-momentum"][1]  # 30 steps, minibatches of 64, momentum
     plain = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=None)
     remat = hypergradient(model, hp, diabetes, key=KEY, objective="mse", remat=7)
-    assert remat.value == plain.value  # 7 blocks of 7 steps and a remainder of 1
+    assert remat.value == plain.value  # 4 blocks of 7 steps and a remainder of 2
     for n in plain.grad:
         np.testing.assert_allclose(remat.grad[n], plain.grad[n], rtol=1e-6, atol=1e-9)
     # The forward run is unchanged, curves included (remat inside eval blocks).
@@ -272,7 +276,7 @@ def test_remat_gives_the_same_gradient_and_run(diabetes):
 
 
 def test_diverged_run_gives_nan_healthy_run_finite(diabetes):
-    model = linear_regression(10)
+    model = RIDGE
     edge = hypergradient(model, LinearHP(learning_rate=0.44, l2=1e-3, steps=200),
                          diabetes, key=KEY, objective="mse")
     assert int(edge.info["diverged_at"]) == -1
@@ -284,7 +288,7 @@ def test_diverged_run_gives_nan_healthy_run_finite(diabetes):
 
 
 def test_tune_gradient_from_16_starts_matches_dense_grid(diabetes):
-    model = linear_regression(10)
+    model = RIDGE
     lrs, l2s = np.logspace(-2, 0, 64), np.logspace(-4, 1, 64)
     grid = [LinearHP(learning_rate=a, l2=b, steps=100) for a in lrs for b in l2s]
     grid_best = sweep(model, grid, diabetes, key=KEY, progress=False).best("mse").value
@@ -309,7 +313,7 @@ def test_tune_gradient_from_16_starts_matches_dense_grid(diabetes):
 
 
 def test_tune_gradient_stays_in_range(diabetes):
-    model = linear_regression(10)
+    model = RIDGE
     starts = [LinearHP(learning_rate=0.05, l2=1e-2, momentum=m, steps=40) for m in
               (0.0, 0.5, 0.999)]
     result = tune_gradient(model, starts, diabetes, key=KEY, objective="mse", steps=5,
@@ -322,7 +326,7 @@ def test_tune_gradient_stays_in_range(diabetes):
 
 
 def test_errors_name_the_problem(diabetes):
-    model = linear_regression(10)
+    model = RIDGE
     hp = LinearHP(steps=5)
     with pytest.raises(ValueError, match="did you mean `learning_rate`"):
         hypergradient(model, hp, diabetes, key=KEY, wrt="learning_rat")
@@ -345,13 +349,13 @@ def test_accuracy_objective_is_refused(iris):
 
 
 def _hd_model(hyper_lr, base=None):
-    model = linear_regression(10)
+    model = RIDGE
     return model._replace(optimizer=lambda hp: hypergradient_descent(
         hp.learning_rate, hyper_lr, base=base), name="ridge_hd")
 
 
 def test_online_hypergradient_descent_adapts_the_learning_rate(diabetes):
-    fixed, hd = linear_regression(10), _hd_model(1e-2)
+    fixed, hd = RIDGE, _hd_model(1e-2)
     small = LinearHP(learning_rate=1e-3, l2=1e-3, steps=100)
     a = jaxhp.train(fixed, small, diabetes, key=KEY)
     b = jaxhp.train(hd, small, diabetes, key=KEY)

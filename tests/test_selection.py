@@ -8,15 +8,13 @@ a tunable used in Python control flow gets an error naming the field; bad
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxhp
+import jaxhp.cli
 from jaxhp import models
 
 KEY = jax.random.key(0)
@@ -254,22 +252,26 @@ def test_bad_memory_budget_is_refused(budget, diabetes, compile_counter):
     assert compile_counter.count == 0
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxhp", *args], capture_output=True,
-                          text=True, timeout=120)
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    """``jaxhp ARGS`` in-process (argparse exits): its exit code, stdout and stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        jaxhp.cli.main(list(args))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("flag", ["--settings", "--seeds", "--steps"])
-@pytest.mark.parametrize("value", ["0", "-3"])
-def test_cli_refuses_non_positive_counts(flag, value):
-    proc = _cli("demo", flag, value)
-    assert proc.returncode == 2, proc.stdout
-    assert f"argument {flag}" in proc.stderr and "must be at least 1" in proc.stderr
+def test_cli_refuses_non_positive_counts(capsys):
+    for flag in ("--settings", "--seeds", "--steps"):
+        for value in ("0", "-3"):
+            code, out, err = _cli(capsys, "demo", flag, value)
+            assert code == 2, out
+            assert f"argument {flag}" in err and "must be at least 1" in err, (flag, value)
 
 
-def test_cli_help_speaks_of_the_users_workflow():
+def test_cli_help_speaks_of_the_users_workflow(capsys):
     for args in (["--help"], ["demo", "--help"]):
-        out = _cli(*args).stdout
+        code, out, _ = _cli(capsys, *args)
+        assert code == 0
         assert "validation" in out and "test" in out
         assert "seed's" not in out.lower() and "the seed " not in out.lower()
 

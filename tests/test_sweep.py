@@ -9,6 +9,10 @@ import jaxhp
 from jaxhp import models
 
 KEY = jax.random.key(0)
+# One model for the module: programs are cached per model and static part, so tests
+# that share a static group (steps, batch, seeds, chunk) share its compiled program.
+# (Tests that count compilations build their own.)
+RIDGE = models.linear_regression(10)
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +23,6 @@ def diabetes():
 @pytest.fixture(scope="module")
 def iris():
     return jaxhp.datasets.load("iris")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return jaxhp.datasets.load("digits")
 
 
 def ridge_settings(n, steps=200, seed=0, **kw):
@@ -45,7 +44,7 @@ def assert_member_equals_solo(model, result, settings, split, i, s, rtol):
 @pytest.mark.parametrize("kind", ["linear", "softmax"])
 def test_every_member_equals_solo_run(kind, diabetes, iris):
     if kind == "linear":
-        split, model = diabetes, models.linear_regression(10)
+        split, model = diabetes, RIDGE
         settings = ridge_settings(5, batch_size=32)
     else:
         split, model = iris, models.softmax_regression(4, 3)
@@ -53,25 +52,27 @@ def test_every_member_equals_solo_run(kind, diabetes, iris):
         settings = [models.SoftmaxHP(learning_rate=float(10 ** rng.uniform(-2, 0)),
                                      l2=float(10 ** rng.uniform(-4, -1)), steps=150,
                                      batch_size=30) for _ in range(5)]
-    result = jaxhp.sweep(model, settings, split, key=KEY, seeds=2)
+    result = jaxhp.sweep(model, settings, split, key=KEY, seeds=2, chunk_size=3)
     assert result.val[next(iter(result.val))].shape == (5, 2)
     for i in range(5):
         for s in range(2):
             assert_member_equals_solo(model, result, settings, split, i, s, rtol=1e-5)
 
 
-def test_mlp_member_equals_solo_over_first_steps(digits):
-    model = models.mlp_classifier(64, 10)
-    settings = [models.MLPHP(learning_rate=lr, dropout=d, steps=20, width=32)
+def test_mlp_member_equals_solo_over_first_steps(iris):
+    # dropout and minibatches: every member's randomness is its own solo run's
+    model = models.mlp_classifier(4, 3)
+    settings = [models.MLPHP(learning_rate=lr, dropout=d, steps=20, width=16, depth=1,
+                             batch_size=30)
                 for lr, d in [(1e-3, 0.0), (3e-3, 0.2), (1e-2, 0.1)]]
-    result = jaxhp.sweep(model, settings, digits, key=KEY, seeds=2)
+    result = jaxhp.sweep(model, settings, iris, key=KEY, seeds=2)
     for i in range(3):
         for s in range(2):
-            assert_member_equals_solo(model, result, settings, digits, i, s, rtol=1e-4)
+            assert_member_equals_solo(model, result, settings, iris, i, s, rtol=1e-4)
 
 
 def test_seeds_change_minibatches_and_settings_share_them(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     a = models.LinearHP(learning_rate=0.05, steps=30, batch_size=16)
     result = jaxhp.sweep(model, [a, a.replace(l2=0.5)], diabetes, key=KEY, seeds=2)
     # different seeds draw different minibatches ...
@@ -94,21 +95,21 @@ def test_one_compile_per_static_group_whatever_the_size(diabetes):
     assert c.count == 0
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, "all"])
-def test_chunking_and_order_do_not_change_results(diabetes, chunk_size):
-    model = models.linear_regression(10)
+def test_chunking_and_order_do_not_change_results(diabetes):
+    model = RIDGE
     settings = ridge_settings(7, batch_size=32)
     ref = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=2)
-    res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=chunk_size)
-    np.testing.assert_allclose(res.val["mse"], ref.val["mse"], rtol=1e-5)
     perm = np.random.default_rng(0).permutation(7)
-    shuf = jaxhp.sweep(model, [settings[i] for i in perm], diabetes, key=KEY, seeds=2,
-                       chunk_size=chunk_size)
-    np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
+    for chunk_size in (1, 3, "all"):
+        res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=chunk_size)
+        np.testing.assert_allclose(res.val["mse"], ref.val["mse"], rtol=1e-5)
+        shuf = jaxhp.sweep(model, [settings[i] for i in perm], diabetes, key=KEY, seeds=2,
+                           chunk_size=chunk_size)
+        np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
 
 
 def test_diverging_member_is_flagged_and_others_untouched(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = ridge_settings(4, steps=100)
     bad = settings[2].replace(learning_rate=50.0)
     healthy = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=4)
@@ -130,27 +131,28 @@ def test_diverging_member_is_flagged_and_others_untouched(diabetes):
 
 
 def test_all_diverged_selection_raises(diabetes):
-    model = models.linear_regression(10)
-    settings = [models.LinearHP(learning_rate=lr, steps=50) for lr in (20.0, 40.0)]
-    result = jaxhp.sweep(model, settings, diabetes, key=KEY)
+    model = RIDGE
+    settings = [models.LinearHP(learning_rate=lr, steps=100) for lr in (20.0, 40.0)]
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=4)
     with pytest.raises(jaxhp.SelectionError, match="all 2 settings .* diverged"):
         result.best("mse")
 
 
 def test_selection_ignores_the_test_labels(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = ridge_settings(16, steps=100)
     y = np.random.default_rng(0).permutation(diabetes.test["y"])
     shuffled = diabetes._replace(test={"x": diabetes.test["x"], "y": y})
-    a = jaxhp.sweep(model, settings, diabetes, key=KEY).best("mse")
-    b = jaxhp.sweep(model, settings, shuffled, key=KEY).best("mse")
+    kw = dict(key=KEY, seeds=2, chunk_size=4)
+    a = jaxhp.sweep(model, settings, diabetes, **kw).best("mse")
+    b = jaxhp.sweep(model, settings, shuffled, **kw).best("mse")
     assert a.index == b.index and a.value == b.value
 
 
 def test_best_top_k_and_test_evaluation_once(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = ridge_settings(12, steps=100)
-    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2)
+    result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=4)
     top = result.top_k(3, "val_mse")
     assert [t.value for t in top] == sorted(t.value for t in top)
     assert top[0].index == result.best("mse").index
@@ -171,7 +173,7 @@ def test_best_top_k_and_test_evaluation_once(diabetes):
 
 
 def test_cv_results_layout_and_pandas(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = ridge_settings(5, steps=50)
     result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=3)
     cv = result.cv_results()
@@ -187,7 +189,7 @@ def test_cv_results_layout_and_pandas(diabetes):
 
 
 def test_save_load_round_trip_and_pickle_refused(diabetes, tmp_path):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = ridge_settings(4, steps=40) + [models.LinearHP(learning_rate=30.0, steps=40)]
     result = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, eval_every=10)
     result.save(tmp_path / "r")
@@ -219,7 +221,7 @@ def test_save_load_round_trip_and_pickle_refused(diabetes, tmp_path):
 
 
 def test_static_groups_can_vary_in_steps(diabetes):
-    model = models.linear_regression(10)
+    model = RIDGE
     settings = [models.LinearHP(learning_rate=0.1, steps=s) for s in (20, 50)]
     result = jaxhp.sweep(model, settings, diabetes, key=KEY, eval_every=10)
     assert result.loss_curve.shape == (2, 1, 50)
@@ -252,7 +254,7 @@ def test_failing_group_is_recorded_and_others_run(diabetes):
 
 def test_progress_bar_reports_chunks_and_best_so_far(diabetes, capsys):
     pytest.importorskip("tqdm")
-    model = models.linear_regression(10)
+    model = RIDGE
     jaxhp.sweep(model, ridge_settings(6, steps=20), diabetes, key=KEY, chunk_size=2,
                 progress=True, select=("mse", "min"))
     err = capsys.readouterr().err
