@@ -222,23 +222,30 @@ def main(argv=None) -> int:
         print("note: the working tree has uncommitted changes ('after' is the working tree)")
     results = []
     wanted = args.tasks.split(",")
+
+    def write() -> None:  # after every case: a run stopped early keeps what it measured
+        out = {"machine": machine, "baseline": args.baseline, "results": results}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
     if "ridge" in wanted:
         results.append(measure("ridge", 1024, 1, args.reps, before, _train.run_pure))
         _print(results[-1])
+        write()
         # loss_every=0 at the same size: no per-step loss output (this change)
         results.append(measure("ridge", 1024, 0, args.reps, before, _train.run_pure,
                                chunkings=("default",)))
         _print(results[-1])
+        write()
     if "mlp" in wanted:
         results.append(measure("mlp", 256, 1, max(3, args.reps - 2), before, _train.run_pure))
         _print(results[-1])
+        write()
     if args.big:
         results.append(measure("ridge", 100_000, 0, 3, before, _train.run_pure,
                                chunkings=("default",)))
         _print(results[-1])
-    out = {"machine": machine, "baseline": args.baseline, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+        write()
     print(f"\nwrote {args.out}")
     return 0
 
