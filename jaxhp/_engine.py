@@ -19,6 +19,7 @@ mechanism it runs on lives here, once:
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import sys
 import time
@@ -34,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from jaxhp import _population as population
 from jaxhp._data import DataError
 from jaxhp._hparams import HParams, HParamsError
+from jaxhp._io import FormatError
 from jaxhp._model import Model, ModelError, metrics_fn
 from jaxhp._record import GroupInfo
 from jaxhp._table import SettingsTable
@@ -480,13 +482,34 @@ def validate_groups(model: Model, firsts: Sequence[HParams], split,
     return failures, errors
 
 
-def record_failure(e: BaseException, idx, info: dict, builder, errors: list) -> None:
-    """Marks a group's settings failed in the result, with the error's message."""
-    msg = str(e) if isinstance(e, GroupFailed) else f"{type(e).__name__}: {e}"
-    if not isinstance(e, GroupFailed):
-        errors.append(e)
-    builder.fail(idx, msg)
-    info.error = msg
+@contextlib.contextmanager
+def failure_policy(info: GroupInfo, on_error: str, errors: list, ckpt,
+                   resume_hint: Callable[[], str]):
+    """The failure policy around one static group of any search (its one home).
+
+    An error of the group's own computation is re-raised under
+    ``on_error="raise"``; under ``"record"`` its message goes to ``info.error``
+    (the exception to ``errors``, unless it is a :class:`GroupFailed` already
+    recorded before compiling) and the search goes on with the next group; the
+    caller marks the group's rows failed when ``info.error`` is set. A
+    checkpoint's fault (``FormatError``, ``OSError``) is never the group's and
+    is raised; ``Ctrl-C`` prints ``resume_hint()`` when a checkpoint keeps the
+    work done so far, then is raised.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if ckpt is not None:
+            print(f"jaxhp: interrupted; {resume_hint()}", file=sys.stderr)
+        raise
+    except (FormatError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the failure policy
+        if on_error == "raise":
+            raise
+        info.error = str(e) if isinstance(e, GroupFailed) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, GroupFailed):
+            errors.append(e)
 
 
 def _init_program(model: Model):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -32,7 +31,6 @@ from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams
-from jaxhp._io import FormatError
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import Rung
 from jaxhp._result import SweepResult, resolve_direction
@@ -267,7 +265,10 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
         for gi, idx in enumerate(groups):
             info = infos[gi]
             rows = idx[_used(brackets_of[gi])]  # the group's used rows of the table
-            try:
+            with engine.failure_policy(
+                    info, on_error, errors, ckpt,
+                    lambda: "the search state after the last finished rung is saved in "
+                            f"{ckpt.folder}; run the same call to resume"):
                 if gi not in plans:
                     raise engine.GroupFailed(failures[gi])
                 cfg, length, c = plans[gi]
@@ -284,23 +285,8 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                 outcomes.append((gi, rows, group.outcome()))
                 trained[rows] = group.trained
                 info.n_chunks = info.chunks_computed
-            except KeyboardInterrupt:
-                if ckpt is not None:
-                    print(f"jaxhp: interrupted; the search state after the last finished "
-                          f"rung is saved in {ckpt.folder}; run the same call to resume",
-                          file=sys.stderr)
-                raise
-            except (FormatError, OSError):  # the checkpoint's fault, not the group's
-                raise
-            except Exception as e:  # noqa: BLE001 - the failure policy
-                if on_error == "raise":
-                    raise
-                msg = str(e) if isinstance(e, engine.GroupFailed) else \
-                    f"{type(e).__name__}: {e}"
-                if not isinstance(e, engine.GroupFailed):
-                    errors.append(e)
-                info.error = msg
-                failed.append((gi, rows, msg))
+            if info.error:
+                failed.append((gi, rows, info.error))
             builder_groups.append(info)
     finally:
         if bar is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -30,7 +29,6 @@ from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
-from jaxhp._io import FormatError
 from jaxhp._model import model_fingerprint
 from jaxhp._record import StackedParams
 from jaxhp._refit import test_metrics
@@ -394,7 +392,10 @@ def pbt(
             info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), 0, 0,
                                          steps, [min(steps, ready_every * (j + 1))
                                                  for j in range(n_segments)])
-            try:
+            with engine.failure_policy(
+                    info, on_error, errors, ckpt,
+                    lambda: f"the state after the last ready point is saved in {ckpt.folder}; "
+                            "run the same call to resume"):
                 if gi not in chunks:
                     raise engine.GroupFailed(failures[gi])
                 c = info.chunk_size = chunks[gi]
@@ -417,23 +418,8 @@ def pbt(
                     final[f][idx] = v
                 outcomes.append((gi, idx, runner.outcome()))
                 params.append((idx, runner.carry[0].params))
-            except KeyboardInterrupt:
-                if ckpt is not None:
-                    print(f"jaxhp: interrupted; the state after the last ready point is "
-                          f"saved in {ckpt.folder}; run the same call to resume",
-                          file=sys.stderr)
-                raise
-            except (FormatError, OSError):  # the checkpoint's fault, not the group's
-                raise
-            except Exception as e:  # noqa: BLE001 - the failure policy
-                if on_error == "raise":
-                    raise
-                msg = str(e) if isinstance(e, engine.GroupFailed) else \
-                    f"{type(e).__name__}: {e}"
-                if not isinstance(e, engine.GroupFailed):
-                    errors.append(e)
-                info.error = msg
-                failed.append((gi, idx, msg))
+            if info.error:
+                failed.append((gi, idx, info.error))
             infos.append(info)
     finally:
         if bar is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +23,6 @@ from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK, SweepWarning
 from jaxhp._hparams import HParams
-from jaxhp._io import FormatError
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
@@ -170,7 +168,10 @@ def sweep(
         for gi, (idx, cfg, c, n_chunks, cap) in enumerate(plans):
             info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), c,
                                          n_chunks, cfg.steps, eval_steps(cfg).tolist())
-            try:
+            with engine.failure_policy(
+                    info, on_error, errors, ckpt,
+                    lambda: f"{len(ckpt.done)} finished chunk(s) are saved in {ckpt.folder}; "
+                            "run the same sweep to resume"):
                 if gi in failures:
                     raise engine.GroupFailed(failures[gi])
                 # automatic chunks are measured unless a checkpoint fixes the plan
@@ -180,18 +181,8 @@ def sweep(
                          tuple(d.id for d in devices), engine.shapes_of(split)))
                 _run_group(model, cfg, keep_params, table, idx, policy, split, key,
                            seed_ids, mesh, info, builder, bar, select, gi, ckpt)
-            except KeyboardInterrupt:
-                if ckpt is not None:
-                    print(f"jaxhp: interrupted; {len(ckpt.done)} finished chunk(s) are "
-                          f"saved in {ckpt.folder}; run the same sweep to resume",
-                          file=sys.stderr)
-                raise
-            except (FormatError, OSError):  # the checkpoint's fault, not the group's
-                raise
-            except Exception as e:  # noqa: BLE001 - the failure policy
-                if on_error == "raise":
-                    raise
-                engine.record_failure(e, idx, info, builder, errors)
+            if info.error:
+                builder.fail(idx, info.error)
             builder.groups.append(info)
     finally:
         if bar is not None:
