@@ -36,7 +36,7 @@ from jaxhp import _population as population
 from jaxhp._data import DataError
 from jaxhp._hparams import HParams, HParamsError
 from jaxhp._io import FormatError
-from jaxhp._model import Model, ModelError, metrics_fn
+from jaxhp._model import Model, ModelError, abstract_init, metric_names
 from jaxhp._record import GroupInfo
 from jaxhp._table import SettingsTable
 from jaxhp._train import LoopConfig, Run, check_model_data, eval_steps, validate
@@ -122,11 +122,12 @@ class GroupFailed(Exception):
 def member_bytes(model: Model, hp: HParams, cfg: LoopConfig, n_val_metrics: int,
                  keep_params: bool) -> int:
     """Estimated device bytes of one population member (state, temporaries, curves)."""
-    p, o = _state_bytes(model, hp)
+    p, o, m = _state_bytes(model, hp)
     n_loss = 0 if not cfg.loss_every else math.ceil(cfg.steps / cfg.loss_every)
     n_eval = len(eval_steps(cfg)) * n_val_metrics
-    # params, grads, updates, new params and the select copies, plus opt state twice
-    state = 5 * p + 2 * o + (p + o if keep_params else 0)
+    # params, grads, updates, new params and the select copies, opt state twice, and the
+    # model state (BatchNorm statistics) three times: carried, new, selected
+    state = 5 * p + 2 * o + 3 * m + (p + o + m if keep_params else 0)
     return int(state + 4 * (n_loss + n_eval + n_val_metrics + 2))
 
 
@@ -144,7 +145,7 @@ def _shape_cached(key, compute):
     return value
 
 
-def _state_bytes(model: Model, hp: HParams) -> tuple[int, int]:
+def _state_bytes(model: Model, hp: HParams) -> tuple[int, int, int]:
     return _shape_cached(("state", model, jax.tree_util.tree_structure(hp)),
                          lambda: _state_bytes_uncached(model, hp))
 
@@ -155,16 +156,16 @@ def count_metrics(model: Model, hp: HParams, part) -> int:
                     else str(a.dtype)) for a in jax.tree_util.tree_leaves(part))
     return _shape_cached(
         ("metrics", model, jax.tree_util.tree_structure(hp), shapes),
-        lambda: len(jax.eval_shape(lambda p, h: metrics_fn(model, p, part, h),
-                                   jax.eval_shape(model.init, jax.random.key(0), hp), hp)))
+        lambda: len(metric_names(model, hp, part)))
 
 
-def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int]:
-    params = jax.eval_shape(model.init, jax.random.key(0), hp)
+def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int, int]:
+    """Bytes of a member's parameters, optimizer state and model state (0 if none)."""
+    params, model_state = abstract_init(model, hp)
     opt_state = jax.eval_shape(model.optimizer(hp).init, params)
     nbytes = lambda t: sum(math.prod(x.shape) * x.dtype.itemsize
                            for x in jax.tree_util.tree_leaves(t))
-    return nbytes(params), nbytes(opt_state)
+    return nbytes(params), nbytes(opt_state), nbytes(model_state)
 
 
 def shapes_of(split) -> tuple:

@@ -35,6 +35,7 @@ from jaxhp._record import (
 )
 from jaxhp._refit import member_params, test_runs
 from jaxhp._table import SettingsTable
+from jaxhp._train import learned, learned_shapes
 from jaxhp._version import versions
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
@@ -57,7 +58,11 @@ class Selection(NamedTuple):
 
 
 class TestReport(NamedTuple):
-    """The single test evaluation of a selected setting."""
+    """The single test evaluation of a selected setting.
+
+    ``params`` holds one entry per seed: the parameters tested, or the pair
+    ``(params, state)`` for a model declared ``has_state=True``.
+    """
 
     selection: Selection
     metrics: dict[str, float]
@@ -178,12 +183,12 @@ class _Builder:
             arr[~done] = np.nan
         diverged_at[~done] = -1
         params = None
+        ctx = self.context
         if chunks and chunks[0][1].state is not None:
             params = StackedParams(n, [
                 (idx[done[idx]], jax.tree_util.tree_map(lambda a, k=done[idx]: a[:, k],
-                                                        o.state.params))
+                                                        learned(ctx["model"], o.state)))
                 for idx, o in chunks])
-        ctx = self.context
         devices = ctx["devices"]
         meta = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -553,6 +558,12 @@ class SweepResult:
         Kept parameters are returned as they were trained in the sweep;
         otherwise the member is retrained alone with its key (equal to the
         sweep's member within float tolerance).
+
+        For a model declared ``has_state=True`` this is the pair ``(params,
+        state)`` (the state, e.g. BatchNorm running statistics, as trained with
+        them): ``params, state = result.params(i)``, then
+        ``jaxhp.evaluate(model, params, hp, part, state=state)``. The same pairs
+        are in :attr:`TestReport.params`.
         """
         if self._params is not None and self._params[index] is not None:
             return jax.tree_util.tree_map(lambda a: a[seed], self._params[index])
@@ -563,7 +574,7 @@ class SweepResult:
                 raise ValueError("this result was loaded from disk with its parameters: "
                                  "pass `model=` so they can be put back into the "
                                  "model's parameter structure")
-            structure = jax.eval_shape(model.init, jax.random.key(0), self.setting(index))
+            structure = learned_shapes(model, self.setting(index))
             tree = unflatten_params(structure, saved[0], saved[1], index)
             return jax.tree_util.tree_map(lambda a: a[seed], tree)
         if self.SAVES_PARAMS:

@@ -4,10 +4,11 @@ Between two ready points the population trains a segment with the engine's
 segment program (the Optax optimizer is built from each member's traced
 hyperparameters, so new values never recompile). At a ready point (every
 ``ready_every`` steps) each member has been evaluated on validation; on the
-host, the bottom ``fraction`` copy the parameters, optimizer state, health and
-hyperparameters of members drawn from the top ``fraction`` (exploit) and
-multiply the chosen tunables by a factor drawn from ``perturb`` (explore),
-projected into each field's range. Each static group is its own population.
+host, the bottom ``fraction`` copy the parameters, optimizer state, model state
+(BatchNorm statistics, for a stateful model), health and hyperparameters of
+members drawn from the top ``fraction`` (exploit) and multiply the chosen
+tunables by a factor drawn from ``perturb`` (explore), projected into each
+field's range. Each static group is its own population.
 
 A member is a setting trained with every seed (its seeds are copied
 together, ranked by the mean over seeds); seed ``s`` uses ``fold_in(key, s)``
@@ -40,7 +41,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, resolve_loop
+from jaxhp._train import check_key, learned, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.
@@ -51,7 +52,9 @@ class PBTResult(SweepResult):
     """The final population of :func:`pbt`, with its schedules and lineage.
 
     Rows are the population's slots; ``settings[i]`` holds slot ``i``'s final
-    hyperparameters and the result keeps every slot's final parameters. A
+    hyperparameters and the result keeps every slot's final parameters (with
+    its state, as ``(params, state)``, for a model declared ``has_state=True``;
+    ``save``/``load`` keep both). A
     member's parameters were trained by a *schedule* of hyperparameters (and
     by copies along its lineage), not by its final setting alone: retraining
     the final setting from scratch would be another experiment.
@@ -255,8 +258,8 @@ def pbt(
     (steps ``ready_every, 2 * ready_every, ...`` before the end) the members
     are ranked by their mean validation ``metric`` over seeds (a diverged
     member ranks last); each of the bottom ``max(1, floor(fraction * n))``
-    copies the whole state (parameters, optimizer state, health: a diverged
-    member is revived) and hyperparameters of a member drawn uniformly from
+    copies the whole state (parameters, optimizer state, model state, health: a
+    diverged member is revived) and hyperparameters of a member drawn uniformly from
     the top as many, then multiplies each of its ``fields`` by a factor drawn
     from ``perturb`` (a step in log space for ``log`` fields; a linear field
     at 0 stays at 0) and clips it into the field's range (open bounds nudged
@@ -417,7 +420,7 @@ def pbt(
                 for f, v in _projected(table.cls, runner.hp).items():
                     final[f][idx] = v
                 outcomes.append((gi, idx, runner.outcome()))
-                params.append((idx, runner.carry[0].params))
+                params.append((idx, learned(model, runner.carry[0])))
             if info.error:
                 failed.append((gi, idx, info.error))
             infos.append(info)
