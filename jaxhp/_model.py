@@ -364,13 +364,14 @@ def check_model(model: Model, hp, batch) -> None:
             raise ModelError(f"model.init ({_qualname(model.init)}) returned a "
                              f"non-float parameter {jax.tree_util.keystr(path)} of "
                              f"dtype {leaf.dtype}; parameters must be float arrays")
-    out = _abstract("model.loss", model.loss,
-                    lambda h, p, s, b, k: model_loss(model, p, s, b, h, k), hp, params,
-                    state, batch, key)
+    # the raw output of model.loss (model_loss would unpack a malformed one)
+    raw = ((lambda p, s, b, h, k: model_loss(model, p, s, b, h, k)) if model.has_state
+           else (lambda p, s, b, h, k: loss_fn(model, p, b, h, k)))
+    out = _abstract("model.loss", model.loss, lambda h, p, s, b, k: raw(p, s, b, h, k),
+                    hp, params, state, batch, key)
     _check_loss_out(model, out, state, train=True)
-    out = _abstract("model.loss", model.loss,
-                    lambda h, p, s, b: model_loss(model, p, s, b, h, None), hp, params,
-                    state, batch)
+    out = _abstract("model.loss", model.loss, lambda h, p, s, b: raw(p, s, b, h, None),
+                    hp, params, state, batch)
     if model.has_state:
         _check_loss_out(model, out, state, train=False)
     opt = model.optimizer(hp)
