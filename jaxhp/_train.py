@@ -81,7 +81,8 @@ class Run(NamedTuple):
 
     Attributes:
       state: the final :class:`TrainState` (frozen at the last finite state if
-        the run diverged).
+        the run diverged); ``state.model_state`` is the trained state of a
+        model with ``has_state=True`` (BatchNorm statistics), else ``None``.
       train_loss: the objective on the whole training part at the end.
       val: the validation metrics at the end (a dict of scalars).
       loss_curve: the training loss per step (or per window of ``loss_every``

@@ -170,8 +170,11 @@ def test_pbt_copies_the_state_and_save_load_keeps_it(toy, data, tmp_path):
     growth = (1.0, 1.01, 1.02, 1.03)
     space = [ToyHP(learning_rate=lr, growth=g) for lr, g in zip((0.3, 0.01, 0.1, 0.003),
                                                                 growth)]
-    res = jaxhp.pbt(toy, space, data, key=KEY, steps=STEPS, ready_every=4, fraction=0.25,
-                    fields=("learning_rate",), metric="mse")
+    kw = dict(key=KEY, steps=STEPS, ready_every=4, fraction=0.25, fields=("learning_rate",),
+              metric="mse", checkpoint_dir=tmp_path / "ckpt")
+    res = jaxhp.pbt(toy, space, data, **kw)
+    resumed = jaxhp.pbt(toy, space, data, **kw)  # every interval restored from its state
+    assert resumed.groups[0].chunks_computed == 0
     assert res.lineage.shape == (4, 2) and (res.lineage != np.arange(4)[:, None]).any()
     for i in range(4):
         params, state = res.params(i)
@@ -185,6 +188,7 @@ def test_pbt_copies_the_state_and_save_load_keeps_it(toy, data, tmp_path):
     loaded = jaxhp.PBTResult.load(tmp_path / "pbt")
     for i in range(4):
         assert_trees_close(loaded.params(i, model=toy), res.params(i), rtol=0, atol=0)
+        assert_trees_close(resumed.params(i), res.params(i), rtol=0, atol=0)
     after = loaded.evaluate_test("mse", model=toy, split=data, allow_repeat=True)
     assert after.selection.index == before.selection.index
     np.testing.assert_array_equal(after.per_seed["mse"], before.per_seed["mse"])
@@ -214,9 +218,13 @@ def test_hypergradients_differentiate_through_the_state(toy, data):
     assert res.val["seen"][0, 0] == 6  # its last evaluation reads the trained state
 
 
-def test_model_fingerprint_covers_the_state_update(data, tmp_path):
-    kw = dict(key=KEY, seeds=1, checkpoint_dir=tmp_path)
-    jaxhp.sweep(toy_model(), [ToyHP(steps=2)], data, **kw)
+def test_checkpoints_keep_the_state_and_the_fingerprint_covers_its_update(data, tmp_path):
+    kw = dict(key=KEY, seeds=1, checkpoint_dir=tmp_path, keep_params=True)
+    first = jaxhp.sweep(toy_model(), [ToyHP(steps=2)], data, **kw)
+    again = jaxhp.sweep(toy_model(), [ToyHP(steps=2)], data, **kw)
+    assert again.groups[0].chunks_loaded == 1 and again.groups[0].chunks_computed == 0
+    assert_trees_close(again.params(0), first.params(0), rtol=0, atol=0)
+    assert int(again.params(0)[1]["n"]) == 2
     with pytest.raises(jaxhp.CheckpointMismatch, match="`model.loss`"):
         jaxhp.sweep(toy_model(scale=0.5), [ToyHP(steps=2)], data, **kw)
 
