@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-import re
 import inspect
+import re
 
 import pytest
 
