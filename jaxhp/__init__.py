@@ -58,6 +58,7 @@ from jaxhp._space import Space as Space
 from jaxhp._space import grid as grid
 from jaxhp._space import quasirandom as quasirandom
 from jaxhp._space import random as random
+from jaxhp._table import SettingsTable as SettingsTable
 from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
@@ -84,6 +85,7 @@ __all__ = [
     "Rung",
     "Selection",
     "SelectionError",
+    "SettingsTable",
     "Space",
     "SpaceError",
     "Split",
