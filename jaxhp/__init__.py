@@ -24,6 +24,7 @@ from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
+from jaxhp._engine import CallbackError as CallbackError
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
@@ -35,6 +36,7 @@ from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
 from jaxhp._online import HypergradientDescentState as HypergradientDescentState
 from jaxhp._online import hypergradient_descent as hypergradient_descent
+from jaxhp._record import ChunkRecord as ChunkRecord
 from jaxhp._record import GroupInfo as GroupInfo
 from jaxhp._record import Rung as Rung
 from jaxhp._result import Selection as Selection
@@ -66,8 +68,10 @@ from jaxhp._train import train as train
 from jaxhp._version import __version__ as __version__
 
 __all__ = [
+    "CallbackError",
     "CheckpointLocked",
     "CheckpointMismatch",
+    "ChunkRecord",
     "DataError",
     "Distribution",
     "Field",

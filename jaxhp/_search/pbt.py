@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._model import model_fingerprint
-from jaxhp._record import StackedParams
+from jaxhp._record import ChunkRecord, StackedParams
 from jaxhp._refit import test_metrics
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._search.common import (
@@ -249,6 +250,7 @@ def pbt(
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> PBTResult:
     """Population-based training: exploit and explore every ``ready_every`` steps.
 
@@ -286,6 +288,12 @@ def pbt(
       checkpoint_dir, overwrite: save the whole state (parameters, optimizer
         states, hyperparameters, schedule, lineage) after every interval; the
         same call again resumes after the last ready point, bit-identical.
+      on_chunk: called with a :class:`~jaxhp.ChunkRecord` after each chunk of
+        each interval (every slot is reported once per interval, with the
+        hyperparameters it trained the interval with; ``step`` is the
+        interval's end), before exploit and the checkpoint. Resuming reports
+        only the intervals run after the restored state. An exception in it
+        stops the search as :class:`~jaxhp.CallbackError`.
 
     Returns:
       A :class:`PBTResult` (a :class:`~jaxhp.SweepResult`): one row per slot of
@@ -313,6 +321,7 @@ def pbt(
     seed_ids = engine.check_seeds(seeds)
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     key = check_key(key)
+    reporter = engine.ChunkReporter(on_chunk, "pbt", seed_ids)
     table = engine.table_from(space, model, base, "pbt")
     n_train = check_split(split)[0]
     for first in group_firsts(table):
@@ -344,7 +353,8 @@ def pbt(
     devices, mesh = engine.mesh_for(devices)
     shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
               "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
-    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
+    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared,
+           "reporter": reporter}
     stream = jax.random.fold_in(key, _STREAM)
     n_segments = math.ceil(steps / ready_every)
     n = len(table)
@@ -387,6 +397,7 @@ def pbt(
             if bar is not None:
                 bar.close()
             raise
+        reporter.folder = str(ckpt.folder)
     infos, outcomes, failed = [], [], []
     try:
         for gi, idx in enumerate(groups):
@@ -403,7 +414,8 @@ def pbt(
                     raise engine.GroupFailed(failures[gi])
                 c = info.chunk_size = chunks[gi]
                 runner = engine.Runner(ctx, table.batch(idx), cfg, c, ready_every, info,
-                                       total_steps=steps, max_evals=n_segments)
+                                       total_steps=steps, max_evals=n_segments,
+                                       group=gi, rows=idx)
                 n_q = max(1, int(fraction * len(idx)))
                 schedule, srcs, scores, _ = _pbt_group(
                     runner, steps, ready_every, n_q, spec, factors, metric, mode,
