@@ -220,8 +220,7 @@ def test_heatmap_warns_exactly_when_the_best_is_on_the_edge(grid, lr0, l20, edge
 
 def test_edge_fields_also_reads_declared_bounds(grid):
     assert jaxhp.plot.edge_fields(grid, ["learning_rate"], 0) == ["learning_rate=min"]
-    # a field with one value has no edge; a declared bound is an edge: momentum is
-    # declared in [0, 1), so 0 is its lower bound even when every setting is at 0
+    # a field that does not vary has no edge, even at a declared bound (momentum 0)
     assert jaxhp.plot.edge_fields(grid, ["momentum"], 0) == []
     r = _with(grid, mse=_bowl(grid, 0.05, 1e-3))
     inside = r.best("mse").index
