@@ -243,6 +243,24 @@ def test_heatmap_marks_failed_settings_and_follows_the_direction(grid):
                                [_col(grid, "l2")[i], _col(grid, "learning_rate")[i]])
 
 
+def test_heatmap_cell_shows_the_best_over_the_other_fields(diabetes):
+    r = jaxhp.sweep(MODEL, jaxhp.grid(learning_rate=[0.01, 0.1], l2=[1e-4, 1e-2],
+                                      momentum=[0.0, 0.5]), diabetes, key=jax.random.key(1),
+                    base=models.LinearHP(steps=40), progress=False)
+    ax = jaxhp.plot.heatmap(r, "l2", "learning_rate", "mse")
+    mesh = next(c for c in ax.collections if isinstance(c, matplotlib.collections.QuadMesh))
+    mean, _ = r.aggregate("mse")
+    best_of_two = mean.reshape(2, 2, 2).min(axis=2)  # learning_rate, l2, momentum (inner)
+    np.testing.assert_allclose(mesh.get_array().reshape(2, 2), best_of_two, rtol=1e-6)
+
+
+def test_heatmap_names_settings_with_a_nan_metric(grid):
+    mse = _bowl(grid, 0.05, 1e-3)
+    mse[[3, 7, 9]] = np.nan
+    ax = jaxhp.plot.heatmap(_with(grid, mse=mse), "l2", "learning_rate", "mse")
+    assert "NaN metric (3)" in _legend(ax)
+
+
 def test_heatmap_of_scattered_settings_is_a_coloured_scatter(scattered):
     ax = jaxhp.plot.heatmap(scattered, "learning_rate", "l2", "mse", log_color=True)
     mean, _ = scattered.aggregate("mse")
@@ -338,6 +356,19 @@ def test_rungs_draw_every_setting_over_its_rungs(halving):
     assert any(t.startswith("reached 90 steps") for t in _legend(ax))
     assert any(t.startswith("best") for t in _legend(ax))
     assert str(halving.meta["search"]["train_steps"]) in ax.get_title()
+
+
+def test_rungs_of_hyperband_name_each_bracket(diabetes):
+    space = jaxhp.random(17, seed=0, learning_rate=jaxhp.loguniform(1e-3, 1.0),
+                         l2=jaxhp.loguniform(1e-5, 1.0))
+    hb = jaxhp.hyperband(MODEL, space, diabetes, key=jax.random.key(1), min_steps=10,
+                         max_steps=90, metric="mse", progress=False)
+    ax = jaxhp.plot.rungs(hb)
+    brackets = sorted({r.bracket for r in hb.rungs})
+    labels = _legend(ax)
+    for b in brackets:
+        assert f"reached 90 steps (bracket {b})" in labels
+    assert len(ax.lines) == sum(len(r.settings) for r in hb.rungs if r.rung == 0)
 
 
 def test_rungs_refuses_a_sweep(grid):
