@@ -1,0 +1,80 @@
+"""What the three adapters share: argument checks, the loss and metrics on a
+module's output, the data check and the error for a missing extra."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+
+from jaxhp._data import DataError
+from jaxhp._model import Model
+
+
+def require(module: str, adapter: str):
+    """Imports ``module`` (flax.linen, flax.nnx, equinox) or names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"jaxhp.interop.{adapter} needs {module.split('.')[0]}: "
+                          'pip install "jaxhp[interop]"') from e
+
+
+def check_args(adapter: str, factory, loss, optimizer, metrics, input) -> None:
+    """Refuses arguments of the wrong kind, naming them, before anything is traced."""
+    for name, fn in (("factory", factory), ("loss", loss), ("optimizer", optimizer)):
+        if not callable(fn):
+            raise TypeError(f"jaxhp.interop.{adapter}: `{name}` must be callable, got "
+                            f"{type(fn).__name__}")
+    if metrics is not None and not callable(metrics):
+        raise TypeError(f"jaxhp.interop.{adapter}: `metrics` must be callable or None, "
+                        f"got {type(metrics).__name__}")
+    if not isinstance(input, str):
+        raise TypeError(f"jaxhp.interop.{adapter}: `input` names the batch entry that "
+                        f"holds the module's input (a str such as 'x'), got {input!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def call_params(fn) -> frozenset:
+    """The names of the parameters of ``fn`` (empty when it has no signature)."""
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def default_name(adapter: str, factory) -> str:
+    qual = getattr(factory, "__qualname__", None) or type(factory).__name__
+    return f"{adapter}({qual})"
+
+
+def build_model(adapter: str, *, init: Callable, forward: Callable, loss: Callable,
+                optimizer: Callable, metrics: Callable | None, input: str, hparams,
+                directions, name: str | None, factory) -> Model:
+    """A :class:`jaxhp.Model` from ``init(key, hp) -> params`` and
+    ``forward(params, x, hp, key) -> out`` (``key`` None: evaluation mode)."""
+
+    def model_loss(params, batch, hp, key=None):
+        value = loss(forward(params, batch[input], hp, key), batch, hp)
+        return value if isinstance(value, tuple) else (value, {})
+
+    def model_metrics(params, batch, hp):
+        return dict(metrics(forward(params, batch[input], hp, None), batch, hp))
+
+    def check_data(part, part_name):
+        if not isinstance(part, Mapping) or input not in part:
+            where = (f"split.{part_name}" if part_name in ("train", "val", "test")
+                     else part_name)
+            got = (f"entries {sorted(part)}" if isinstance(part, Mapping)
+                   else f"a {type(part).__name__}")
+            raise DataError(f'{where}["{input}"] is missing: the module reads '
+                            f'batch["{input}"] (input={input!r}), got {got}; pass '
+                            "input= naming the entry that holds the module's input")
+
+    model_loss.__qualname__ = f"{adapter}.loss"
+    model_metrics.__qualname__ = f"{adapter}.metrics"
+    return Model(init, model_loss, optimizer,
+                 None if metrics is None else model_metrics, hparams,
+                 name or default_name(adapter, factory), directions=directions,
+                 check_data=check_data)
