@@ -162,10 +162,10 @@ def test_a_member_equals_its_solo_run(case, split):
 
 def test_the_traced_tunables_reach_the_module(case):
     r = case.result
-    loss = {(s.learning_rate, s.dropout, s.width): r.train_loss[i, 0]
+    loss = {(float(s.learning_rate), float(s.dropout), s.width): r.train_loss[i, 0]
             for i, s in enumerate(r.settings)}
-    lr0, lr1 = (np.float32(v) for v in SPACE["learning_rate"])
-    d0, d1 = (np.float32(v) for v in SPACE["dropout"])
+    lr0, lr1 = (float(np.float32(v)) for v in SPACE["learning_rate"])
+    d0, d1 = (float(np.float32(v)) for v in SPACE["dropout"])
     assert loss[(lr0, d0, 8)] != loss[(lr0, d1, 8)]  # dropout changes training
     assert loss[(lr0, d0, 8)] != loss[(lr1, d0, 8)]  # and so does the learning rate
     assert (r.status == "ok").all()
@@ -177,15 +177,18 @@ def test_dropout_is_on_in_training_and_off_at_evaluation(case, split):
     hp = HP(dropout=0.5, width=4)
     params = model.init(jax.random.key(0), hp)
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    loss = jax.jit(lambda h, k: model.loss(params, batch, h, key=k)[0])
-    eval_loss = jax.jit(lambda h: model.loss(params, batch, h, key=None)[0])
-    # training: the mask depends on the key
-    assert float(loss(hp, k1)) != float(loss(hp, k2))
-    # evaluation: no dropout at all, i.e. the training loss of rate 0 (which drops nothing)
-    no_drop = float(loss(hp.replace(dropout=0.0), k1))
-    np.testing.assert_allclose(float(eval_loss(hp)), no_drop, rtol=1e-6)
-    metrics = model.metrics(params, batch, hp)
-    np.testing.assert_allclose(float(metrics["ce"]), no_drop, rtol=1e-6)
+
+    @jax.jit  # one program for all five values
+    def values(params):
+        loss = lambda h, k: model.loss(params, batch, h, key=k)[0]
+        return (loss(hp, k1), loss(hp, k2), loss(hp, None), loss(hp.replace(dropout=0.0), k1),
+                model.metrics(params, batch, hp)["ce"])
+
+    train1, train2, evaluation, no_drop, metric = map(float, values(params))
+    assert train1 != train2  # training: the mask depends on the key
+    # evaluation: no dropout at all, i.e. the training loss at rate 0 (which drops nothing)
+    np.testing.assert_allclose(evaluation, no_drop, rtol=1e-6)
+    np.testing.assert_allclose(metric, no_drop, rtol=1e-6)
 
 
 # ------------------------------------------------- parameters are the weights
