@@ -8,6 +8,7 @@ than XLA compile time.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -315,3 +316,58 @@ def test_dropout_gradient_wrt_x_is_the_mask_scaled():
 def test_dropout_refuses_a_concrete_rate_out_of_range():
     with pytest.raises(ValueError, match=r"`rate`=1.5: must be a scalar in \[0, 1\]"):
         jaxhp.nn.dropout(jnp.ones(3), 1.5, jax.random.key(0))
+
+
+# ------------------------------------------------ library dropout, traced rate
+def test_library_dropout_with_a_tunable_rate_is_refused_naming_the_field(split):
+    nn = pytest.importorskip("flax.linen")
+    nnx = pytest.importorskip("flax.nnx")
+
+    class LinenMLP(nn.Module):
+        rate: float
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(10)(nn.Dropout(self.rate, deterministic=not train)(x))
+
+    class NnxMLP(nnx.Module):
+        def __init__(self, rate, rngs):
+            self.dense, self.drop = nnx.Linear(64, 10, rngs=rngs), nnx.Dropout(rate, rngs=rngs)
+
+        def __call__(self, x):
+            return self.dense(self.drop(x))
+
+    models = [jaxhp.interop.from_linen(lambda hp: LinenMLP(hp.dropout), (1, 64), **KW),
+              jaxhp.interop.from_nnx(lambda hp, rngs: NnxMLP(hp.dropout, rngs), **KW)]
+    for model in models:
+        with count_compiles() as c, pytest.raises(jaxhp.ModelError, match=r"`dropout`"):
+            jaxhp.train(model, HP(dropout=0.2), split, key=jax.random.key(0))
+        assert c.count == 0
+
+
+# --------------------------------------------------------------------- README
+def _readme_blocks():
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Your own model\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(4), ids=["plain", "linen", "nnx", "equinox"])
+def test_readme_examples_run_as_written(block):
+    """Each block runs as a script in a fresh process, as a reader would run it."""
+    blocks = _readme_blocks()
+    assert len(blocks) == 4
+    code = blocks[block]
+    for lib in ("flax", "equinox"):
+        if lib in code:
+            pytest.importorskip(lib)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    found = re.search(r"1 compiled program\(s\); best HP\(.*\): val accuracy (0\.\d+)", out)
+    assert found and float(found.group(1)) > 0.8, out
+    if "trained arrays" in out:  # equinox: the rate is not among the parameters
+        assert "()" not in out.split("trained arrays:")[1].splitlines()[0], out
