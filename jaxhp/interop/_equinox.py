@@ -124,29 +124,28 @@ def from_equinox(
                 for x in jax.tree_util.tree_leaves(module)]
         return module, mask
 
-    def split(module, mask):
-        """``(trained, rest)``: the module with the other leaves set to None, and back."""
-        leaves, treedef = jax.tree_util.tree_flatten(module)
-        trained = [x if m else None for x, m in zip(leaves, mask)]
-        rest = [None if m else x for x, m in zip(leaves, mask)]
-        return (jax.tree_util.tree_unflatten(treedef, trained),
-                jax.tree_util.tree_unflatten(treedef, rest))
-
     def init(key, hp):
-        return split(*build(hp, key))[0]
+        module, mask = build(hp, key)
+        leaves, treedef = jax.tree_util.tree_flatten(module)
+        # The trained arrays in the module's layout, the other leaves None.
+        return jax.tree_util.tree_unflatten(treedef,
+                                            [x if m else None for x, m in zip(leaves, mask)])
 
     def forward(params, x, hp, key):
         training = key is not None
         # At evaluation the key feeds only the (dead) initialisation of the rebuilt module.
-        _, rest = split(*build(hp, key if training else jax.random.key(0)))
-        module = eqx.nn.inference_mode(eqx.combine(params, rest), value=not training)
+        module, mask = build(hp, key if training else jax.random.key(0))
+        # Put the trained arrays back by position: the rebuilt module keeps its own tree
+        # structure (a static field may hold an object made anew at each construction).
+        leaves, treedef = jax.tree_util.tree_flatten(module)
+        trained = iter(jax.tree_util.tree_leaves(params))
+        module = jax.tree_util.tree_unflatten(
+            treedef, [next(trained) if m else x for x, m in zip(leaves, mask)])
+        module = eqx.nn.inference_mode(module, value=not training)
         takes_key = "key" in call_params(type(module).__call__)
-        if not training:
-            return jax.vmap(lambda xi: module(xi, key=None) if takes_key else module(xi))(x)
-        if not takes_key:
-            return jax.vmap(module)(x)
-        keys = jax.random.split(key, x.shape[0])
-        return jax.vmap(lambda xi, ki: module(xi, key=ki))(x, keys)
+        keys = jax.random.split(key, x.shape[0]) if training and takes_key else None
+        call = lambda xi, ki: module(xi, key=ki) if takes_key else module(xi)
+        return jax.vmap(call, in_axes=(0, 0 if keys is not None else None))(x, keys)
 
     return build_model("from_equinox", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
