@@ -26,6 +26,7 @@ from jaxhp._distributions import fixed as fixed
 from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
+from jaxhp._engine import CallbackError as CallbackError
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
@@ -37,6 +38,7 @@ from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
 from jaxhp._online import HypergradientDescentState as HypergradientDescentState
 from jaxhp._online import hypergradient_descent as hypergradient_descent
+from jaxhp._record import ChunkRecord as ChunkRecord
 from jaxhp._record import GroupInfo as GroupInfo
 from jaxhp._record import Rung as Rung
 from jaxhp._result import Selection as Selection
@@ -60,6 +62,7 @@ from jaxhp._space import Space as Space
 from jaxhp._space import grid as grid
 from jaxhp._space import quasirandom as quasirandom
 from jaxhp._space import random as random
+from jaxhp._table import SettingsTable as SettingsTable
 from jaxhp._train import Run as Run
 from jaxhp._train import TrainState as TrainState
 from jaxhp._train import evaluate as evaluate
@@ -67,8 +70,10 @@ from jaxhp._train import train as train
 from jaxhp._version import __version__ as __version__
 
 __all__ = [
+    "CallbackError",
     "CheckpointLocked",
     "CheckpointMismatch",
+    "ChunkRecord",
     "DataError",
     "Distribution",
     "Field",
@@ -86,6 +91,7 @@ __all__ = [
     "Rung",
     "Selection",
     "SelectionError",
+    "SettingsTable",
     "Space",
     "SpaceError",
     "Split",

@@ -13,7 +13,9 @@ mechanism it runs on lives here, once:
 - programs are compiled through ONE bounded cache (:data:`CACHE`), keyed by the
   program's name (the model's identity and the static part), the argument
   shapes and the devices;
-- progress bars and the failure report (:func:`report_failures`).
+- progress bars and the failure report (:func:`report_failures`);
+- the ``on_chunk`` callback of every search (:class:`ChunkReporter`): each
+  finished chunk is reported from this one place.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from jaxhp import _population as population
 from jaxhp._data import DataError
 from jaxhp._hparams import HParams, HParamsError
 from jaxhp._io import FormatError
-from jaxhp._model import Model, ModelError, metrics_fn
-from jaxhp._record import GroupInfo
-from jaxhp._table import SettingsTable
+from jaxhp._model import Model, ModelError, abstract_init, metric_names
+from jaxhp._record import ChunkRecord, GroupInfo
+from jaxhp._table import SettingsTable, constant_column
 from jaxhp._train import LoopConfig, Run, check_model_data, eval_steps, validate
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -122,11 +124,12 @@ class GroupFailed(Exception):
 def member_bytes(model: Model, hp: HParams, cfg: LoopConfig, n_val_metrics: int,
                  keep_params: bool) -> int:
     """Estimated device bytes of one population member (state, temporaries, curves)."""
-    p, o = _state_bytes(model, hp)
+    p, o, m = _state_bytes(model, hp)
     n_loss = 0 if not cfg.loss_every else math.ceil(cfg.steps / cfg.loss_every)
     n_eval = len(eval_steps(cfg)) * n_val_metrics
-    # params, grads, updates, new params and the select copies, plus opt state twice
-    state = 5 * p + 2 * o + (p + o if keep_params else 0)
+    # params, grads, updates, new params and the select copies, opt state twice, and the
+    # model state (BatchNorm statistics) three times: carried, new, selected
+    state = 5 * p + 2 * o + 3 * m + (p + o + m if keep_params else 0)
     return int(state + 4 * (n_loss + n_eval + n_val_metrics + 2))
 
 
@@ -144,7 +147,7 @@ def _shape_cached(key, compute):
     return value
 
 
-def _state_bytes(model: Model, hp: HParams) -> tuple[int, int]:
+def _state_bytes(model: Model, hp: HParams) -> tuple[int, int, int]:
     return _shape_cached(("state", model, jax.tree_util.tree_structure(hp)),
                          lambda: _state_bytes_uncached(model, hp))
 
@@ -155,16 +158,16 @@ def count_metrics(model: Model, hp: HParams, part) -> int:
                     else str(a.dtype)) for a in jax.tree_util.tree_leaves(part))
     return _shape_cached(
         ("metrics", model, jax.tree_util.tree_structure(hp), shapes),
-        lambda: len(jax.eval_shape(lambda p, h: metrics_fn(model, p, part, h),
-                                   jax.eval_shape(model.init, jax.random.key(0), hp), hp)))
+        lambda: len(metric_names(model, hp, part)))
 
 
-def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int]:
-    params = jax.eval_shape(model.init, jax.random.key(0), hp)
+def _state_bytes_uncached(model: Model, hp: HParams) -> tuple[int, int, int]:
+    """Bytes of a member's parameters, optimizer state and model state (0 if none)."""
+    params, model_state = abstract_init(model, hp)
     opt_state = jax.eval_shape(model.optimizer(hp).init, params)
     nbytes = lambda t: sum(math.prod(x.shape) * x.dtype.itemsize
                            for x in jax.tree_util.tree_leaves(t))
-    return nbytes(params), nbytes(opt_state)
+    return nbytes(params), nbytes(opt_state), nbytes(model_state)
 
 
 def shapes_of(split) -> tuple:
@@ -439,6 +442,71 @@ class SweepWarning(UserWarning):
     """Some static groups of a sweep failed; the others' results are kept."""
 
 
+class CallbackError(RuntimeError):
+    """A search's ``on_chunk`` callback raised; the original error is its ``__cause__``.
+
+    The search stops (the failure policy never records a callback's error as
+    the group's); chunks (or rungs, ready points) already checkpointed stay
+    valid, and the same call resumes from them.
+    """
+
+
+class ChunkReporter:
+    """Calls a search's ``on_chunk`` with each finished chunk (its one home).
+
+    Both the sweep's chunk loop and :meth:`Runner.run` (the adaptive searches)
+    report through :meth:`report`, which builds the :class:`~jaxhp.ChunkRecord`
+    and turns an exception of the callback into :class:`CallbackError`.
+    """
+
+    def __init__(self, on_chunk: Callable[[ChunkRecord], Any] | None, search: str,
+                 seed_ids: np.ndarray):
+        if on_chunk is not None and not callable(on_chunk):
+            raise TypeError(f"`on_chunk`={on_chunk!r}: must be a callable taking one "
+                            "jaxhp.ChunkRecord, or None")
+        self.fn, self.search = on_chunk, search
+        self.seed_ids = np.asarray(seed_ids, np.int64)
+        self.folder: str | None = None  # the checkpoint folder, named in errors
+
+    def __bool__(self) -> bool:
+        return self.fn is not None
+
+    def report(self, *, group: int, chunk: int, step: int, rows, settings: dict,
+               val: dict, train_loss, diverged_at, loaded: bool = False) -> None:
+        """Reports ``m`` settings: ``val``, ``train_loss``, ``diverged_at`` have
+        leaves ``(seeds, >= m)`` as the programs return them (padding dropped here)."""
+        if self.fn is None:
+            return
+        rows = np.asarray(rows, np.int64)
+        m = rows.size
+        record = ChunkRecord(
+            search=self.search, group=int(group), chunk=int(chunk), step=int(step),
+            rows=rows, settings={k: np.asarray(v)[:m] for k, v in settings.items()},
+            seed_ids=self.seed_ids,
+            val={k: np.asarray(v)[:, :m].T for k, v in val.items()},
+            train_loss=np.asarray(train_loss)[:, :m].T,
+            diverged_at=np.asarray(diverged_at, np.int64)[:, :m].T, loaded=bool(loaded))
+        try:
+            self.fn(record)
+        except Exception as e:
+            saved = (f"; what is checkpointed in {self.folder} stays valid and the same "
+                     "call resumes from it") if self.folder else ""
+            raise CallbackError(
+                f"on_chunk raised {type(e).__name__}: {e} (chunk {chunk} of static group "
+                f"{group} of {self.search}, step {step}); the {self.search} stopped"
+                f"{saved}") from e
+
+
+def settings_columns(hp: HParams, rows) -> dict[str, np.ndarray]:
+    """``{field: column}`` of rows ``rows`` of a batched setting (its statics repeated,
+    typed as a settings table types them)."""
+    idx = np.asarray(rows, np.int64)
+    tunable = set(type(hp).tunable_names())
+    return {name: np.asarray(getattr(hp, name))[idx] if name in tunable
+            else constant_column(f, getattr(hp, name), idx.size)
+            for name, f in type(hp).fields().items()}
+
+
 def report_failures(groups: list[dict], errors: list[BaseException]) -> None:
     """Warns when some static groups failed (quoting the first error); raises the first
     error when every group failed, since no result is then left to select from."""
@@ -493,8 +561,9 @@ def failure_policy(info: GroupInfo, on_error: str, errors: list, ckpt,
     recorded before compiling) and the search goes on with the next group; the
     caller marks the group's rows failed when ``info.error`` is set. A
     checkpoint's fault (``FormatError``, ``OSError``) is never the group's and
-    is raised; ``Ctrl-C`` prints ``resume_hint()`` when a checkpoint keeps the
-    work done so far, then is raised.
+    is raised, as is an ``on_chunk`` callback's (:class:`CallbackError`);
+    ``Ctrl-C`` prints ``resume_hint()`` when a checkpoint keeps the work done so
+    far, then is raised.
     """
     try:
         yield
@@ -502,7 +571,7 @@ def failure_policy(info: GroupInfo, on_error: str, errors: list, ckpt,
         if ckpt is not None:
             print(f"jaxhp: interrupted; {resume_hint()}", file=sys.stderr)
         raise
-    except (FormatError, OSError):
+    except (FormatError, OSError, CallbackError):
         raise
     except Exception as e:  # noqa: BLE001 - the failure policy
         if on_error == "raise":
@@ -554,10 +623,16 @@ class Runner:
     """
 
     def __init__(self, ctx: dict, hp: HParams, cfg: LoopConfig, chunk: int,
-                 length: int, info: GroupInfo, total_steps: int, max_evals: int):
+                 length: int, info: GroupInfo, total_steps: int, max_evals: int, *,
+                 group: int = 0, rows=None):
         self.ctx, self.cfg, self.c, self.length, self.info = ctx, cfg, chunk, length, info
         self.hp = hp
         n, s = len(hp), len(ctx["seed_ids"])
+        # what ctx["reporter"] (the search's on_chunk) is told: the group, the members'
+        # rows in the search's result, and a counter of the chunks reported
+        self.group = group
+        self.rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+        self.n_reported = 0
         self.shape = (n, s)
         self.carry = None  # leaves (seeds, n, ...), allocated from the first chunk
         self.loss = np.full((s, n, total_steps), np.nan, np.float32)
@@ -616,6 +691,12 @@ class Runner:
             self.train_loss[:, rows] = train_loss[:, :m]
             self.trained[rows] = s1
             dead_out.append(carry[1][:, :m])
+            reporter = self.ctx.get("reporter")
+            if reporter:
+                reporter.report(group=self.group, chunk=self.n_reported, step=s1,
+                                rows=self.rows[rows], settings=settings_columns(self.hp, rows),
+                                val=val, train_loss=train_loss, diverged_at=carry[1])
+                self.n_reported += 1
         return ({k: np.concatenate(v, axis=1) for k, v in val_out.items()},
                 np.concatenate(dead_out, axis=1))
 

@@ -4,6 +4,13 @@
 ``optimizer(hp) -> optax.GradientTransformation`` and optionally
 ``metrics(params, batch, hp) -> dict``. ``loss`` receives a PRNG ``key`` for
 stochastic layers (dropout) during training and ``key=None`` at evaluation.
+
+A model declared ``has_state=True`` also carries non-trained state (BatchNorm
+running statistics): ``init(key, hp) -> (params, state)``,
+``loss(params, state, batch, hp, key=None) -> (loss, (aux, new_state))`` and
+``metrics(params, state, batch, hp)``. The rest of jaxhp calls a model through
+:func:`init_fn`, :func:`model_loss`, :func:`loss_fn` and :func:`metrics_fn`
+only, so the two kinds differ in this module and nowhere else.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class _ModelFields(NamedTuple):
     name: str = "model"
     directions: tuple[tuple[str, str], ...] = ()
     check_data: Callable | None = None
+    has_state: bool = False
 
 
 class Model(_ModelFields):
@@ -82,18 +90,33 @@ class Model(_ModelFields):
         or ``"test"``) before anything compiles; raises
         :class:`~jaxhp.DataError` naming the array when the data do not fit
         the model (a label out of range, ``y`` of the wrong shape).
+      has_state: the model carries non-trained state beside its parameters
+        (BatchNorm running statistics), declared, never guessed (default
+        False). Then ``init(key, hp) -> (params, state)``;
+        ``loss(params, state, batch, hp, key=None) -> (loss, (aux,
+        new_state))``, where ``new_state`` has the structure, shapes and
+        dtypes of ``state`` (training threads it from step to step; at
+        evaluation, ``key=None``, it is ignored); ``metrics(params, state,
+        batch, hp) -> dict``. The state is not differentiated nor touched by
+        the optimizer; it is kept in ``TrainState.model_state``, and results
+        hand parameters back as ``(params, state)`` pairs.
 
     Example:
       >>> model = jaxhp.Model(init, loss, optimizer, metrics, hparams=MyHP,
       ...                     directions={"accuracy": "max", "ce": "min"})
+      >>> bn = jaxhp.Model(init_with_stats, loss_with_stats, optimizer, has_state=True)
     """
 
     __slots__ = ()
 
     def __new__(cls, init, loss, optimizer, metrics=None, hparams=None, name="model",
-                directions=None, check_data=None):
+                directions=None, check_data=None, has_state=False):
+        if not isinstance(has_state, bool):
+            raise TypeError(f"Model(has_state=...): `has_state`={has_state!r}: must be True "
+                            "(the model carries non-trained state such as BatchNorm "
+                            "statistics) or False")
         return super().__new__(cls, init, loss, optimizer, metrics, hparams, name,
-                               _freeze_directions(directions), check_data)
+                               _freeze_directions(directions), check_data, has_state)
 
     def _replace(self, **changes) -> Model:
         return Model(**{**self._asdict(), **changes})
@@ -113,8 +136,32 @@ def _qualname(fn) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def loss_fn(model: Model, params, batch, hp, key=None):
-    """Calls ``model.loss``, passing ``key`` if it accepts one (``None``: evaluation)."""
+def init_fn(model: Model, key, hp):
+    """``(params, state)`` of any model; ``state`` is None for a stateless one."""
+    if model.has_state:
+        params, state = model.init(key, hp)
+        return params, state
+    return model.init(key, hp), None
+
+
+def model_loss(model: Model, params, state, batch, hp, key=None):
+    """``(loss, (aux, new_state))`` of any model (``state`` None for a stateless one);
+    ``key`` is passed if ``model.loss`` accepts one (``None``: evaluation)."""
+    if not model.has_state:
+        loss, aux = loss_fn(model, params, batch, hp, key)
+        return loss, (aux, None)
+    if _takes_key(model.loss):
+        return model.loss(params, state, batch, hp, key=key)
+    return model.loss(params, state, batch, hp)
+
+
+def loss_fn(model: Model, params, batch, hp, key=None, *, state=None):
+    """``(loss, aux)`` of ``model.loss``, passing ``key`` if it accepts one
+    (``None``: evaluation); a stateful model reads ``state`` and its new state
+    is dropped."""
+    if model.has_state:
+        loss, (aux, _) = model_loss(model, params, state, batch, hp, key)
+        return loss, aux
     if _takes_key(model.loss):
         return model.loss(params, batch, hp, key=key)
     return model.loss(params, batch, hp)
@@ -129,12 +176,27 @@ def _takes_key(fn) -> bool:
     return "key" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def metrics_fn(model: Model, params, batch, hp) -> dict:
-    """The model's metrics on a batch, with the objective added as ``loss``."""
-    out = {"loss": loss_fn(model, params, batch, hp)[0]}
+def metrics_fn(model: Model, params, batch, hp, state=None) -> dict:
+    """The model's metrics on a batch (evaluation mode), with the objective added as
+    ``loss``; a stateful model reads ``state``."""
+    out = {"loss": loss_fn(model, params, batch, hp, state=state)[0]}
     if model.metrics is not None:
-        out.update(model.metrics(params, batch, hp))
+        out.update(model.metrics(params, state, batch, hp) if model.has_state
+                   else model.metrics(params, batch, hp))
     return out
+
+
+def abstract_init(model: Model, hp):
+    """The shapes of ``(params, state)`` (``jax.eval_shape``; ``state`` None when
+    stateless)."""
+    return jax.eval_shape(lambda k, h: init_fn(model, k, h), jax.random.key(0), hp)
+
+
+def metric_names(model: Model, hp, part) -> list[str]:
+    """The sorted names of the model's metrics on ``part`` (``loss`` included), abstractly."""
+    params, state = abstract_init(model, hp)
+    return sorted(jax.eval_shape(lambda p, s: metrics_fn(model, p, part, hp, s), params,
+                                 state))
 
 
 def _is_scalar(s) -> bool:
@@ -196,8 +258,81 @@ def _abstract(what: str, fn, call, hp, *args):
             f"{fix}. (JAX said: {type(e).__name__}: {first})") from e
 
 
+def _binds(fn, n: int) -> bool:
+    """Whether ``fn`` can be called with ``n`` positional arguments (True if unknown)."""
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): let the call decide
+        return True
+    return True
+
+
+def _describe(tree) -> str:
+    r = repr(jax.tree_util.tree_map(lambda s: f"{s.dtype}{list(s.shape)}", tree))
+    return r if len(r) <= 160 else r[:157] + "..."
+
+
+def _check_same_state(fn, state, new_state) -> None:
+    """``new_state`` has the structure, shapes and dtypes of ``state``, else a ModelError."""
+    where = f"model.loss ({_qualname(fn)})"
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(new_state):
+        raise ModelError(f"{where} returned a new state of another structure than the "
+                         f"state model.init returned: {_describe(new_state)} instead of "
+                         f"{_describe(state)}; return (loss, (aux, new_state)) with "
+                         "new_state shaped like the state it received")
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state)[0],
+                            jax.tree_util.tree_leaves(new_state)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ModelError(f"{where} returned new_state{jax.tree_util.keystr(path)} of "
+                             f"shape {tuple(b.shape)} and dtype {b.dtype}; the state has "
+                             f"shape {tuple(a.shape)} and dtype {a.dtype} (cast or reshape "
+                             "the update so the state keeps its shape and dtype)")
+
+
+def _check_loss_out(model: Model, out, state=None, train: bool = True) -> None:
+    """The output of ``model.loss``: ``(loss, aux)``, or ``(loss, (aux, new_state))``
+    for a stateful model (its structure checked against ``state`` in training)."""
+    where = f"model.loss ({_qualname(model.loss)})"
+    if model.has_state:
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)
+                and len(out[1]) == 2):
+            got = (f"({type(out[0]).__name__}, {type(out[1]).__name__})"
+                   if isinstance(out, tuple) and len(out) == 2 else type(out).__name__)
+            raise ModelError(f"{where} must return (loss, (aux, new_state)) for a model "
+                             f"with has_state=True, got {got}; return the updated state "
+                             "beside aux, e.g. `return loss, (aux, new_state)` (at "
+                             "evaluation, key=None, return the state it received)")
+        if train:
+            _check_same_state(model.loss, state, out[1][1])
+    elif not (isinstance(out, tuple) and len(out) == 2):
+        raise ModelError(f"{where} must return (loss, aux), got {type(out).__name__}")
+    if not _is_scalar(out[0]):
+        raise ModelError(f"{where} must return a scalar loss, got shape "
+                         f"{tuple(getattr(out[0], 'shape', ()))}; reduce it (e.g. with "
+                         "jnp.mean) over the batch")
+
+
+def _check_signatures(model: Model) -> None:
+    """A stateful model's functions take the state: their arity is checked up front."""
+    for field, n, sig in (("loss", 4, "loss(params, state, batch, hp, key=None)"),
+                          ("metrics", 4, "metrics(params, state, batch, hp)")):
+        fn = getattr(model, field)
+        if fn is not None and not _binds(fn, n):
+            raise ModelError(f"model.{field} ({_qualname(fn)}) cannot be called as "
+                             f"{sig}: a model with has_state=True passes the state after "
+                             "the parameters (declare has_state=False for a model "
+                             "without state)")
+
+
 def check_model(model: Model, hp, batch) -> None:
     """Traces each model function abstractly (nothing compiles) and checks outputs.
+
+    For a model with ``has_state=True``: ``init`` returns ``(params, state)``,
+    ``loss`` returns ``(loss, (aux, new_state))`` with ``new_state`` of the
+    state's structure, shapes and dtypes, and ``loss``/``metrics`` take the
+    state after the parameters.
 
     Raises:
       ModelError: naming the function and what it returned, or the tunable
@@ -209,24 +344,36 @@ def check_model(model: Model, hp, batch) -> None:
         if not callable(getattr(model, field)):
             raise ModelError(f"model.{field} must be callable, got "
                              f"{getattr(model, field)!r}")
+    if model.has_state:
+        _check_signatures(model)
     key = jax.random.key(0)
-    params = _abstract("model.init", model.init, lambda h, k: model.init(k, h), hp, key)
+    out = _abstract("model.init", model.init, lambda h, k: model.init(k, h), hp, key)
+    state = None
+    if model.has_state:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ModelError(f"model.init ({_qualname(model.init)}) must return "
+                             "(params, state) for a model with has_state=True, got "
+                             f"{type(out).__name__}{_shape_note(out)}; return the "
+                             "non-trained state beside the parameters, e.g. "
+                             "`return params, {'mean': jnp.zeros(d)}`")
+        params, state = out
+    else:
+        params = out
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise ModelError(f"model.init ({_qualname(model.init)}) returned a "
                              f"non-float parameter {jax.tree_util.keystr(path)} of "
                              f"dtype {leaf.dtype}; parameters must be float arrays")
-    out = _abstract("model.loss", model.loss,
-                    lambda h, p, b, k: loss_fn(model, p, b, h, k), hp, params, batch, key)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ModelError(f"model.loss ({_qualname(model.loss)}) must return "
-                         f"(loss, aux), got {type(out).__name__}")
-    if not _is_scalar(out[0]):
-        raise ModelError(f"model.loss ({_qualname(model.loss)}) must return a scalar "
-                         f"loss, got shape {tuple(out[0].shape)}; reduce it "
-                         "(e.g. with jnp.mean) over the batch")
-    _abstract("model.loss", model.loss,
-              lambda h, p, b: loss_fn(model, p, b, h, None), hp, params, batch)
+    # the raw output of model.loss (model_loss would unpack a malformed one)
+    raw = ((lambda p, s, b, h, k: model_loss(model, p, s, b, h, k)) if model.has_state
+           else (lambda p, s, b, h, k: loss_fn(model, p, b, h, k)))
+    out = _abstract("model.loss", model.loss, lambda h, p, s, b, k: raw(p, s, b, h, k),
+                    hp, params, state, batch, key)
+    _check_loss_out(model, out, state, train=True)
+    out = _abstract("model.loss", model.loss, lambda h, p, s, b: raw(p, s, b, h, None),
+                    hp, params, state, batch)
+    if model.has_state:
+        _check_loss_out(model, out, state, train=False)
     opt = model.optimizer(hp)
     if not isinstance(opt, optax.GradientTransformation):
         raise ModelError(f"model.optimizer ({_qualname(model.optimizer)}) must return "
@@ -238,8 +385,13 @@ def check_model(model: Model, hp, batch) -> None:
 
     _abstract("model.optimizer", model.optimizer, opt_step, hp, params)
     if model.metrics is not None:
-        m = _abstract("model.metrics", model.metrics,
-                      lambda h, p, b: model.metrics(p, b, h), hp, params, batch)
+        if model.has_state:
+            m = _abstract("model.metrics", model.metrics,
+                          lambda h, p, s, b: model.metrics(p, s, b, h), hp, params, state,
+                          batch)
+        else:
+            m = _abstract("model.metrics", model.metrics,
+                          lambda h, p, b: model.metrics(p, b, h), hp, params, batch)
         if not isinstance(m, dict):
             raise ModelError(f"model.metrics ({_qualname(model.metrics)}) must return "
                              f"a dict, got {type(m).__name__}")
@@ -252,6 +404,13 @@ def check_model(model: Model, hp, batch) -> None:
         if k not in names:
             raise ModelError(f"Model(directions=...) declares `{k}`, which model.metrics "
                              f"does not return{did_you_mean(k, names)}; metrics are {names}")
+
+
+def _shape_note(out) -> str:
+    """`` (a tuple of 3)``-style detail of a wrong ``init`` output."""
+    if isinstance(out, (tuple, list)):
+        return f" of {len(out)}"
+    return ""
 
 
 # A function's repr (in a callback's parameters) holds its address, which differs
@@ -314,7 +473,9 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
 
     Traced: ``init(key, hp)``; ``loss`` with a key, with ``key=None`` and its
     gradient in the parameters (so custom differentiation rules count);
-    ``metrics``; ``optimizer(hp).init`` and ``.update``.
+    ``metrics``; ``optimizer(hp).init`` and ``.update``. A stateful model's
+    ``loss`` and ``metrics`` are traced with its state, and ``has_state`` is
+    recorded with the names.
 
     Returns:
       ``{"model": {"name", "init", "loss", "optimizer", "metrics": qualified
@@ -327,23 +488,33 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
         fn = getattr(model, f)
         names[f] = None if fn is None else f"{getattr(fn, '__module__', '?')}.{_qualname(fn)}"
     names["hparams"] = None if model.hparams is None else model.hparams.__qualname__
+    if model.has_state:  # absent for a stateless model: its fingerprint is unchanged
+        names["has_state"] = True
     hashes = {f: hashlib.sha256() for f in FINGERPRINTED}
     batch = abstract_batch(batch)
     key = jax.random.key(0)
     make = jax.make_jaxpr
-    train_loss = lambda p, b, h, k: loss_fn(model, p, b, h, k)
-    eval_loss = lambda p, b, h: loss_fn(model, p, b, h)
-    loss_grad = jax.grad(lambda p, b, h, k: loss_fn(model, p, b, h, k)[0])
+    if model.has_state:  # the state is one more argument of loss and metrics
+        train_loss = lambda p, s, b, h, k: model_loss(model, p, s, b, h, k)
+        eval_loss = lambda p, s, b, h: model_loss(model, p, s, b, h)
+        loss_grad = jax.grad(lambda p, s, b, h, k: model_loss(model, p, s, b, h, k)[0])
+        metrics = lambda p, s, b, h: model.metrics(p, s, b, h)
+    else:
+        train_loss = lambda p, b, h, k: loss_fn(model, p, b, h, k)
+        eval_loss = lambda p, b, h: loss_fn(model, p, b, h)
+        loss_grad = jax.grad(lambda p, b, h, k: loss_fn(model, p, b, h, k)[0])
+        metrics = model.metrics
     opt_init = lambda h, p: model.optimizer(h).init(p)
     opt_update = lambda h, g, s, p: model.optimizer(h).update(g, s, p)
     for hp in hps:
         _hash_jaxpr(hashes["init"], make(model.init)(key, hp))
-        params = jax.eval_shape(model.init, key, hp)
-        _hash_jaxpr(hashes["loss"], make(train_loss)(params, batch, hp, key))
-        _hash_jaxpr(hashes["loss"], make(eval_loss)(params, batch, hp))
-        _hash_jaxpr(hashes["loss"], make(loss_grad)(params, batch, hp, key))
+        params, mstate = jax.eval_shape(lambda k, h: init_fn(model, k, h), key, hp)
+        lead = (params, mstate) if model.has_state else (params,)
+        _hash_jaxpr(hashes["loss"], make(train_loss)(*lead, batch, hp, key))
+        _hash_jaxpr(hashes["loss"], make(eval_loss)(*lead, batch, hp))
+        _hash_jaxpr(hashes["loss"], make(loss_grad)(*lead, batch, hp, key))
         if model.metrics is not None:
-            _hash_jaxpr(hashes["metrics"], make(model.metrics)(params, batch, hp))
+            _hash_jaxpr(hashes["metrics"], make(metrics)(*lead, batch, hp))
         _hash_jaxpr(hashes["optimizer"], make(opt_init)(hp, params))
         state = jax.eval_shape(opt_init, hp, params)
         _hash_jaxpr(hashes["optimizer"], make(opt_update)(hp, params, state, params))

@@ -3,7 +3,8 @@
 A population holds, for one static group:
 
 - ``hp``: the settings' tunable leaves, shape ``(settings,)``;
-- ``carry``: the training state and health ``(TrainState, dead_at)``, leaves
+- ``carry``: the training state (parameters, optimizer state and, for a
+  stateful model, its state) and health ``(TrainState, dead_at)``, leaves
   ``(seeds, settings, ...)``;
 - ``keys``: one PRNG key per seed, ``(seeds,)``.
 
@@ -96,9 +97,9 @@ def evaluate(model: Model) -> Callable:
 
     def one(h, carry, val_part, train_part, k):
         del k
-        params = carry[0].params
-        return metrics_fn(model, params, val_part, h), loss_fn(model, params, train_part,
-                                                               h)[0]
+        params, state = carry[0].params, carry[0].model_state
+        return (metrics_fn(model, params, val_part, h, state),
+                loss_fn(model, params, train_part, h, state=state)[0])
 
     return over_members(one, 1, 2)
 
@@ -117,7 +118,8 @@ def score(val, dead_at, mode: str, xp=jnp):
 
 def take(carry, idx):
     """Members ``idx`` of a carry (leaves ``(seeds, settings, ...)``): survivors, or
-    the sources of PBT's exploit (a member copies its source's whole state)."""
+    the sources of PBT's exploit (a member copies its source's whole state: parameters,
+    optimizer state, model state and health)."""
     return jax.tree_util.tree_map(lambda a: a[:, idx], carry)
 
 

@@ -3,6 +3,8 @@
 - :class:`GroupInfo`: one static group of a search (statics, chunking, compile
   and run seconds, error), the same fields for every search.
 - :class:`Rung`: one rung of successive halving or Hyperband.
+- :class:`ChunkRecord`: what a search's ``on_chunk`` callback receives for each
+  finished chunk (or segment) of members.
 - :func:`encode` / :func:`decode`: a result's declared extras (dicts, lists,
   numpy arrays, numbers, strings and the records above) to ``(arrays, JSON)``
   and back, so that ``save``/``load`` keep them exactly.
@@ -84,6 +86,90 @@ class Rung:
     train_steps: int
     compile_s: float = 0.0
     run_s: float = 0.0
+
+
+@dataclasses.dataclass
+class ChunkRecord:
+    """One finished chunk of a search, as its ``on_chunk`` callback receives it.
+
+    A chunk is the engine's unit of work: some settings of one static group,
+    each with every seed, trained in one compiled call. Arrays are plain numpy,
+    indexed ``[setting]`` or ``[setting, seed]`` like a result's, so a callback
+    can write them anywhere (a file, TensorBoard, W&B, MLflow) without JAX.
+
+    Attributes:
+      search: ``"sweep"``, ``"successive_halving"``, ``"hyperband"`` or ``"pbt"``.
+      group: the static group (``result.groups[group]``).
+      chunk: the chunk's index in its group: for a sweep its checkpoint slot
+        (``0 .. n_chunks - 1``); for an adaptive search a counter over the
+        group's segments in this call.
+      step: the steps every member has trained at the end of the chunk (a
+        sweep: the settings' ``steps``; halving: the rung's budget; PBT: the end
+        of the interval).
+      rows: ``(m,)`` the settings' rows in the search's result
+        (``result.setting(rows[j])``).
+      settings: ``{field: (m,) column}`` the settings as the search trained
+        them (PBT: the interval's hyperparameters; halving: ``steps`` is the
+        search's horizon, see ``step`` for the steps trained so far).
+      seed_ids: ``(seeds,)`` the seed indices.
+      val: ``{metric: (m, seeds)}`` the validation metrics after the chunk
+        (``loss`` included).
+      train_loss: ``(m, seeds)`` the training objective after the chunk.
+      diverged_at: ``(m, seeds)`` the step a member diverged at, ``-1`` if healthy.
+      loaded: the chunk was read from ``checkpoint_dir`` rather than trained
+        by this call (a resumed sweep).
+
+    Example:
+      >>> def log(rec):
+      ...     for row in rec.to_dicts():
+      ...         print(row["index"], row["learning_rate"], row["val_mse"])
+      >>> jaxhp.sweep(model, space, split, key=key, on_chunk=log)
+    """
+
+    search: str
+    group: int
+    chunk: int
+    step: int
+    rows: np.ndarray
+    settings: dict
+    seed_ids: np.ndarray
+    val: dict
+    train_loss: np.ndarray
+    diverged_at: np.ndarray
+    loaded: bool = False
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def status(self) -> np.ndarray:
+        """``(m, seeds)``: ``"ok"`` or ``"diverged"`` per member."""
+        return np.where(self.diverged_at >= 0, "diverged", "ok").astype("<U8")
+
+    def mean(self, metric: str) -> np.ndarray:
+        """``(m,)`` the mean over seeds of a validation metric, as a result scores it
+        (``SweepResult.aggregate``): NaN for a setting with a diverged seed or a
+        NaN/Inf value."""
+        v = np.asarray(self.val[metric], np.float64)
+        ok = np.all(self.diverged_at < 0, axis=1) & np.all(np.isfinite(v), axis=1)
+        return np.where(ok, np.where(ok[:, None], v, 0.0).mean(axis=1), np.nan)
+
+    def to_dicts(self) -> list[dict]:
+        """One flat dict of plain Python values per setting, ready for a logger:
+        ``index`` (the result row), ``group``, ``chunk``, ``step``, every field,
+        ``status`` (``"diverged"`` if any seed diverged) and ``val_<metric>``
+        (:meth:`mean`) for every metric."""
+        cols = {name: np.asarray(col).tolist() for name, col in self.settings.items()}
+        means = {f"val_{k}": self.mean(k).tolist() for k in sorted(self.val)}
+        bad = np.any(self.diverged_at >= 0, axis=1)
+        out = []
+        for j, row in enumerate(self.rows.tolist()):
+            d = {"index": row, "group": self.group, "chunk": self.chunk, "step": self.step}
+            d.update({name: col[j] for name, col in cols.items()})
+            d["status"] = "diverged" if bad[j] else "ok"
+            d.update({k: v[j] for k, v in means.items()})
+            out.append(d)
+        return out
 
 
 RECORDS = {"GroupInfo": GroupInfo, "Rung": Rung}

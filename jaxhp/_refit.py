@@ -4,6 +4,10 @@ A result is a record of what a search computed; when it did not keep a
 member's parameters, or when the chosen setting is tested, the setting is
 trained again here, alone, with the member's own key ``fold_in(key, seed)``
 (equal to the search's member within float tolerance).
+
+"Parameters" here are what a user gets back (:func:`jaxhp._train.learned`): the
+parameter pytree, or the pair ``(params, state)`` for a model declared
+``has_state=True`` (its state, e.g. BatchNorm statistics, is used at test).
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import numpy as np
 from jaxhp._data import Split
 from jaxhp._hparams import HParams
 from jaxhp._model import Model
-from jaxhp._train import evaluate, train
+from jaxhp._train import evaluate, learned, split_learned, train
 
 
 def member_params(model: Model, hp: HParams, split: Split, key: jax.Array, seed: int):
-    """The trained parameters of member ``(hp, seed)``, retrained alone."""
-    return train(model, hp, split, key=jax.random.fold_in(key, int(seed))).state.params
+    """The trained parameters of member ``(hp, seed)``, retrained alone (a stateful
+    model: ``(params, state)``)."""
+    return learned(model, train(model, hp, split, key=jax.random.fold_in(key, int(seed))).state)
 
 
 def test_runs(model: Model, hp: HParams, split: Split, key: jax.Array,
@@ -39,9 +44,11 @@ def test_runs(model: Model, hp: HParams, split: Split, key: jax.Array,
 
 
 def test_metrics(model: Model, hp: HParams, params: Sequence, split: Split) -> dict:
-    """``{metric: per-seed array}`` of trained ``params`` (one per seed) on the test part."""
+    """``{metric: per-seed array}`` of trained ``params`` (one per seed; ``(params,
+    state)`` pairs for a stateful model) on the test part."""
     per_seed: dict[str, list] = {}
     for p in params:
-        for k, v in evaluate(model, p, hp, split.test).items():
+        p, state = split_learned(model, p)
+        for k, v in evaluate(model, p, hp, split.test, state=state).items():
             per_seed.setdefault(k, []).append(float(v))
     return {k: np.asarray(v) for k, v in per_seed.items()}

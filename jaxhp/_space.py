@@ -198,7 +198,7 @@ class Space(abc.ABC):
             does not set; by default, the class defaults fill them.
 
         Returns:
-          A :class:`~jaxhp._table.SettingsTable` of ``len(self)`` rows in the
+          A :class:`~jaxhp.SettingsTable` of ``len(self)`` rows in the
           space's order.
 
         Raises:

@@ -20,18 +20,60 @@ import optax
 
 from jaxhp._data import Split, check_split, part_size, sample_batch
 from jaxhp._hparams import HParams
-from jaxhp._model import Model, abstract_batch, check_model, loss_fn, metrics_fn
+from jaxhp._model import (
+    Model,
+    abstract_batch,
+    abstract_init,
+    check_model,
+    init_fn,
+    loss_fn,
+    metrics_fn,
+    model_loss,
+)
 
 # Key derivation: a run's randomness comes from its key only, split by role.
 INIT, DATA, NOISE = 0, 1, 2
 
 
 class TrainState(NamedTuple):
-    """The learned state: step count, parameters and optimizer state."""
+    """The learned state: step count, parameters, optimizer state and model state.
+
+    Attributes:
+      step: the number of steps taken.
+      params: the trained parameters.
+      opt_state: the Optax optimizer's state.
+      model_state: the model's non-trained state (BatchNorm running
+        statistics) for a model declared ``has_state=True``, else ``None``.
+
+    Example:
+      >>> run = jaxhp.train(model, hp, split, key=key)
+      >>> run.state.params, run.state.model_state
+    """
 
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any = None
+
+
+def learned(model: Model, state: TrainState):
+    """What a user gets back as a member's trained parameters: ``params``, or the
+    pair ``(params, model_state)`` for a stateful model (its one home)."""
+    return (state.params, state.model_state) if model.has_state else state.params
+
+
+def learned_shapes(model: Model, hp: HParams):
+    """The shapes of :func:`learned` for setting ``hp`` (``jax.eval_shape``)."""
+    params, state = abstract_init(model, hp)
+    return (params, state) if model.has_state else params
+
+
+def split_learned(model: Model, learned_params):
+    """The inverse of :func:`learned`: ``(params, model_state)`` (``None`` when stateless)."""
+    if model.has_state:
+        params, state = learned_params
+        return params, state
+    return learned_params, None
 
 
 class Run(NamedTuple):
@@ -39,7 +81,8 @@ class Run(NamedTuple):
 
     Attributes:
       state: the final :class:`TrainState` (frozen at the last finite state if
-        the run diverged).
+        the run diverged); ``state.model_state`` is the trained state of a
+        model with ``has_state=True`` (BatchNorm statistics), else ``None``.
       train_loss: the objective on the whole training part at the end.
       val: the validation metrics at the end (a dict of scalars).
       loss_curve: the training loss per step (or per window of ``loss_every``
@@ -126,8 +169,9 @@ def _remat_scan(step, carry, start, length: int, k: int):
 
 def start(model: Model, hp: HParams, key: jax.Array):
     """The carry of a run before its first step: ``(TrainState, dead_at=-1)`` (pure)."""
-    params = model.init(jax.random.fold_in(key, INIT), hp)
-    state = TrainState(jnp.asarray(0, jnp.int32), params, model.optimizer(hp).init(params))
+    params, model_state = init_fn(model, jax.random.fold_in(key, INIT), hp)
+    state = TrainState(jnp.asarray(0, jnp.int32), params, model.optimizer(hp).init(params),
+                       model_state)
     return state, jnp.asarray(-1, jnp.int32)
 
 
@@ -136,8 +180,10 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
     """The training step ``step((state, dead_at), t) -> ((state, dead_at), loss)`` (pure).
 
     Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only. A
-    member whose loss or parameters become non-finite is frozen at its last
-    finite state, ``dead_at`` records the step and later losses are NaN.
+    stateful model's state is threaded through the steps (the loss's new state).
+    A member whose loss, parameters or model state become non-finite is frozen
+    at its last finite state (parameters, optimizer state and model state),
+    ``dead_at`` records the step and later losses are NaN.
     ``want_loss=False``: the step outputs ``None`` instead of the loss (no
     per-step output at all; the loss is still computed, for the health check).
     """
@@ -148,13 +194,21 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         state, dead_at = carry
         batch = sample_batch(train_part, data_key, t, cfg.batch_size)
         k = jax.random.fold_in(noise_key, t)
-        (loss, _), grads = jax.value_and_grad(
-            lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
+        if model.has_state:
+            (loss, (_, model_state)), grads = jax.value_and_grad(
+                lambda p: model_loss(model, p, state.model_state, batch, hp, k),
+                has_aux=True)(state.params)
+        else:  # the stateless step, exactly as before model state existed
+            (loss, _), grads = jax.value_and_grad(
+                lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
+            model_state = None
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
-                         opt_state)
+                         opt_state, model_state)
         healthy = dead_at < 0
         ok = jnp.isfinite(loss) & _all_finite(new.params)
+        if model.has_state:
+            ok = ok & _all_finite(model_state)
         keep = healthy & ok
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         dead_at = jnp.where(healthy & ~ok, t, dead_at)
@@ -188,8 +242,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     # loss_every 0/None: the steps output nothing (no (steps,) buffer per member)
     step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every))
 
-    def evaluate(params):
-        return metrics_fn(model, params, val_part, hp)
+    def evaluate(state):
+        return metrics_fn(model, state.params, val_part, hp, state.model_state)
 
     carry = start(model, hp, key)
     if cfg.eval_every:
@@ -198,7 +252,7 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
 
         def outer(carry, b):
             carry, losses = _steps(step, carry, b * every, every, cfg.remat)
-            return carry, (losses, evaluate(carry[0].params))
+            return carry, (losses, evaluate(carry[0]))
 
         carry, (losses, val_curve) = jax.lax.scan(
             outer, carry, jnp.arange(n_blocks, dtype=jnp.int32))
@@ -209,12 +263,12 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     else:  # no curve: evaluate once, at the end
         carry, losses = _steps(step, carry, 0, cfg.steps, cfg.remat)
         val_curve = jax.tree_util.tree_map(
-            lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0].params))
+            lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0]))
     state, dead_at = carry
-    train_loss = loss_fn(model, state.params, train_part, hp)[0]
+    train_loss = loss_fn(model, state.params, train_part, hp, state=state.model_state)[0]
     if losses is None:
         losses = jnp.zeros((0,), train_loss.dtype)
-    return Run(state, train_loss, evaluate(state.params),
+    return Run(state, train_loss, evaluate(state),
                _downsample(losses, cfg.loss_every), val_curve, dead_at)
 
 
@@ -348,7 +402,9 @@ def train(
 
     Returns:
       A :class:`Run`. A run whose loss becomes NaN/Inf is frozen at its last
-      finite state and reported with ``diverged_at``, not raised.
+      finite state and reported with ``diverged_at``, not raised. A stateful
+      model's (``has_state=True``) final state is ``run.state.model_state``,
+      and validation and ``train_loss`` are evaluated with it.
 
     Raises:
       HParamsError, DataError, ModelError, ValueError: before anything compiles.
@@ -368,25 +424,65 @@ def train(
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _evaluate_jit(model, params, hp, part):
-    return metrics_fn(model, params, part, hp)
+def _evaluate_jit(model, params, hp, part, state):
+    return metrics_fn(model, params, part, hp, state)
 
 
-def evaluate(model: Model, params, hp: HParams, part) -> dict[str, jax.Array]:
+def check_state(model: Model, hp: HParams, state, caller: str = "evaluate") -> None:
+    """Refuses a missing, superfluous or misshapen ``state`` for ``model`` (before
+    anything compiles)."""
+    if not model.has_state:
+        if state is not None:
+            raise ValueError(f"{caller}(): `state` was given, but model {model.name!r} "
+                             "has no state (has_state=False); drop `state=`")
+        return
+    if state is None:
+        raise ValueError(
+            f"{caller}(): model {model.name!r} has state (has_state=True, e.g. BatchNorm "
+            "running statistics), and evaluation uses it: pass `state=`, e.g. "
+            "`state=run.state.model_state`, or `params, state = result.params(i)`")
+    want = abstract_init(model, hp)[1]
+    got_def, want_def = (jax.tree_util.tree_structure(t) for t in (state, want))
+    if got_def != want_def:
+        raise ValueError(f"{caller}(): `state` has the structure {got_def}, model "
+                         f"{model.name!r} has a state of structure {want_def} (is it "
+                         "another model's state, or the (params, state) pair?)")
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                            jax.tree_util.tree_leaves(state)):
+        if tuple(np.shape(b)) != tuple(a.shape):
+            raise ValueError(f"{caller}(): `state{jax.tree_util.keystr(path)}` has shape "
+                             f"{tuple(np.shape(b))}, the model's state has {tuple(a.shape)}")
+
+
+def evaluate(model: Model, params, hp: HParams, part, *, state=None) -> dict[str, jax.Array]:
     """The model's metrics (``loss`` included) on any part of the data.
 
     The model's data check (``model.check_data``) runs on ``part`` first,
     naming it ``part`` (e.g. ``part["y"]``).
 
+    Args:
+      model: the model's functions.
+      params: trained parameters (e.g. ``run.state.params``).
+      hp: the setting.
+      part: the data (e.g. ``split.test``).
+      state: the model's state, required for a model declared
+        ``has_state=True`` (e.g. ``run.state.model_state``: BatchNorm running
+        statistics), and refused for a stateless one.
+
     Raises:
       DataError: ``part`` does not fit the model (before anything compiles).
+      ValueError: ``state`` is missing for a stateful model, given for a
+        stateless one, or of another structure or shape than the model's.
 
     Example:
       >>> evaluate(model, run.state.params, hp, split.val)["mse"]
+      >>> evaluate(bn_model, run.state.params, hp, split.val,
+      ...          state=run.state.model_state)["accuracy"]
     """
+    check_state(model, hp, state)
     if model.check_data is not None:
         model.check_data(part, "part")
-    return _evaluate_jit(model, params, hp, part)
+    return _evaluate_jit(model, params, hp, part, state)
 
 
 def n_params(params) -> int:

@@ -77,3 +77,38 @@ def assert_trees_close(a, b, *, rtol: float, atol: float) -> None:
     for x, y in zip(tree_leaves_np(a), tree_leaves_np(b), strict=True):
         assert x.dtype == y.dtype and x.shape == y.shape
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@contextlib.contextmanager
+def on_progress(callback) -> Iterator[list]:
+    """Calls ``callback(k)`` after the ``k``-th update of a jaxhp progress bar.
+
+    A search run with ``progress=True`` advances its tqdm bar once a piece of work
+    is finished and saved (a sweep's chunk, a rung, a PBT interval), so raising
+    ``KeyboardInterrupt`` here is a Ctrl-C at that point, and sleeping here slows
+    the search down between two saves. Yields the list of the updates' amounts.
+    """
+    from tqdm.auto import tqdm
+
+    original = tqdm.update
+    updates: list = []
+
+    def update(self, n=1):
+        out = original(self, n)
+        updates.append(n)
+        callback(len(updates))
+        return out
+
+    tqdm.update = update
+    try:
+        yield updates
+    finally:
+        tqdm.update = original
+
+
+def interrupt_after(k: int):
+    """A callback for :func:`on_progress`: Ctrl-C after the ``k``-th update."""
+    def callback(count):
+        if count == k:
+            raise KeyboardInterrupt
+    return callback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import re
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_undocumented_names_are_caught():
 
 # The layers, top to bottom; a module may import from its own layer or any below it.
 LAYERS = [
-    {"jaxhp", "jaxhp.__main__", "jaxhp.cli"},
+    {"jaxhp", "jaxhp.__main__", "jaxhp.cli", "jaxhp.plot"},
     {"jaxhp._search"},
     {"jaxhp._engine"},
     {"jaxhp._population"},
@@ -103,3 +104,41 @@ def test_imports_point_down_and_take_no_private_names():
                             if n.startswith("_") and n != "__version__"]
     assert not upward, upward
     assert not private, private
+
+
+# Tests use public names only (issue 10): no `jaxhp._module`, no `_name` from jaxhp.
+PRIVATE_PATH = re.compile(r"\bjaxhp(?:\.[A-Za-z]\w*)*\._(?!_)\w*")
+
+
+def _private_uses(text: str) -> list[str]:
+    """The private jaxhp names a test file's source uses: dotted paths anywhere in the
+    text (code run in a subprocess included) and ``from jaxhp... import _name``."""
+    import ast
+
+    found = [m.group(0) for m in PRIVATE_PATH.finditer(text)]
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jaxhp":
+            found += [f"from {node.module} import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_private_uses_are_caught():
+    assert _private_uses("from jaxhp._io import sha256") == ["jaxhp._io"]
+    assert _private_uses("from jaxhp import (\n    grid,\n    _engine as engine,\n)") == [
+        "from jaxhp import _engine"]
+    assert _private_uses("x = jaxhp.models._mlp\nimport jaxhp._table") == [
+        "jaxhp.models._mlp", "jaxhp._table"]
+    assert _private_uses("CHILD = 'from jaxhp._checkpoint import Checkpoint'") == [
+        "jaxhp._checkpoint"]
+    assert _private_uses("import jaxhp\njaxhp.__version__, jaxhp.__all__, jaxhp.sweep") == []
+
+
+def test_other_test_files_use_public_names_only():
+    import pathlib
+
+    here = pathlib.Path(__file__)
+    uses = {p.name: _private_uses(p.read_text()) for p in sorted(here.parent.glob("*.py"))
+            if p != here}
+    assert len(uses) > 5
+    assert not {k: v for k, v in uses.items() if v}

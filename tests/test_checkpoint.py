@@ -1,7 +1,11 @@
 """Long sweeps: checkpoint, resume bit-identically, refuse a changed sweep, lose nothing."""
 
+import hashlib
+import io
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,15 +19,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import interrupt_after, on_progress
 
 import jaxhp
 from jaxhp import models
-from jaxhp._checkpoint import LOCK, Checkpoint
-from jaxhp._io import _tmp_prefix, load_pair, save_pair
-from jaxhp._model import jaxpr_text, model_fingerprint
 
 KEY = jax.random.key(0)
 MODEL = models.linear_regression(10)
+LOCK = "jaxhp.lock"  # the lock file's name: CheckpointLocked tells users to delete it
+
+
+def _tmp_name(pid: int) -> str:
+    """A temporary file as a writer with ``pid`` on this host names it: files are written
+    as ``.jaxhp-tmp-PID@HOST~...`` then renamed (the README: names carry pid and host)."""
+    return f".jaxhp-tmp-{pid}@{re.sub(r'[^A-Za-z0-9._-]', '_', socket.gethostname())}~x"
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".jaxhp-tmp-"))
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +78,16 @@ def test_resume_skips_finished_chunks_and_is_bit_identical(diabetes, tmp_path):
     assert_identical(full, again)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert sorted(manifest["chunks"]) == [f"chunk-0-{i}" for i in range(4)]
+    assert _leftovers(tmp_path) == []  # every write renamed its temporary file
 
 
-def test_interrupted_sweep_keeps_finished_chunks(diabetes, tmp_path, monkeypatch):
-    original = Checkpoint.save
-    calls = []
-
-    def save_then_interrupt(self, group, chunk, out):
-        original(self, group, chunk, out)
-        calls.append(chunk)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run(diabetes, tmp_path)
+def test_interrupted_sweep_keeps_finished_chunks(diabetes, tmp_path):
+    # Ctrl-C once the progress bar shows two chunks done (a chunk counts once saved)
+    with on_progress(interrupt_after(2)) as updates, pytest.raises(KeyboardInterrupt):
+        run(diabetes, tmp_path, progress=True)
+    assert updates == [3, 3]
     assert not (tmp_path / LOCK).exists()  # released on the way out
-    monkeypatch.setattr(Checkpoint, "save", original)
+    assert _leftovers(tmp_path) == []
     resumed = run(diabetes, tmp_path)
     assert resumed.groups[0].chunks_loaded == 2
     assert resumed.groups[0].chunks_computed == 2
@@ -148,18 +154,18 @@ CHILD = textwrap.dedent("""
     import jax
     import jaxhp
     from jaxhp import models
-    from jaxhp._checkpoint import Checkpoint
-    original = Checkpoint.save
-    def slow_save(self, *args):
-        original(self, *args)
+    from tqdm.auto import tqdm
+    original = tqdm.update
+    def slow_update(self, n=1):  # the bar advances once a chunk is saved
+        original(self, n)
         time.sleep(0.4)
-    Checkpoint.save = slow_save
+    tqdm.update = slow_update
     split = jaxhp.datasets.load("diabetes")
     space = jaxhp.random(24, seed=3, learning_rate=jaxhp.loguniform(1e-3, 0.3),
                          l2=jaxhp.loguniform(1e-4, 1.0))
     jaxhp.sweep(models.linear_regression(10), space, split, key=jax.random.key(0),
                 seeds=2, base=models.LinearHP(steps=40, batch_size=32), chunk_size=2,
-                checkpoint_dir=sys.argv[1])
+                checkpoint_dir=sys.argv[1], progress=True)
 """)
 
 
@@ -197,18 +203,34 @@ def test_sigkill_then_resume_is_bit_identical(diabetes, tmp_path):
 
 
 def test_memory_budget_sets_the_chunk_count(diabetes):
-    from jaxhp._engine import member_bytes
-    from jaxhp._train import resolve_loop
-
+    """``memory_budget`` (bytes per device) plans the fewest chunks whose members fit it:
+    for one per-member cost ``per``, every budget ``b`` plans chunks of at most
+    ``b // per`` settings, ``ceil(n / (b // per))`` of them. (The measured policy may then
+    run a smaller size: never a larger one.)"""
     hp = models.LinearHP(steps=10)
-    cfg = resolve_loop(hp, 265, None, None)
-    per = member_bytes(MODEL, hp, cfg, n_val_metrics=2, keep_params=False)
-    sp = jaxhp.random(5000, seed=0, learning_rate=jaxhp.loguniform(1e-3, 0.3))
-    result = jaxhp.sweep(MODEL, sp, diabetes, key=KEY, base=hp, loss_every=0,
-                         memory_budget=per * 250)
-    assert result.groups[0].chunk_size == 250
-    assert result.groups[0].n_chunks == 20
-    assert result.loss_curve.shape == (5000, 1, 0)
+    n = 4096
+    sp = jaxhp.random(n, seed=0, learning_rate=jaxhp.loguniform(1e-3, 0.3))
+    budgets, plans, val = (2**14, 2**15, 2**16), [], None
+    for b in budgets:
+        result = jaxhp.sweep(MODEL, sp, diabetes, key=KEY, base=hp, loss_every=0,
+                             memory_budget=b)
+        g = result.groups[0]
+        # the planned size runs first: the largest size tried (half of it may be tried)
+        plan = max(dict(g.chunk_trials), default=g.chunk_size)
+        assert g.chunk_size <= plan
+        plans.append(plan)
+        assert result.loss_curve.shape == (n, 1, 0)
+        if val is not None:  # chunking changes no result
+            np.testing.assert_allclose(result.val["mse"], val, rtol=1e-6)
+        val = result.val["mse"]
+    assert plans[0] >= 8  # a member costs well under 2 KiB
+    fits = [per for per in range(1, budgets[0] + 1) if all(
+        p <= b // per and math.ceil(n / p) == math.ceil(n / (b // per))
+        for b, p in zip(budgets, plans))]
+    assert fits, plans
+    four = jaxhp.random(4, seed=0, learning_rate=jaxhp.loguniform(1e-3, 0.3))
+    one = jaxhp.sweep(MODEL, four, diabetes, key=KEY, base=hp, loss_every=0, memory_budget=1)
+    assert one.groups[0].chunk_size == 1 and one.groups[0].n_chunks == 4  # at least one
 
 
 class _Trap:
@@ -223,15 +245,11 @@ class _Trap:
 
 def _tamper(stem, arrays):
     """Replaces stem.npz by ``arrays`` and fixes the checksum in stem.json."""
-    import io
-
-    from jaxhp._io import sha256
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     stem.with_suffix(".npz").write_bytes(buf.getvalue())
     header = json.loads(stem.with_suffix(".json").read_text())
-    header["npz_sha256"] = sha256(buf.getvalue())
+    header["npz_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
     stem.with_suffix(".json").write_text(json.dumps(header))
 
 
@@ -297,10 +315,7 @@ SMALL_SPACE = jaxhp.random(4, seed=3, learning_rate=jaxhp.loguniform(1e-3, 0.3))
 
 def test_edited_loss_or_captured_constant_is_refused_naming_the_function(diabetes, tmp_path):
     first = jaxhp.sweep(RIDGE, SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
-    edited = ridge(penalty="l1")
-    fp = [model_fingerprint(m, [models.LinearHP(steps=20)], diabetes.train)
-          for m in (RIDGE, edited)]
-    assert fp[0]["model"] == fp[1]["model"]  # the same qualified names
+    edited = ridge(penalty="l1")  # the same qualified names, another loss
     with pytest.raises(jaxhp.CheckpointMismatch, match="`model.loss`") as e:
         jaxhp.sweep(edited, SMALL_SPACE, diabetes, checkpoint_dir=tmp_path, **SMALL)
     for unchanged in ("`model.init`", "`model.metrics`", "`model.optimizer`", "`model`:"):
@@ -316,39 +331,41 @@ def test_edited_loss_or_captured_constant_is_refused_naming_the_function(diabete
     assert_identical(first, rebuilt)
 
 
-FINGERPRINT = textwrap.dedent("""
-    import json, jax, numpy as np
+FRESH = textwrap.dedent("""
+    import sys
+    import jax, jaxhp
     from jaxhp import models
-    from jaxhp._model import model_fingerprint
-    batch = {"x": jax.ShapeDtypeStruct((50, 64), np.float32),
-             "y": jax.ShapeDtypeStruct((50,), np.int32)}
-    print(json.dumps([
-        model_fingerprint(models.mlp_classifier(64, 10),
-                          [models.MLPHP(width=8), models.MLPHP(width=8, depth=1)], batch),
-        model_fingerprint(models.linear_regression(64), [models.LinearHP()],
-                          {"x": batch["x"], "y": jax.ShapeDtypeStruct((50,), np.float32)}),
-    ]))
+    sys.path.insert(0, sys.argv[2])
+    import test_checkpoint as t
+    t.fingerprinted_sweeps(sys.argv[1])
 """)
 
 
-def test_model_fingerprint_is_the_same_in_a_fresh_process():
-    child = subprocess.run([sys.executable, "-c", FINGERPRINT], capture_output=True,
-                           text=True, timeout=300, check=True)
-    batch = {"x": jax.ShapeDtypeStruct((50, 64), np.float32),
-             "y": jax.ShapeDtypeStruct((50,), np.int32)}
-    mlp = models.mlp_classifier(64, 10)
-    here = [model_fingerprint(mlp, [models.MLPHP(width=8), models.MLPHP(width=8, depth=1)],
-                              batch),
-            model_fingerprint(models.linear_regression(64), [models.LinearHP()],
-                              {"x": batch["x"], "y": jax.ShapeDtypeStruct((50,), np.float32)})]
-    assert json.loads(child.stdout) == here
-    assert all(len(fp[f"model.{f}"]) == 64 for fp in here
-               for f in ("init", "loss", "metrics", "optimizer"))
-    # the hashed text holds no memory address (jax.nn.relu is a custom_jvp function)
-    params = jax.eval_shape(mlp.init, KEY, models.MLPHP(width=8))
-    text = jaxpr_text(jax.make_jaxpr(jax.grad(lambda p, b: mlp.loss(p, b, models.MLPHP(
-        width=8), key=KEY)[0]))(params, batch))
-    assert "custom_jvp_call" in text and " at 0x" not in text
+def fingerprinted_sweeps(folder, **kw):
+    """An MLP (relu: a custom_jvp function; two static groups) on digits and ridge on
+    diabetes, checkpointed in ``folder``/mlp and ``folder``/ridge."""
+    import pathlib
+
+    key = jax.random.key(0)
+    digits = jaxhp.datasets.load("digits", key=key)
+    diabetes = jaxhp.datasets.load("diabetes")
+    mlp = jaxhp.sweep(models.mlp_classifier(64, 10),
+                      jaxhp.grid(depth=[1, 2], learning_rate=[0.1, 0.01]), digits, key=key,
+                      base=models.MLPHP(width=8, steps=3), chunk_size=2,
+                      checkpoint_dir=pathlib.Path(folder) / "mlp", **kw)
+    ridge = jaxhp.sweep(models.linear_regression(10), SMALL_SPACE, diabetes,
+                        checkpoint_dir=pathlib.Path(folder) / "ridge", **SMALL, **kw)
+    return mlp, ridge
+
+
+def test_model_fingerprint_is_the_same_in_a_fresh_process(tmp_path):
+    """A checkpoint written by another process resumes here: the model functions'
+    fingerprints (jaxprs, with no memory address in them) are the same in both."""
+    subprocess.run([sys.executable, "-c", FRESH, str(tmp_path), os.path.dirname(__file__)],
+                   capture_output=True, text=True, timeout=300, check=True)
+    mlp, ridge = fingerprinted_sweeps(tmp_path)  # a CheckpointMismatch if they differed
+    assert [(g.chunks_loaded, g.chunks_computed) for g in mlp.groups] == [(1, 0), (1, 0)]
+    assert [(g.chunks_loaded, g.chunks_computed) for g in ridge.groups] == [(2, 0)]
 
 
 # ------------------------------------------------------------ chunk identity (issue 9.4)
@@ -373,9 +390,9 @@ def test_chunk_of_another_sweep_is_refused(diabetes, tmp_path):
 
 def test_chunk_with_wrong_shapes_and_a_valid_checksum_is_refused(diabetes, tmp_path):
     run(diabetes, tmp_path)
-    arrays, meta = load_pair(tmp_path / "chunk-0-0", "chunk")
-    arrays = {k: v[:, :2] for k, v in arrays.items()}  # 2 settings instead of 3
-    save_pair(tmp_path / "chunk-0-0", arrays, meta, "chunk", overwrite=True)
+    with np.load(tmp_path / "chunk-0-0.npz", allow_pickle=False) as z:
+        arrays = {k: z[k][:, :2] for k in z.files}  # 2 settings instead of 3
+    _tamper(tmp_path / "chunk-0-0", arrays)
     with pytest.raises(jaxhp.FormatError, match=r"chunk-0-0.npz: array `.*` has shape "
                        r"\(2, 2"):
         run(diabetes, tmp_path)
@@ -387,18 +404,18 @@ LOCKED_CHILD = textwrap.dedent("""
     import jax
     import jaxhp
     from jaxhp import models
-    from jaxhp._checkpoint import Checkpoint
-    original = Checkpoint.save
-    def slow_save(self, *args):
-        original(self, *args)
+    from tqdm.auto import tqdm
+    original = tqdm.update
+    def slow_update(self, n=1):  # the bar advances once a chunk is saved
+        original(self, n)
         time.sleep(0.3)
-    Checkpoint.save = slow_save
+    tqdm.update = slow_update
     split = jaxhp.datasets.load("diabetes")
     space = jaxhp.random(10, seed=3, learning_rate=jaxhp.loguniform(1e-3, 0.3),
                          l2=jaxhp.loguniform(1e-4, 1.0))
     r = jaxhp.sweep(models.linear_regression(10), space, split, key=jax.random.key(0),
                     seeds=2, base=models.LinearHP(steps=40, batch_size=32), chunk_size=1,
-                    checkpoint_dir=sys.argv[1])
+                    checkpoint_dir=sys.argv[1], progress=True)
     r.save(sys.argv[2])
 """)
 
@@ -440,9 +457,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(diabetes, tmp_path):
     dead = _dead_pid()
     (tmp_path / LOCK).write_text(json.dumps({"pid": dead, "host": socket.gethostname(),
                                              "started": "2020-01-01T00:00:00+0000"}))
-    mine = _tmp_prefix()
-    theirs = tmp_path / (mine.replace(f"{os.getpid()}@", f"{dead}@") + "x")
-    live = tmp_path / (mine.replace(f"{os.getpid()}@", f"{os.getppid()}@") + "x")
+    theirs = tmp_path / _tmp_name(dead)
+    live = tmp_path / _tmp_name(os.getppid())
     theirs.write_bytes(b"half a chunk of a killed writer")
     live.write_bytes(b"a live writer's file")
     result = run(diabetes, tmp_path)
@@ -463,7 +479,7 @@ def test_lock_of_another_host_is_refused_with_how_to_remove_it(diabetes, tmp_pat
 def test_mismatch_is_refused_before_anything_is_deleted(diabetes, tmp_path):
     run(diabetes, tmp_path)
     dead = _dead_pid()
-    leftover = tmp_path / (_tmp_prefix().replace(f"{os.getpid()}@", f"{dead}@") + "x")
+    leftover = tmp_path / _tmp_name(dead)
     leftover.write_bytes(b"half a chunk")
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(jaxhp.CheckpointMismatch):

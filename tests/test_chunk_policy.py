@@ -1,81 +1,113 @@
-"""The measured chunk policy (jaxhp._engine.ChunkPolicy): decisions from given timings."""
+"""The measured chunk policy, seen through ``jaxhp.sweep`` and the group record.
 
+With ``chunk_size=None`` a sweep runs its planned chunk size first and, when the
+group is big enough to pay for trying, half of it next; the rest of the group runs
+at the size with the lowest measured seconds per setting. ``GroupInfo.chunk_trials``
+records the sizes tried with their seconds per setting, ``chunk_size`` the choice and
+``n_chunks`` the calls made. The run time of each chunk size is set here by the
+model: its evaluation sleeps, in a host callback that sees the whole chunk, a given
+time per setting for each chunk size, so the decisions do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from jaxhp import _engine as engine
+import jaxhp
+from jaxhp import models
+
+KEY = jax.random.key(0)
+SEEDS = 2
+SPACE = jaxhp.random(64, learning_rate=jaxhp.loguniform(1e-3, 0.3), l2=jaxhp.loguniform(
+    1e-5, 1e-1), steps=jaxhp.fixed(20), batch_size=jaxhp.fixed(32), seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_choices():
-    engine.CHUNK_CHOICES.clear()
-    yield
-    engine.CHUNK_CHOICES.clear()
+def timed_ridge(per_setting: dict[int, float]) -> jaxhp.Model:
+    """Ridge whose evaluation of a chunk of ``c`` settings sleeps ``per_setting[c] * c``
+    seconds (the callback receives the chunk's members: settings x seeds)."""
+    ridge = models.linear_regression(10)
+
+    def wait(b):
+        c = b.size // SEEDS
+        time.sleep(per_setting.get(c, 0.0) * c)
+        return np.zeros(b.shape, np.float32)
+
+    def metrics(params, batch, hp):
+        out = ridge.metrics(params, batch, hp)
+        delay = jax.pure_callback(wait, jax.ShapeDtypeStruct((), jnp.float32),
+                                  jnp.sum(params["b"]), vmap_method="expand_dims")
+        return {**out, "mse": out["mse"] + delay}
+
+    return ridge._replace(metrics=metrics, name="timed_ridge")
 
 
-def _drive(policy, n, per_setting, compile_s=0.5):
-    """Runs a group of ``n`` settings through ``policy``; ``per_setting(size)`` seconds."""
-    sizes, done = [], 0
-    while done < n:
-        c = policy.next(n - done)
-        sizes.append(c)
-        policy.observe(c, compile_s if c not in sizes[:-1] else 0.0,
-                       per_setting(c) * c, min(c, n - done))
-        done += min(c, n - done)
-    return sizes
+# One model per decision: each has its own compiled programs and measured choice.
+# A 10x difference per setting: a chunk's own overhead (~30 ms on a loaded 2-core
+# machine) cannot reverse the order.
+HALF_FASTER = timed_ridge({16: 10e-3, 8: 1e-3})
+HALF_SLOWER = timed_ridge({16: 1e-3, 8: 10e-3})
+UNTIMED = models.linear_regression(10)
 
 
-def test_tries_half_and_double_then_keeps_the_fastest():
-    p = engine.ChunkPolicy(512, 100_000, 1, cap=4096, key="k")
-    sizes = _drive(p, 100_000, lambda c: {256: 1e-4, 512: 1.2e-4, 1024: 1.3e-4}[c])
-    assert sizes[:3] == [512, 256, 1024] and set(sizes[3:]) == {256}
-    assert p.chosen == 256 and p.record["trials"] == {256: 1e-4, 512: 1.2e-4, 1024: 1.3e-4}
-    # reproducible: a later sweep of the same group reuses the choice, measuring nothing
-    again = engine.ChunkPolicy(512, 100_000, 1, cap=4096, key="k")
-    assert set(_drive(again, 10_000, lambda c: 1.0)) == {256} and again.trials == {}
+@pytest.fixture(scope="module")
+def sweep(diabetes):
+    def run(model, **kw):
+        return jaxhp.sweep(model, SPACE, diabetes, key=KEY, seeds=SEEDS, progress=False, **kw)
+    return run
 
 
-def test_small_gains_and_small_groups_keep_the_plan():
-    p = engine.ChunkPolicy(512, 100_000, 1, cap=4096)
-    sizes = _drive(p, 100_000, lambda c: {256: 0.98e-4, 512: 1e-4, 1024: 1.01e-4}[c])
-    assert p.chosen == 512 and set(sizes[3:]) == {512}  # 2% is within the noise margin
-    q = engine.ChunkPolicy(512, 2048, 1, cap=4096)  # too little work to pay two compiles
-    assert set(_drive(q, 2048, lambda c: 1e-4)) == {512} and q.chosen == 512
-
-
-def test_sizes_are_device_multiples_within_the_cap_and_the_group():
-    p = engine.ChunkPolicy(6, 10_000, 4, cap=8)
-    assert p.candidates() == [4, 8]
-    q = engine.ChunkPolicy(512, 700, 2, cap=4096)
-    assert q.candidates() == [256]  # 1024 would be larger than the group
-    r = engine.ChunkPolicy(512, 100_000, 1, cap=4096, tune=False)
-    assert r.next(100_000) == 512 and r.chosen == 512
-
-
-def test_a_sweep_measures_its_chunks_records_them_and_keeps_its_results(monkeypatch,
-                                                                      diabetes):
-    import jax
-    import numpy as np
-
-    import jaxhp
-    from jaxhp import models
-
-    split = diabetes
-    model = models.linear_regression(10)
-    space = jaxhp.random(64, learning_rate=jaxhp.loguniform(1e-3, 0.3), l2=jaxhp.loguniform(
-        1e-5, 1e-1), steps=jaxhp.fixed(20), batch_size=jaxhp.fixed(32), seed=0)
-    key = jax.random.key(0)
-    fixed = jaxhp.sweep(model, space, split, key=key, seeds=2, chunk_size=16)
+def test_a_faster_half_size_is_measured_chosen_and_kept(sweep):
+    # an explicit size is kept and measures nothing; it also compiles the program of the
+    # size, so that trying another size is worth it and its timing has no first-run cost
+    fixed = sweep(HALF_FASTER, chunk_size=16)
     assert fixed.groups[0].chunk_trials == [] and fixed.groups[0].n_chunks == 4
-    monkeypatch.setattr(engine, "TUNE_GAIN", 1e9)  # any group is worth measuring
-    measured = jaxhp.sweep(model, space, split, key=key, seeds=2, max_chunk=16)
+    sweep(HALF_FASTER, chunk_size=8)
+    measured = sweep(HALF_FASTER, max_chunk=16)
     g = measured.groups[0]
-    # the plan and its half; its double exceeds the caller's max_chunk
-    assert [c for c, _ in g.chunk_trials] == [8, 16] and all(t > 0 for _, t in g.chunk_trials)
-    assert g.chunk_size in (8, 16) and g.n_chunks >= 4
+    # the plan (16) first, its half (8) next; its double exceeds the caller's max_chunk
+    assert [c for c, _ in g.chunk_trials] == [8, 16]
+    times = dict(g.chunk_trials)
+    assert 0 < times[8] < times[16] and g.chunk_size == 8
+    assert g.n_chunks == 1 + 1 + 5  # 64 = 16 + 8 + 5 x 8
+    assert all(c % jax.local_device_count() == 0 for c in times)
     np.testing.assert_allclose(measured.val["mse"], fixed.val["mse"], rtol=1e-5)
     # the same group again: the choice is reused, nothing is measured
-    again = jaxhp.sweep(model, space, split, key=key, seeds=2, max_chunk=16)
-    assert again.groups[0].chunk_trials == [] and again.groups[0].chunk_size == g.chunk_size
-    # a checkpointed or explicitly chunked sweep keeps its plan
-    explicit = jaxhp.sweep(model, space, split, key=key, seeds=2, chunk_size=16)
+    again = sweep(HALF_FASTER, max_chunk=16)
+    assert again.groups[0].chunk_trials == [] and again.groups[0].chunk_size == 8
+    assert again.groups[0].n_chunks == 8
+    # an explicit size still replays its own plan
+    explicit = sweep(HALF_FASTER, chunk_size=16)
     assert explicit.groups[0].chunk_size == 16 and explicit.groups[0].chunk_trials == []
+
+
+def test_a_slower_half_size_keeps_the_plan(sweep):
+    sweep(HALF_SLOWER, chunk_size=16)  # both sizes' programs, compiled
+    sweep(HALF_SLOWER, chunk_size=8)
+    g = sweep(HALF_SLOWER, max_chunk=16).groups[0]
+    times = dict(g.chunk_trials)
+    assert sorted(times) == [8, 16] and times[16] < times[8]
+    assert g.chunk_size == 16 and g.n_chunks == 1 + 1 + 3  # 16 + 8 + 16 + 16 + 8 (padded)
+
+
+def test_small_groups_and_checkpointed_sweeps_keep_the_plan(sweep, tmp_path):
+    # compiling the half size would cost more than it could save on 48 settings: only
+    # the plan is measured
+    g = sweep(UNTIMED, max_chunk=16).groups[0]
+    assert [c for c, _ in g.chunk_trials] == [16] and g.chunk_size == 16 and g.n_chunks == 4
+    # a checkpoint fixes the plan (chunks are named by it), however worth measuring
+    sweep(HALF_FASTER, chunk_size=16)
+    g = sweep(HALF_FASTER, max_chunk=16, checkpoint_dir=tmp_path).groups[0]
+    assert g.chunk_trials == [] and g.chunk_size == 16 and g.n_chunks == 4
+
+
+def test_the_timed_model_trains_as_ridge(sweep):
+    """The callback adds zero: the timed model's results are ridge's."""
+    a = sweep(UNTIMED, chunk_size=16)
+    b = sweep(HALF_FASTER, chunk_size=16)
+    np.testing.assert_allclose(a.val["mse"], b.val["mse"], rtol=1e-6)
+    np.testing.assert_array_equal(a.loss_curve, b.loss_curve)

@@ -28,6 +28,8 @@ MODELS = {
                            models.SoftmaxHP(steps=3), "iris", 3),
     "mlp_classifier": (lambda: models.mlp_classifier(4, 3),
                        models.MLPHP(steps=3, width=8, depth=1, batch_size=16), "iris", 3),
+    "mlp_classifier_bn": (lambda: models.mlp_classifier(4, 3, batch_norm=True),
+                          models.MLPHP(steps=3, width=8, depth=1, batch_size=16), "iris", 3),
 }
 CLASSIFIERS = [m for m, spec in MODELS.items() if spec[3]]
 PARTS = ("train", "val", "test")
@@ -104,7 +106,8 @@ def test_labels_out_of_range_are_refused(name, case, part, datasets):
     split = _one_part(datasets[data], part, _label(value))
     msg = _refused(build(), hp, split,
                    rf'split\.{part}\["y"\] holds 1 label\(s\) outside 0\.\.{n_classes - 1} '
-                   rf'for {name}\(n_features=4, n_classes=3\): {value} \(1 example\); '
+                   rf'for {name.removesuffix("_bn")}\(n_features=4, n_classes=3'
+                   rf'(, batch_norm=True)?\): {value} \(1 example\); '
                    r'relabel to 0\.\.n_classes-1')
     assert "np.unique(y, return_inverse=True)" in msg
 
@@ -124,16 +127,18 @@ def test_evaluate_checks_its_part(name, datasets):
     build, hp, data, n_classes = MODELS[name]
     model, split = build(), datasets[data]
     run = jaxhp.train(model, hp, split, key=KEY)
+    kw = {"state": run.state.model_state} if model.has_state else {}
     bad = {**split.test, "y": np.asarray(split.test["y"])[:, None]}
     with count_compiles() as c, pytest.raises(DataError, match=r'part\["y"\] has shape'):
-        jaxhp.evaluate(model, run.state.params, hp, bad)
+        jaxhp.evaluate(model, run.state.params, hp, bad, **kw)
     assert c.count == 0
     if n_classes:
         with pytest.raises(DataError, match=r'part\["y"\] holds 1 label\(s\) outside'):
-            jaxhp.evaluate(model, run.state.params, hp, _label(n_classes)(dict(split.test)))
+            jaxhp.evaluate(model, run.state.params, hp, _label(n_classes)(dict(split.test)),
+                           **kw)
     with pytest.raises(DataError, match=r'part\["x"\] is missing'):
-        jaxhp.evaluate(model, run.state.params, hp, split.test["x"])
-    good = jaxhp.evaluate(model, run.state.params, hp, split.test)
+        jaxhp.evaluate(model, run.state.params, hp, split.test["x"], **kw)
+    good = jaxhp.evaluate(model, run.state.params, hp, split.test, **kw)
     assert np.isfinite(float(good["loss"]))
 
 

@@ -27,3 +27,18 @@ def test_notebook_executes(path, monkeypatch):
 
 def test_there_are_notebooks():
     assert any(p.name.startswith("01_") for p in NOTEBOOKS)
+
+
+FORCED_BACKEND = ("matplotlib.use(", "%matplotlib agg", "MPLBACKEND", "switch_backend")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_never_forces_a_backend(path):
+    """A notebook that chooses a backend shows no figure in Jupyter; the tests set
+    MPLBACKEND=Agg themselves (above)."""
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells).lower()
+    found = [s for s in FORCED_BACKEND if s.lower() in source]
+    assert not found, f"{path.name} forces a backend: {found}"

@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import interrupt_after, on_progress
 
 import jaxhp
 from jaxhp.models import LinearHP, linear_regression
@@ -59,22 +60,13 @@ def assert_identical(a, b):
 
 
 @pytest.mark.parametrize("name", sorted(SEARCHES))
-def test_interrupted_search_resumes_bit_identical(name, diabetes, tmp_path, monkeypatch):
+def test_interrupted_search_resumes_bit_identical(name, diabetes, tmp_path):
     search = SEARCHES[name]
     whole = search(split=diabetes)
-    original = jaxhp._checkpoint.Checkpoint.save_state
-    saves = []
-
-    def interrupt_after_two(self, *args):
-        original(self, *args)
-        saves.append(args[1])
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(jaxhp._checkpoint.Checkpoint, "save_state", interrupt_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        search(split=diabetes, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(jaxhp._checkpoint.Checkpoint, "save_state", original)
+    # Ctrl-C once the progress bar shows two rungs (intervals) done, i.e. saved
+    with on_progress(interrupt_after(2)) as updates, pytest.raises(KeyboardInterrupt):
+        search(split=diabetes, checkpoint_dir=tmp_path, progress=True)
+    assert len(updates) == 2
     resumed = search(split=diabetes, checkpoint_dir=tmp_path)
     assert_identical(resumed, whole)
     # the resumed call trained only what was left: fewer chunks than the whole search
@@ -97,16 +89,13 @@ CHILD = textwrap.dedent("""
     import sys, time
     import jax
     import jaxhp
-    from jaxhp._checkpoint import Checkpoint
     sys.path.insert(0, sys.argv[3])
     import test_resume_adaptive as t
-    original = Checkpoint.save_state
-    def slow_save(self, *args):
-        original(self, *args)
-        time.sleep(0.5)
-    Checkpoint.save_state = slow_save
+    from helpers import on_progress
     split = jaxhp.datasets.load("diabetes", key=jax.random.key(0))
-    t.SEARCHES[sys.argv[1]](split=split, checkpoint_dir=sys.argv[2])
+    # slow down after every saved rung (interval): the bar advances once it is saved
+    with on_progress(lambda k: time.sleep(0.5)):
+        t.SEARCHES[sys.argv[1]](split=split, checkpoint_dir=sys.argv[2], progress=True)
 """)
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import jaxhp
-from jaxhp import HParams, HParamsError, static, tunable
-from jaxhp._distributions import _coerce
-from jaxhp._space import (
+from jaxhp import (
+    HParams,
+    HParamsError,
+    SettingsTable,
     SpaceError,
     choice,
     fixed,
@@ -22,9 +23,10 @@ from jaxhp._space import (
     loguniform,
     quasirandom,
     random,
+    static,
+    tunable,
     uniform,
 )
-from jaxhp._table import SettingsTable, validate_columns
 from jaxhp.models import MLPHP, LinearHP
 
 
@@ -68,12 +70,20 @@ class Ordered(HParams):
 
 
 def legacy_settings(space, cls, base=None):
-    """``Space.settings`` as it was before tables: one validated object per setting."""
+    """The settings of a space built one validated object at a time: each row's values
+    (as plain Python values) through ``cls(...)`` / ``base.replace(...)``.
+
+    The values are the table's own, so this checks the conversion, dtypes, grouping and
+    batching of the columns against the per-setting constructor; the draws themselves
+    are checked element by element against ``Distribution.sample_unit`` (below) and
+    for counts, order, bounds and reproducibility in test_space.py.
+    """
     space.validate(cls, base)
-    fields = cls.fields()
+    cols = space.table(cls, base).columns
     out = []
-    for assignment in space._assignments():
-        values = {n: _coerce(fields[n], v) for n, v in assignment.items()}
+    for i in range(len(space)):
+        values = {n: cols[n][i].item() if cols[n].dtype != object else cols[n][i]
+                  for n in space.fields}
         out.append(base.replace(**values) if base is not None else cls(**values))
     return out
 
@@ -282,9 +292,6 @@ def test_validation_names_field_value_rule_and_row(field, bad):
             SettingsTable(HP, {field: values})
         assert info.value.problems == [_expected(field, bad)]
         assert info.value.row == ROW
-        with pytest.raises(HParamsError) as again:
-            validate_columns(HP, {field: values})
-        assert again.value.problems == info.value.problems
 
 
 def test_validation_lists_every_bad_field_of_the_first_bad_setting_only():
@@ -304,10 +311,10 @@ def test_validation_unknown_and_required_fields():
         HP(learnig_rate=0.1)
     assert info.value.problems == one.value.problems  # setting 0: only the unknown field
     with pytest.raises(HParamsError) as info:
-        validate_columns(Needs, {"seed": np.array([1, 2])})
+        SettingsTable(Needs, {"seed": np.array([1, 2])})
     assert info.value.problems == ["`rate`: required (tunable float32 scalar, in (0, inf), "
                                    "> 0 (log scale)), no value given"]
-    validate_columns(Needs, {"rate": [0.5, 1.0]})  # seed: the default
+    SettingsTable(Needs, {"rate": [0.5, 1.0]})  # seed: the default
     with pytest.raises(ValueError, match="different lengths"):
         SettingsTable(HP, {"l2": [0.1], "width": [8, 16]})
     with pytest.raises(HParamsError, match="one number per setting"):
@@ -316,7 +323,7 @@ def test_validation_unknown_and_required_fields():
 
 def test_cross_field_check_runs_per_row_and_names_the_setting():
     with pytest.raises(HParamsError) as info:
-        validate_columns(Ordered, {"low": [0.0, 0.5, 3.0], "high": [1.0, 1.0, 2.0]})
+        SettingsTable(Ordered, {"low": [0.0, 0.5, 3.0], "high": [1.0, 1.0, 2.0]})
     assert info.value.row == 2 and "setting 2: `low` must be < `high`" in str(info.value)
     with pytest.raises(SpaceError, match=r"setting 1 of grid\(low=\[0.0, 2.0\]\) "
                        r"\(\{'low': 2.0\}\) is invalid: `low` must be < `high`"):
@@ -372,7 +379,7 @@ DISTS = [uniform(0.0, 1.0), uniform(-3.5, 1e-3), uniform(1 - 1e-9, 1.0),
 def test_sample_units_is_sample_unit_element_by_element(d):
     u = np.concatenate([[0.0, np.nextafter(1.0, 0.0), 0.5, 1e-300],
                         np.random.default_rng(0).random(20_000),
-                        jaxhp._qmc.sobol(1024, 1, 3)[:, 0]])
+                        np.arange(1024) / 1024, (np.arange(1024) + 0.5) / 1024])  # dyadic
     got = d.sample_units(u)
     assert isinstance(got, np.ndarray) and got.shape == u.shape
     want = [d.sample_unit(x) for x in u.tolist()]
@@ -448,14 +455,16 @@ def test_table_from_columns_fills_defaults_and_base():
 def test_docstring_examples_run():
     import doctest
 
-    import jaxhp._table
-
-    names = {n: getattr(jaxhp._space, n) for n in jaxhp._space.__all__}
-    result = doctest.testmod(jaxhp._table, extraglobs={**names, "LinearHP": LinearHP, "np": np},
-                             optionflags=doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL)
-    assert result.failed == 0 and result.attempted >= 4
-    f = LinearHP.fields()["l2"]  # Field's column methods (jaxhp._hparams)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    globs = {n: getattr(jaxhp, n) for n in ("grid", "quasirandom", "loguniform")}
+    finder = doctest.DocTestFinder(recurse=True, exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS
+                                   | doctest.IGNORE_EXCEPTION_DETAIL)
+    for test in finder.find(SettingsTable, "SettingsTable",
+                            globs={**globs, "LinearHP": LinearHP, "np": np}):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and result.attempted >= 3  # the class docstring's examples
+    f = LinearHP.fields()["l2"]  # Field's column methods
     for method in (f.check_column, f.bounds, f.project):
         test = doctest.DocTestParser().get_doctest(
             method.__doc__, {"LinearHP": LinearHP, "np": np}, method.__name__, None, 0)
@@ -471,15 +480,3 @@ def test_table_is_immutable():
     with pytest.raises(ValueError, match="read-only"):
         table.columns["l2"][0] = 1.0
     assert repr(table) == "SettingsTable(LinearHP: 2 settings, 2 static groups)"
-
-
-def test_a_space_without_column_code_goes_through_its_assignments():
-    from jaxhp._space import _Concat
-
-    class Listed(_Concat):  # a Space subclass that only lists its settings
-        def _columns(self, fields, fill):
-            return jaxhp.Space._columns(self, fields, fill)
-
-    space, cls, base = SPACES["concat-none-and-ints"]
-    listed = Listed(space.parts)
-    assert_identical(listed.table(cls, base).settings(), legacy_settings(space, cls, base))

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxhp._data import Split
 from jaxhp._hparams import HParams, did_you_mean
-from jaxhp._model import Model, metrics_fn
+from jaxhp._model import Model, metric_names
 from jaxhp._result import SelectionError, SweepResult, metric_name
 from jaxhp._table import SettingsTable
 
@@ -30,8 +30,7 @@ def check_int(name: str, v, low: int, high: int | None = None, why: str = "") ->
 
 def check_metric(model: Model, hp: HParams, split: Split, metric: str) -> str:
     """The validation metric's name (``val_`` prefix dropped); unknown names are refused."""
-    params = jax.eval_shape(model.init, jax.random.key(0), hp)
-    names = sorted(jax.eval_shape(lambda p: metrics_fn(model, p, split.val, hp), params))
+    names = metric_names(model, hp, split.val)
     name = metric_name(metric)
     if name not in names:
         raise SelectionError(f"unknown validation metric {metric!r}"

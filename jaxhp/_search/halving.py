@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,7 +33,7 @@ from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
-from jaxhp._record import Rung
+from jaxhp._record import ChunkRecord, Rung
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._search.common import (
     build,
@@ -203,7 +204,7 @@ def _used(brackets) -> np.ndarray:
 
 def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, base,
             max_steps, devices, chunk_size, memory_budget, max_chunk, on_error, progress,
-            who, plan, checkpoint_dir=None, overwrite=False):
+            who, plan, checkpoint_dir=None, overwrite=False, on_chunk=None):
     """The engine loop shared by :func:`successive_halving` and :func:`hyperband`.
 
     ``plan(n, budgets_fn)`` gives a group's brackets as ``(members, budgets)``.
@@ -212,12 +213,18 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
     seed_ids, table, groups, firsts, failures, errors, metric, mode = _prepare(
         model, space, split, base, seeds, max_steps, min_steps, eta, metric, mode,
         devices, chunk_size, memory_budget, max_chunk, on_error, who)
+    reporter = engine.ChunkReporter(on_chunk, who, seed_ids)
     devices, mesh = engine.mesh_for(devices)
     n_train = check_split(split)[0]
     shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
               "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
-    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
+    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared,
+           "reporter": reporter}
     brackets_of = [plan(len(idx), firsts[gi].steps) for gi, idx in enumerate(groups)]
+    in_result = np.zeros(len(table), bool)  # the rows the result holds (see _finish)
+    for gi, idx in enumerate(groups):
+        in_result[idx[_used(brackets_of[gi])]] = True
+    result_row = np.cumsum(in_result) - 1  # row of the space -> row of the result
     plans: dict[int, tuple] = {}  # group -> (cfg, length, chunk), before anything runs
     infos = []
     for gi, first in enumerate(firsts):
@@ -259,6 +266,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
             if bar is not None:
                 bar.close()
             raise
+        reporter.folder = str(ckpt.folder)
     builder_groups, rungs, outcomes, failed = [], [], [], []
     trained = np.zeros(len(table), np.int64)
     try:
@@ -276,7 +284,8 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
                 brackets = brackets_of[gi]
                 group = engine.Runner(ctx, table.batch(rows), cfg, c, length, info,
                                       total_steps=firsts[gi].steps,
-                                      max_evals=max(len(b) for _, b in brackets))
+                                      max_evals=max(len(b) for _, b in brackets),
+                                      group=gi, rows=result_row[rows])
                 local = [(np.searchsorted(_used(brackets), np.asarray(members)), budgets)
                          for members, budgets in brackets]
                 for rg in _halve(group, local, eta, metric, mode, gi, bar, ckpt):
@@ -336,7 +345,12 @@ _ENGINE_ARGS = """devices: devices to shard each chunk over (default: all local)
       checkpoint_dir: save the whole search state after every rung there
         (atomically, with a lock and a fingerprint, as :func:`jaxhp.sweep`);
         the same call again resumes after the last finished rung and gives
-        bit-identical results. overwrite: start afresh in that folder."""
+        bit-identical results. overwrite: start afresh in that folder.
+      on_chunk: called with a :class:`~jaxhp.ChunkRecord` after each chunk of
+        each rung (a setting is reported once per rung it trains in; ``step``
+        is the rung's budget), before the rung is checkpointed. Resuming
+        reports only the rungs run after the restored state. An exception in
+        it stops the search as :class:`~jaxhp.CallbackError`."""
 
 
 def successive_halving(
@@ -360,6 +374,7 @@ def successive_halving(
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> HalvingResult:
     """Successive halving: every rung keeps the best ``1/eta`` and trains them ``eta``x longer.
 
@@ -389,7 +404,7 @@ def successive_halving(
         ``steps``). During the search every setting has ``steps = max_steps``
         (models whose functions read ``hp.steps`` see the full horizon).
       devices, chunk_size, memory_budget, max_chunk, on_error, progress,
-      checkpoint_dir, overwrite: the engine's options (see below).
+      checkpoint_dir, overwrite, on_chunk: the engine's options (see below).
 
     Engine options:
       {engine}
@@ -429,7 +444,7 @@ def successive_halving(
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="successive_halving", plan=plan,
-                checkpoint_dir=checkpoint_dir, overwrite=overwrite)
+                checkpoint_dir=checkpoint_dir, overwrite=overwrite, on_chunk=on_chunk)
     steps = int(table.columns["steps"].max())
     return _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups,
                    rungs, search={"method": "successive_halving", "eta": eta,
@@ -462,6 +477,7 @@ def hyperband(
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> HalvingResult:
     """Hyperband: successive halving brackets from aggressive to none (Li et al. 2018).
 
@@ -475,7 +491,7 @@ def hyperband(
     Args:
       model, split, key, seeds, min_steps, eta, metric, mode, base, max_steps,
       devices, chunk_size, memory_budget, max_chunk, on_error, progress,
-      checkpoint_dir, overwrite: as in :func:`successive_halving`.
+      checkpoint_dir, overwrite, on_chunk: as in :func:`successive_halving`.
       space: a search space or list of settings with at least the brackets'
         total number of settings per static group (extra ones are not used).
 
@@ -511,7 +527,7 @@ def hyperband(
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
                 on_error=on_error, progress=progress, who="hyperband", plan=plan,
-                checkpoint_dir=checkpoint_dir, overwrite=overwrite)
+                checkpoint_dir=checkpoint_dir, overwrite=overwrite, on_chunk=on_chunk)
     steps = int(table.columns["steps"].max())
     return _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups,
                    rungs, search={"method": "hyperband", "eta": eta, "min_steps": min_steps,

@@ -17,6 +17,12 @@ after training is too. :func:`hypergradient` differentiates it three ways:
   gradients or a truncated Neumann series, Hessian-vector products by
   ``jvp`` of ``grad``. Exact only if ``w*`` minimises the training loss.
 
+A stateful model (``has_state=True``, e.g. BatchNorm) works in reverse and
+forward modes: its state is carried through the steps like the parameters and
+differentiated through (the validation objective reads the final state). The
+implicit mode is refused for it: the trained state is a function of the whole
+trajectory, not of a stationary point of the training loss.
+
 Coordinates: a field declared ``log=True`` is differentiated with respect to
 the *logarithm* of its value (``d F / d log(value) = value * dF/dvalue``);
 every other field with respect to its value.
@@ -34,7 +40,7 @@ import jax.numpy as jnp
 
 from jaxhp._data import Split, part_size
 from jaxhp._hparams import HParams, did_you_mean
-from jaxhp._model import Model, loss_fn, metrics_fn
+from jaxhp._model import Model, loss_fn, metric_names, metrics_fn
 from jaxhp._train import LoopConfig, check_key, resolve_loop, run_pure, validate
 
 MODES = ("reverse", "forward", "implicit")
@@ -79,6 +85,20 @@ class Hypergradient(NamedTuple):
         """
         return {n: g / self.point[n] if n in self.log_fields else g
                 for n, g in self.grad.items()}
+
+
+def check_stateful(model: Model, mode: str) -> None:
+    """Refuses the implicit mode for a model with state (the one mode that needs the
+    trained parameters to be a stationary point of a loss of the parameters alone)."""
+    if mode == "implicit" and model.has_state:
+        raise ValueError(
+            f"`mode`='implicit' is not available for model {model.name!r}, which has "
+            "state (has_state=True, e.g. BatchNorm running statistics): the implicit "
+            "function theorem needs the trained parameters to minimise a training loss "
+            "of the parameters alone, but the trained state is a function of the whole "
+            "training trajectory (a moving average over its minibatches), so there is "
+            "no such stationary point. Use mode='reverse' or mode='forward', which "
+            "differentiate through the training loop, state included")
 
 
 # --------------------------------------------------------------- coordinates
@@ -155,9 +175,9 @@ def check_objective(model: Model, hp: HParams, split: Split, objective) -> None:
         return
     if not isinstance(objective, str):
         raise TypeError(f"`objective`={objective!r}: must be a validation metric name "
-                        "or a callable(params, val_part, hp) -> scalar")
-    params = jax.eval_shape(model.init, jax.random.key(0), hp)
-    names = sorted(jax.eval_shape(lambda p: metrics_fn(model, p, split.val, hp), params))
+                        "or a callable(params, val_part, hp) -> scalar (a stateful "
+                        "model: callable(params, state, val_part, hp))")
+    names = metric_names(model, hp, split.val)
     if objective not in names:
         raise ValueError(f"`objective`={objective!r}: not a validation metric of "
                          f"{model.name}{did_you_mean(objective, names)}; metrics are "
@@ -205,10 +225,14 @@ def make_solver(method: str, steps: int, damping: float, neumann_lr) -> Solver:
 
 
 # ------------------------------------------------------------------ the maths
-def objective_value(model: Model, objective, params, val_part, hp) -> jax.Array:
+def objective_value(model: Model, objective, params, val_part, hp, state=None) -> jax.Array:
+    """The objective after training: a metric's value, or ``objective(params, val_part,
+    hp)`` (``objective(params, state, val_part, hp)`` for a stateful model)."""
     if callable(objective):
+        if model.has_state:
+            return jnp.asarray(objective(params, state, val_part, hp))
         return jnp.asarray(objective(params, val_part, hp))
-    return metrics_fn(model, params, val_part, hp)[objective]
+    return metrics_fn(model, params, val_part, hp, state)[objective]
 
 
 def _tree_vdot(a, b) -> jax.Array:
@@ -220,7 +244,8 @@ def _value_fn(model, cfg, objective):
     def f(z, hp, train_part, val_part, key):
         hp = from_coords(hp, z)
         run = run_pure(model, cfg, hp, train_part, val_part, key)
-        v = objective_value(model, objective, run.state.params, val_part, hp)
+        v = objective_value(model, objective, run.state.params, val_part, hp,
+                            run.state.model_state)
         return jnp.where(run.diverged_at < 0, v, jnp.nan), run.diverged_at
     return f
 
@@ -287,6 +312,7 @@ def value_and_grad_fn(model: Model, cfg: LoopConfig, objective, mode: str,
 
     if mode != "implicit":
         check_mode(mode)
+    check_stateful(model, mode)
 
     def implicit(z, hp, train_part, val_part, key):
         run = run_pure(model, cfg, from_coords(hp, z), train_part, val_part, key)
@@ -348,7 +374,9 @@ def hypergradient(
       key: the run's PRNG key (as in :func:`jaxhp.train`).
       wrt: a tunable field name or names; default every continuous tunable field.
       objective: a validation metric name (lower is better: ``"loss"``,
-        ``"mse"``, ``"ce"``), or ``callable(params, val_part, hp) -> scalar``.
+        ``"mse"``, ``"ce"``), or ``callable(params, val_part, hp) -> scalar``
+        (for a model with ``has_state=True``: ``callable(params, state,
+        val_part, hp)``, given the trained state).
       mode: ``"reverse"`` (grad through the training loop), ``"forward"``
         (one JVP per field, vmapped) or ``"implicit"`` (implicit function
         theorem at the trained parameters, for the model's loss on the whole
@@ -376,7 +404,8 @@ def hypergradient(
 
     Raises:
       ValueError: unknown or static field in ``wrt``, bad ``mode``, unknown
-        metric; plus the checks of :func:`jaxhp.train`.
+        metric, ``mode="implicit"`` for a model with state; plus the checks of
+        :func:`jaxhp.train`.
 
     Example:
       >>> model = jaxhp.models.linear_regression(10)
@@ -386,6 +415,7 @@ def hypergradient(
       >>> hg.value, hg.grad["l2"]  # d mse / d log(l2)
     """
     check_mode(mode)
+    check_stateful(model, mode)
     key = check_key(key)
     validate(model, hp, split)
     if hp.batch_shape:

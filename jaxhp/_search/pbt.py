@@ -4,10 +4,11 @@ Between two ready points the population trains a segment with the engine's
 segment program (the Optax optimizer is built from each member's traced
 hyperparameters, so new values never recompile). At a ready point (every
 ``ready_every`` steps) each member has been evaluated on validation; on the
-host, the bottom ``fraction`` copy the parameters, optimizer state, health and
-hyperparameters of members drawn from the top ``fraction`` (exploit) and
-multiply the chosen tunables by a factor drawn from ``perturb`` (explore),
-projected into each field's range. Each static group is its own population.
+host, the bottom ``fraction`` copy the parameters, optimizer state, model state
+(BatchNorm statistics, for a stateful model), health and hyperparameters of
+members drawn from the top ``fraction`` (exploit) and multiply the chosen
+tunables by a factor drawn from ``perturb`` (explore), projected into each
+field's range. Each static group is its own population.
 
 A member is a setting trained with every seed (its seeds are copied
 together, ranked by the mean over seeds); seed ``s`` uses ``fold_in(key, s)``
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,7 +32,7 @@ from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._model import model_fingerprint
-from jaxhp._record import StackedParams
+from jaxhp._record import ChunkRecord, StackedParams
 from jaxhp._refit import test_metrics
 from jaxhp._result import Selection, SweepResult, TestReport, resolve_direction
 from jaxhp._search.common import (
@@ -40,7 +42,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, resolve_loop
+from jaxhp._train import check_key, learned, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.
@@ -51,7 +53,9 @@ class PBTResult(SweepResult):
     """The final population of :func:`pbt`, with its schedules and lineage.
 
     Rows are the population's slots; ``settings[i]`` holds slot ``i``'s final
-    hyperparameters and the result keeps every slot's final parameters. A
+    hyperparameters and the result keeps every slot's final parameters (with
+    its state, as ``(params, state)``, for a model declared ``has_state=True``;
+    ``save``/``load`` keep both). A
     member's parameters were trained by a *schedule* of hyperparameters (and
     by copies along its lineage), not by its final setting alone: retraining
     the final setting from scratch would be another experiment.
@@ -246,6 +250,7 @@ def pbt(
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> PBTResult:
     """Population-based training: exploit and explore every ``ready_every`` steps.
 
@@ -255,8 +260,8 @@ def pbt(
     (steps ``ready_every, 2 * ready_every, ...`` before the end) the members
     are ranked by their mean validation ``metric`` over seeds (a diverged
     member ranks last); each of the bottom ``max(1, floor(fraction * n))``
-    copies the whole state (parameters, optimizer state, health: a diverged
-    member is revived) and hyperparameters of a member drawn uniformly from
+    copies the whole state (parameters, optimizer state, model state, health: a
+    diverged member is revived) and hyperparameters of a member drawn uniformly from
     the top as many, then multiplies each of its ``fields`` by a factor drawn
     from ``perturb`` (a step in log space for ``log`` fields; a linear field
     at 0 stays at 0) and clips it into the field's range (open bounds nudged
@@ -283,6 +288,12 @@ def pbt(
       checkpoint_dir, overwrite: save the whole state (parameters, optimizer
         states, hyperparameters, schedule, lineage) after every interval; the
         same call again resumes after the last ready point, bit-identical.
+      on_chunk: called with a :class:`~jaxhp.ChunkRecord` after each chunk of
+        each interval (every slot is reported once per interval, with the
+        hyperparameters it trained the interval with; ``step`` is the
+        interval's end), before exploit and the checkpoint. Resuming reports
+        only the intervals run after the restored state. An exception in it
+        stops the search as :class:`~jaxhp.CallbackError`.
 
     Returns:
       A :class:`PBTResult` (a :class:`~jaxhp.SweepResult`): one row per slot of
@@ -310,6 +321,7 @@ def pbt(
     seed_ids = engine.check_seeds(seeds)
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     key = check_key(key)
+    reporter = engine.ChunkReporter(on_chunk, "pbt", seed_ids)
     table = engine.table_from(space, model, base, "pbt")
     n_train = check_split(split)[0]
     for first in group_firsts(table):
@@ -341,7 +353,8 @@ def pbt(
     devices, mesh = engine.mesh_for(devices)
     shared = {"train": engine.put(split.train, mesh), "val": engine.put(split.val, mesh),
               "key": engine.put(key, mesh), "seed_ids": engine.put(seed_ids, mesh)}
-    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared}
+    ctx = {"model": model, "mesh": mesh, "seed_ids": seed_ids, "shared": shared,
+           "reporter": reporter}
     stream = jax.random.fold_in(key, _STREAM)
     n_segments = math.ceil(steps / ready_every)
     n = len(table)
@@ -384,6 +397,7 @@ def pbt(
             if bar is not None:
                 bar.close()
             raise
+        reporter.folder = str(ckpt.folder)
     infos, outcomes, failed = [], [], []
     try:
         for gi, idx in enumerate(groups):
@@ -400,7 +414,8 @@ def pbt(
                     raise engine.GroupFailed(failures[gi])
                 c = info.chunk_size = chunks[gi]
                 runner = engine.Runner(ctx, table.batch(idx), cfg, c, ready_every, info,
-                                       total_steps=steps, max_evals=n_segments)
+                                       total_steps=steps, max_evals=n_segments,
+                                       group=gi, rows=idx)
                 n_q = max(1, int(fraction * len(idx)))
                 schedule, srcs, scores, _ = _pbt_group(
                     runner, steps, ready_every, n_q, spec, factors, metric, mode,
@@ -417,7 +432,7 @@ def pbt(
                 for f, v in _projected(table.cls, runner.hp).items():
                     final[f][idx] = v
                 outcomes.append((gi, idx, runner.outcome()))
-                params.append((idx, runner.carry[0].params))
+                params.append((idx, learned(model, runner.carry[0])))
             if info.error:
                 failed.append((gi, idx, info.error))
             infos.append(info)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,6 +24,7 @@ from jaxhp._data import Split, check_split
 from jaxhp._engine import DEFAULT_MAX_CHUNK, SweepWarning
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
+from jaxhp._record import ChunkRecord
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
 
@@ -62,6 +63,7 @@ def sweep(
     select: tuple[str, str | None] = ("loss", None),
     checkpoint_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> SweepResult:
     """Trains every setting of a space with every seed: one program per static group.
 
@@ -95,6 +97,13 @@ def sweep(
         gives bit-identical results. A changed sweep (space, seeds, data,
         model, key, versions, chunk plan) is refused, listing what differs.
       overwrite: discard an existing checkpoint in ``checkpoint_dir``.
+      on_chunk: called with a :class:`~jaxhp.ChunkRecord` after each finished
+        chunk (its settings, seeds, validation metrics per member, health),
+        before the chunk is checkpointed: stream results to a file, TensorBoard,
+        W&B or MLflow. Over one call every setting of a healthy group is reported
+        exactly once; on resume the chunks read from ``checkpoint_dir`` are
+        reported too, with ``loaded=True``. A group that fails reports what it
+        finished before failing (its rows are ``failed`` in the result).
 
     Returns:
       A :class:`~jaxhp.SweepResult`.
@@ -104,6 +113,8 @@ def sweep(
       before anything compiles. CheckpointMismatch: resuming a different sweep.
       CheckpointLocked: another live process is using ``checkpoint_dir``.
       KeyboardInterrupt: re-raised after the finished chunks are saved.
+      CallbackError: ``on_chunk`` raised (the original error is its
+      ``__cause__``); the chunks checkpointed before it stay valid.
 
     Example:
       >>> space = jaxhp.random(1024, learning_rate=jaxhp.loguniform(1e-3, 1),
@@ -120,6 +131,7 @@ def sweep(
         raise ValueError(f"`select`={select!r}: must be a (metric, mode) pair, e.g. "
                          "('accuracy', None); mode None uses the model's declared direction")
     select = (select[0], resolve_direction(model.directions, *select))
+    reporter = engine.ChunkReporter(on_chunk, "sweep", seed_ids)
     table = engine.table_from(space, model, base)
     if not len(table):
         raise ValueError("sweep(): the space has no settings")
@@ -162,6 +174,7 @@ def sweep(
             if bar is not None:
                 bar.close()
             raise
+        reporter.folder = str(ckpt.folder)
     builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
                                   devices=devices)
     try:
@@ -180,7 +193,7 @@ def sweep(
                     key=("sweep", model, cfg, keep_params, len(seed_ids), c, cap,
                          tuple(d.id for d in devices), engine.shapes_of(split)))
                 _run_group(model, cfg, keep_params, table, idx, policy, split, key,
-                           seed_ids, mesh, info, builder, bar, select, gi, ckpt)
+                           seed_ids, mesh, info, builder, bar, select, gi, ckpt, reporter)
             if info.error:
                 builder.fail(idx, info.error)
             builder.groups.append(info)
@@ -194,7 +207,7 @@ def sweep(
 
 
 def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids, mesh,
-               info, builder, bar, select, gi, ckpt):
+               info, builder, bar, select, gi, ckpt, reporter):
     group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
     shared = engine.put((split.train, split.val, key, seed_ids), mesh)
@@ -214,6 +227,7 @@ def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids
                 structure = jax.eval_shape(fn, *args)
             out = ckpt.load(gi, ci, structure)
             info.chunks_loaded += 1
+            loaded = True
         else:
             if c not in programs:  # looked up once per chunk size, not per chunk
                 programs[c] = engine.CACHE.get(("sweep", model, cfg, keep_params), fn, args,
@@ -230,9 +244,16 @@ def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids
             info.run_s += run_s
             info.chunks_computed += 1
             policy.observe(c, dt, run_s, m)
-            if ckpt is not None:
-                ckpt.save(gi, ci, out)
-        builder.add(idx[start:start + m], out, m)
+            loaded = False
+        rows = idx[start:start + m]
+        if reporter:  # before the chunk is saved: a callback error leaves it unsaved
+            reporter.report(group=gi, chunk=ci, step=cfg.steps, rows=rows,
+                            settings={k: col[rows] for k, col in table.columns.items()},
+                            val=out.val, train_loss=out.train_loss,
+                            diverged_at=out.diverged_at, loaded=loaded)
+        if ckpt is not None and not loaded:
+            ckpt.save(gi, ci, out)
+        builder.add(rows, out, m)
         start, ci = start + m, ci + 1
         if bar is not None:
             bar.update(m)

@@ -35,6 +35,7 @@ from jaxhp._search.common import replace_columns
 from jaxhp._search.hypergrad import (
     check_mode,
     check_objective,
+    check_stateful,
     from_coords,
     make_solver,
     objective_value,
@@ -70,7 +71,8 @@ def _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0, lo
         def one(k):
             h = from_coords(hp, z)
             run = run_pure(model, plain, h, train_part, val_part, k)
-            v = objective_value(model, objective, run.state.params, val_part, h)
+            v = objective_value(model, objective, run.state.params, val_part, h,
+                                run.state.model_state)
             return jnp.where(run.diverged_at < 0, v, jnp.nan), run._replace(state=None)
 
         v, runs = jax.vmap(one)(keys)
@@ -162,8 +164,11 @@ def tune_gradient(
       optimizer: an Optax optimizer on the coordinates; default
         ``optax.adam(0.1)`` (steps of ~0.1 in log space: ~10% per step).
       objective: a validation metric to minimise, or
-        ``callable(params, val_part, hp) -> scalar``.
-      mode: ``"reverse"``, ``"forward"`` or ``"implicit"`` hypergradients.
+        ``callable(params, val_part, hp) -> scalar`` (a stateful model:
+        ``callable(params, state, val_part, hp)``).
+      mode: ``"reverse"``, ``"forward"`` or ``"implicit"`` hypergradients
+        (``"implicit"`` is refused for a model with state, see
+        :func:`jaxhp.hypergradient`).
       remat: reverse mode's checkpointing (see :func:`hypergradient`).
       seeds: the objective is averaged over this many seeds (keys
         ``fold_in(key, 0..seeds-1)``); the result has one column per seed.
@@ -197,6 +202,7 @@ def tune_gradient(
       >>> result.best("mse").setting, result.trajectory["objective"].shape
     """
     check_mode(mode)
+    check_stateful(model, mode)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"`steps`={steps!r}: must be an integer >= 1 (outer steps)")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:

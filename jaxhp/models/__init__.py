@@ -12,7 +12,9 @@
   the two-class softmax with columns ``w0, w1`` is a logistic model on
   ``w = w1 - w0``, the minimiser has ``w0 = -w1``, so ``|W|^2 = |w|^2 / 2``.
 - :func:`mlp_classifier`: a ReLU MLP with static width and depth and tunable
-  learning rate, weight decay and dropout rate.
+  learning rate, weight decay and dropout rate; ``batch_norm=True`` adds
+  BatchNorm to every hidden layer, a model with state (its running mean and
+  variance, used at evaluation).
 
 Each model checks its data before anything compiles (``Model.check_data``):
 ``x`` of shape ``(n, n_features)`` and a float dtype; ``y`` of shape ``(n,)``,
@@ -233,20 +235,43 @@ class MLPHP(HParams):
 _ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu}
 
 
-def mlp_classifier(n_features: int, n_classes: int) -> Model:
+def mlp_classifier(n_features: int, n_classes: int, *, batch_norm: bool = False,
+                   bn_momentum: float = 0.9, bn_eps: float = 1e-5) -> Model:
     """A multilayer perceptron classifier (He-initialised, dropout on hidden units).
 
     Args:
       n_features: input features; ``batch["x"]`` has shape ``(n, n_features)``.
       n_classes: classes; ``batch["y"]`` holds integer labels in
         ``[0, n_classes)``, shape ``(n,)`` (checked before anything compiles).
+      batch_norm: BatchNorm on every hidden layer (before the activation; the
+        hidden layers then have no bias but a per-unit ``scale`` and ``shift``).
+        In training each layer normalises with its minibatch's mean and
+        (biased) variance and updates its running statistics,
+        ``running = bn_momentum * running + (1 - bn_momentum) * batch``; at
+        evaluation it normalises with the running statistics. The model is
+        then declared ``has_state=True``: its state is
+        ``[{"mean", "var"}]`` per hidden layer (initially 0 and 1), carried in
+        ``TrainState.model_state``.
+      bn_momentum: the running statistics' momentum, in ``[0, 1)`` (a constant
+        of the model, like a layer's size).
+      bn_eps: added to the variance before its square root.
 
     Returns:
       A :class:`~jaxhp.Model` with metrics ``accuracy`` and ``ce`` and
-      hyperparameters :class:`MLPHP`.
+      hyperparameters :class:`MLPHP` (named ``"mlp_classifier_bn"`` with
+      BatchNorm).
+
+    Example:
+      >>> model = mlp_classifier(64, 10, batch_norm=True)
+      >>> run = jaxhp.train(model, MLPHP(steps=50, batch_size=64), split, key=key)
+      >>> run.state.model_state[0]["mean"].shape  # (width,)
     """
     _check_dim("n_features", n_features)
     _check_dim("n_classes", n_classes, 2)
+    if not isinstance(batch_norm, bool):
+        raise TypeError(f"`batch_norm`={batch_norm!r}: must be True or False")
+    if batch_norm:
+        return _mlp_bn(n_features, n_classes, bn_momentum, bn_eps)
 
     def init(key, hp):
         sizes = [n_features] + [hp.width] * hp.depth + [n_classes]
@@ -283,6 +308,72 @@ def mlp_classifier(n_features: int, n_classes: int) -> Model:
                  check_data=_classifier_check(
                      n_features, n_classes,
                      f"mlp_classifier(n_features={n_features}, n_classes={n_classes})"))
+
+
+def _mlp_bn(n_features: int, n_classes: int, momentum, eps) -> Model:
+    """:func:`mlp_classifier` with BatchNorm on its hidden layers (a stateful model)."""
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) \
+            or not 0 <= momentum < 1:
+        raise ValueError(f"`bn_momentum`={momentum!r}: must be a number in [0, 1) (the "
+                         "weight of the old running statistics)")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"`bn_eps`={eps!r}: must be a number > 0")
+    momentum, eps = float(momentum), float(eps)
+
+    def init(key, hp):
+        sizes = [n_features] + [hp.width] * hp.depth + [n_classes]
+        params, state = [], []
+        for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+            w = jax.random.normal(jax.random.fold_in(key, i), (m, n)) * jnp.sqrt(2.0 / m)
+            if i < hp.depth:
+                params.append({"w": w, "scale": jnp.ones((n,), w.dtype),
+                               "shift": jnp.zeros((n,), w.dtype)})
+                state.append({"mean": jnp.zeros((n,), w.dtype),
+                              "var": jnp.ones((n,), w.dtype)})
+            else:
+                params.append({"w": w, "b": jnp.zeros((n,), w.dtype)})
+        return params, state
+
+    def logits(params, state, x, hp, key):
+        """The logits and the new state (the running statistics, updated in training)."""
+        act = _ACTIVATIONS[hp.activation]
+        new_state = []
+        for i, (layer, stats) in enumerate(zip(params[:-1], state)):
+            h = x @ layer["w"]
+            if key is None:  # evaluation: the running statistics
+                mean, var = stats["mean"], stats["var"]
+                new_state.append(stats)
+            else:  # training: the minibatch's statistics, and a running-average step
+                mean, var = jnp.mean(h, axis=0), jnp.var(h, axis=0)
+                new_state.append({
+                    "mean": momentum * stats["mean"] + (1 - momentum) * mean,
+                    "var": momentum * stats["var"] + (1 - momentum) * var})
+            h = (h - mean) * jax.lax.rsqrt(var + eps) * layer["scale"] + layer["shift"]
+            x = act(h)
+            if key is not None:
+                keep = 1.0 - hp.dropout
+                u = jax.random.uniform(jax.random.fold_in(key, i), x.shape)
+                x = jnp.where(u < keep, x / keep, 0.0)
+        return x @ params[-1]["w"] + params[-1]["b"], new_state
+
+    def loss(params, state, batch, hp, key=None):
+        z, new_state = logits(params, state, batch["x"], hp, key)
+        ce, acc = _ce_and_accuracy(z, batch["y"])
+        return ce, ({"accuracy": acc}, new_state)
+
+    def metrics(params, state, batch, hp):
+        ce, acc = _ce_and_accuracy(logits(params, state, batch["x"], hp, None)[0],
+                                   batch["y"])
+        return {"accuracy": acc, "ce": ce}
+
+    def optimizer(hp):
+        return make_optimizer(hp.optimizer, hp.learning_rate,
+                              weight_decay=hp.weight_decay)
+
+    desc = f"mlp_classifier(n_features={n_features}, n_classes={n_classes}, batch_norm=True)"
+    return Model(init, loss, optimizer, metrics, MLPHP, "mlp_classifier_bn",
+                 directions=CLASSIFIER_DIRECTIONS,
+                 check_data=_classifier_check(n_features, n_classes, desc), has_state=True)
 
 
 def _check_dim(name: str, v, low: int = 1) -> None:
