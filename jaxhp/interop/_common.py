@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Callable, Mapping
 
 from jaxhp._data import DataError
-from jaxhp._model import Model
+from jaxhp._model import Model, ModelError
 
 
 def require(module: str, adapter: str):
@@ -21,7 +21,8 @@ def require(module: str, adapter: str):
                           'pip install "jaxhp[interop]"') from e
 
 
-def check_args(adapter: str, factory, loss, optimizer, metrics, input) -> None:
+def check_args(adapter: str, factory, loss, optimizer, metrics, input,
+               has_state=False) -> None:
     """Refuses arguments of the wrong kind, naming them, before anything is traced."""
     for name, fn in (("factory", factory), ("loss", loss), ("optimizer", optimizer)):
         if not callable(fn):
@@ -33,6 +34,10 @@ def check_args(adapter: str, factory, loss, optimizer, metrics, input) -> None:
     if not isinstance(input, str):
         raise TypeError(f"jaxhp.interop.{adapter}: `input` names the batch entry that "
                         f"holds the module's input (a str such as 'x'), got {input!r}")
+    if not isinstance(has_state, bool):
+        raise TypeError(f"jaxhp.interop.{adapter}: `has_state`={has_state!r}: must be True "
+                        "(the module has BatchNorm statistics or other non-trained "
+                        "state) or False")
 
 
 @functools.lru_cache(maxsize=256)
@@ -51,16 +56,29 @@ def default_name(adapter: str, factory) -> str:
 
 def build_model(adapter: str, *, init: Callable, forward: Callable, loss: Callable,
                 optimizer: Callable, metrics: Callable | None, input: str, hparams,
-                directions, name: str | None, factory) -> Model:
-    """A :class:`jaxhp.Model` from ``init(key, hp) -> params`` and
-    ``forward(params, x, hp, key) -> out`` (``key`` None: evaluation mode)."""
+                directions, name: str | None, factory, has_state: bool) -> Model:
+    """A :class:`jaxhp.Model` from ``init(key, hp) -> params`` (``(params, state)``
+    when ``has_state``) and ``forward(params, state, x, hp, key) -> (out, new_state)``
+    (``state`` None when stateless; ``key`` None: evaluation mode, state unchanged)."""
 
-    def model_loss(params, batch, hp, key=None):
-        value = loss(forward(params, batch[input], hp, key), batch, hp)
+    def output(value):
         return value if isinstance(value, tuple) else (value, {})
 
-    def model_metrics(params, batch, hp):
-        return dict(metrics(forward(params, batch[input], hp, None), batch, hp))
+    if has_state:
+        def model_loss(params, state, batch, hp, key=None):
+            out, new_state = forward(params, state, batch[input], hp, key)
+            value, aux = output(loss(out, batch, hp))
+            return value, (aux, new_state)
+
+        def model_metrics(params, state, batch, hp):
+            out, _ = forward(params, state, batch[input], hp, None)
+            return dict(metrics(out, batch, hp))
+    else:
+        def model_loss(params, batch, hp, key=None):
+            return output(loss(forward(params, None, batch[input], hp, key)[0], batch, hp))
+
+        def model_metrics(params, batch, hp):
+            return dict(metrics(forward(params, None, batch[input], hp, None)[0], batch, hp))
 
     def check_data(part, part_name):
         if not isinstance(part, Mapping) or input not in part:
@@ -77,4 +95,11 @@ def build_model(adapter: str, *, init: Callable, forward: Callable, loss: Callab
     return Model(init, model_loss, optimizer,
                  None if metrics is None else model_metrics, hparams,
                  name or default_name(adapter, factory), directions=directions,
-                 check_data=check_data)
+                 check_data=check_data, has_state=has_state)
+
+
+def state_error(adapter: str, what: str) -> ModelError:
+    """The module has non-trained state but the adapter was not told (``has_state``)."""
+    return ModelError(f"{adapter}: the module has {what} (non-trained state such as "
+                      f"BatchNorm statistics); pass has_state=True to {adapter}(...) so "
+                      "that jaxhp carries it from step to step and reads it at evaluation")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhp._model import Model, ModelError
-from jaxhp.interop._common import build_model, call_params, check_args, require
+from jaxhp.interop._common import build_model, call_params, check_args, require, state_error
 
 # The training-mode flags of Linen's conventions: name -> its value in training.
 _MODE_FLAGS = {"train": True, "training": True, "deterministic": False}
@@ -42,6 +42,7 @@ def from_linen(
     metrics: Callable | None = None,
     input: str = "x",
     rngs: Sequence[str] = ("dropout",),
+    has_state: bool = False,
     hparams: type | None = None,
     directions=None,
     name: str | None = None,
@@ -73,11 +74,17 @@ def from_linen(
         evaluation-mode output.
       input: the batch entry holding the module's input.
       rngs: the names of the PRNG streams the module draws in training.
+      has_state: the module has variable collections besides ``"params"``
+        (BatchNorm's ``"batch_stats"``): they are the model's non-trained
+        state (``jaxhp.Model(has_state=True)``), mutable in training (the new
+        statistics are carried to the next step) and read at evaluation.
+        Without it such a module is refused, naming the collections.
       hparams, directions, name: as in :class:`jaxhp.Model` (``name`` defaults
         to ``from_linen(<factory>)``).
 
     Returns:
-      A :class:`jaxhp.Model` whose parameters are the ``"params"`` collection.
+      A :class:`jaxhp.Model` whose parameters are the ``"params"`` collection
+      (with ``has_state``: ``(params, {collection: variables})``).
 
     Raises:
       TypeError: an argument of the wrong kind. ImportError: without Flax
@@ -91,7 +98,7 @@ def from_linen(
       ...     optimizer=lambda hp: optax.adam(hp.learning_rate), hparams=MyHP)
     """
     nn = require("flax.linen", "from_linen")
-    check_args("from_linen", factory, loss, optimizer, metrics, input)
+    check_args("from_linen", factory, loss, optimizer, metrics, input, has_state)
     x0 = _example_input(example)
     if isinstance(rngs, str) or not all(isinstance(r, str) for r in rngs):
         raise TypeError("jaxhp.interop.from_linen: `rngs` is a sequence of stream names "
@@ -107,22 +114,28 @@ def from_linen(
 
     def init(key, hp):
         module = make(hp)
-        variables = module.init({"params": key}, x0, **_mode_kwargs(module, False))
-        other = sorted(set(variables) - {"params"})
-        if other:
-            raise ModelError(
-                f"from_linen: the module has variable collections {other} besides "
-                "'params' (e.g. BatchNorm's 'batch_stats'); jaxhp trains 'params' only")
-        return variables.get("params", {})
+        variables = dict(module.init({"params": key}, x0, **_mode_kwargs(module, False)))
+        params = variables.pop("params", {})
+        if has_state:
+            return params, variables
+        if variables:
+            raise state_error("from_linen", f"variable collections {sorted(variables)} "
+                              "besides 'params'")
+        return params
 
-    def forward(params, x, hp, key):
+    def forward(params, state, x, hp, key):
         module = make(hp)
         training = key is not None
         keys = ({s: jax.random.fold_in(key, i) for i, s in enumerate(streams)}
                 if training else {})
-        return module.apply({"params": params}, x, rngs=keys,
-                            **_mode_kwargs(module, training))
+        variables = {"params": params, **(state or {})}
+        kwargs = _mode_kwargs(module, training)
+        if training and state:
+            out, new = module.apply(variables, x, rngs=keys, mutable=list(state), **kwargs)
+            return out, {k: new[k] for k in state}
+        return module.apply(variables, x, rngs=keys, **kwargs), state
 
     return build_model("from_linen", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
-                       directions=directions, name=name, factory=factory)
+                       directions=directions, name=name, factory=factory,
+                       has_state=has_state)

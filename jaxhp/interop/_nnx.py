@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 
 from jaxhp._model import Model, ModelError
-from jaxhp.interop._common import build_model, check_args, require
+from jaxhp.interop._common import build_model, check_args, require, state_error
 
 
 def from_nnx(
@@ -17,6 +17,7 @@ def from_nnx(
     optimizer: Callable,
     metrics: Callable | None = None,
     input: str = "x",
+    has_state: bool = False,
     hparams: type | None = None,
     directions=None,
     name: str | None = None,
@@ -59,11 +60,16 @@ def from_nnx(
       metrics: optional ``metrics(out, batch, hp) -> dict`` of scalars, on the
         evaluation-mode output.
       input: the batch entry holding the module's input.
+      has_state: the module has ``nnx.BatchStat`` variables (BatchNorm's
+        running statistics): they are the model's non-trained state
+        (``jaxhp.Model(has_state=True)``), updated in training and read at
+        evaluation. Without it such a module is refused.
       hparams, directions, name: as in :class:`jaxhp.Model` (``name`` defaults
         to ``from_nnx(<factory>)``).
 
     Returns:
-      A :class:`jaxhp.Model` whose parameters are the ``nnx.Param`` values.
+      A :class:`jaxhp.Model` whose parameters are the ``nnx.Param`` values
+      (with ``has_state``: ``(params, batch_stats)``, both nested dicts).
 
     Raises:
       TypeError: an argument of the wrong kind. ImportError: without Flax
@@ -77,7 +83,7 @@ def from_nnx(
       ...     optimizer=lambda hp: optax.adam(hp.learning_rate), hparams=MyHP)
     """
     nnx = require("flax.nnx", "from_nnx")
-    check_args("from_nnx", factory, loss, optimizer, metrics, input)
+    check_args("from_nnx", factory, loss, optimizer, metrics, input, has_state)
 
     def make(hp, key):
         module = factory(hp, nnx.Rngs(key))
@@ -86,27 +92,38 @@ def from_nnx(
                              f"got {type(module).__name__}")
         return module
 
+    def put(module, kind, values):
+        state = nnx.state(module, kind)
+        nnx.replace_by_pure_dict(state, values)
+        nnx.update(module, state)
+
     def init(key, hp):
         module = make(hp, key)
+        params = nnx.state(module, nnx.Param).to_pure_dict()
         stats = nnx.state(module, nnx.BatchStat).to_pure_dict()
+        if has_state:
+            return params, stats
         if jax.tree_util.tree_leaves(stats):
-            raise ModelError("from_nnx: the module has nnx.BatchStat variables (BatchNorm "
-                             "statistics); jaxhp trains nnx.Param variables only")
-        return nnx.state(module, nnx.Param).to_pure_dict()
+            raise state_error("from_nnx", "nnx.BatchStat variables")
+        return params
 
-    def forward(params, x, hp, key):
+    def forward(params, state, x, hp, key):
         training = key is not None
         # Evaluation draws no randomness; the key only feeds the dead initialisation.
         module = make(hp, key if training else jax.random.key(0))
-        state = nnx.state(module, nnx.Param)
-        nnx.replace_by_pure_dict(state, params)
-        nnx.update(module, state)
+        put(module, nnx.Param, params)
+        if state is not None:
+            put(module, nnx.BatchStat, state)
         if training:
             module.train()
         else:
             module.eval()
-        return module(x)
+        out = module(x)
+        if state is None or not training:
+            return out, state
+        return out, nnx.state(module, nnx.BatchStat).to_pure_dict()
 
     return build_model("from_nnx", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
-                       directions=directions, name=name, factory=factory)
+                       directions=directions, name=name, factory=factory,
+                       has_state=has_state)
