@@ -8,7 +8,9 @@ settings in one compiled program.
 """
 
 from jaxhp import datasets as datasets
+from jaxhp import interop as interop
 from jaxhp import models as models
+from jaxhp import nn as nn
 from jaxhp._checkpoint import CheckpointLocked as CheckpointLocked
 from jaxhp._checkpoint import CheckpointMismatch as CheckpointMismatch
 from jaxhp._data import DataError as DataError
@@ -108,9 +110,11 @@ __all__ = [
     "hyperband_brackets",
     "hypergradient",
     "hypergradient_descent",
+    "interop",
     "intrange",
     "loguniform",
     "models",
+    "nn",
     "pbt",
     "quasirandom",
     "random",
