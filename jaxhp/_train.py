@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxhp._data import Split, check_split, part_size, sample_batch
+from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
 from jaxhp._hparams import HParams
 from jaxhp._model import (
     Model,
@@ -167,6 +167,24 @@ def _remat_scan(step, carry, start, length: int, k: int):
     return carry, ys
 
 
+def rowwise_mean(fn, part):
+    """``fn(part)`` (a pytree of scalars) for a plain part; for a :class:`Padded` part,
+    the mean over its real rows of ``fn`` of each row alone (a one-row batch), so no
+    padded row counts. Equal to ``fn`` of the real rows for a mean over rows (a
+    per-example-separable loss or metric)."""
+    if not isinstance(part, Padded):
+        return fn(part)
+    n = part_size(part.data)
+    out = jax.vmap(lambda row: fn(jax.tree_util.tree_map(lambda a: a[None], row)))(part.data)
+    real = jnp.arange(n) < part.count
+
+    def mean(v):
+        dtype = v.dtype if jnp.issubdtype(v.dtype, jnp.floating) else jnp.float32
+        return (jnp.sum(jnp.where(real, v, 0).astype(dtype)) / part.count.astype(dtype))
+
+    return jax.tree_util.tree_map(mean, out)
+
+
 def start(model: Model, hp: HParams, key: jax.Array):
     """The carry of a run before its first step: ``(TrainState, dead_at=-1)`` (pure)."""
     params, model_state = init_fn(model, jax.random.fold_in(key, INIT), hp)
@@ -198,6 +216,10 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
             (loss, (_, model_state)), grads = jax.value_and_grad(
                 lambda p: model_loss(model, p, state.model_state, batch, hp, k),
                 has_aux=True)(state.params)
+        elif isinstance(batch, Padded):  # the full batch of a padded fold: real rows only
+            loss, grads = jax.value_and_grad(lambda p: rowwise_mean(
+                lambda b: loss_fn(model, p, b, hp, k)[0], batch))(state.params)
+            model_state = None
         else:  # the stateless step, exactly as before model state existed
             (loss, _), grads = jax.value_and_grad(
                 lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
@@ -243,7 +265,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every))
 
     def evaluate(state):
-        return metrics_fn(model, state.params, val_part, hp, state.model_state)
+        return rowwise_mean(lambda b: metrics_fn(model, state.params, b, hp, state.model_state),
+                            val_part)
 
     carry = start(model, hp, key)
     if cfg.eval_every:
@@ -265,7 +288,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0]))
     state, dead_at = carry
-    train_loss = loss_fn(model, state.params, train_part, hp, state=state.model_state)[0]
+    train_loss = rowwise_mean(
+        lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:
         losses = jnp.zeros((0,), train_loss.dtype)
     return Run(state, train_loss, evaluate(state),
@@ -326,6 +350,66 @@ def validate(model: Model, hp: HParams, split: Split, data_checked: bool = False
 
 
 _VALIDATED: set = set()
+
+
+def check_padded_folds(model: Model, hp: HParams, cfg: LoopConfig, folds, parts,
+                       key: jax.Array) -> None:
+    """Refuses, before anything compiles, what padded folds (``jaxhp.kfold`` with ``k``
+    not dividing the rows) cannot compute exactly.
+
+    Padded rows are never sampled; full-batch losses, validation metrics and the
+    final training objective of a padded fold are means over its real rows of each
+    row alone (:func:`rowwise_mean`). That equals the unpadded computation only for
+    a stateless model whose loss and metrics are means over rows: checked here on
+    a few rows of fold 0 at perturbed initial parameters (a full-batch loss with its
+    training key, so dropout is refused there). A ``batch_size`` at which some
+    folds train full-batch and others on minibatches is refused too.
+    """
+    train, val = parts
+    if not isinstance(train, Padded) and not isinstance(val, Padded):
+        return
+    tr, va = folds.sizes
+    why = (f"the k={folds.k} folds of {len(folds.fold_of)} rows differ in size (training "
+           f"{tr.min()}-{tr.max()} rows, validation {va.min()}-{va.max()}), so they are "
+           "padded to the largest and masked")
+    fix = f"; or pick k dividing {len(folds.fold_of)} (equal folds need no padding)"
+    if model.has_state:
+        raise ValueError(f"kfold: {why}, and model {model.name!r} has state "
+                         "(has_state=True, e.g. BatchNorm statistics), which a masked mean "
+                         f"cannot keep exact: its batch statistics would see padded rows{fix}")
+    bs = cfg.batch_size
+    full = bs is None or bs >= tr.max()
+    if not full and bs >= tr.min():
+        raise ValueError(f"`batch_size`={bs}: {why}; the smallest folds would train "
+                         f"full-batch and the others on minibatches: use batch_size < "
+                         f"{tr.min()}, or >= {tr.max()} (None: full batch){fix}")
+    one = folds.split(0)
+    m = int(min(8, va.min(), tr.min()))
+    if m < 2:
+        return  # one-row folds: every mean over rows is the row's value
+    head = lambda part: jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)[:m]), part)
+    params, _ = init_fn(model, jax.random.fold_in(key, INIT), hp)
+    noise = jax.random.key(12345)
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.1 * jax.random.normal(noise, jnp.shape(p), p.dtype)
+        if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating) else p, params)
+    pad = lambda part: Padded(part, jnp.asarray(m, jnp.int32))
+    step_key = jax.random.fold_in(jax.random.fold_in(key, NOISE), 0) if full else None
+    checks = [("training loss" + (" (with the step's key: dropout?)" if full else ""),
+               lambda b: {"loss": loss_fn(model, params, b, hp, step_key)[0]},
+               head(one.train)),
+              ("validation metric",
+               lambda b: metrics_fn(model, params, b, hp), head(one.val))]
+    for what, fn, batch in checks:
+        whole, rows = fn(batch), rowwise_mean(fn, pad(batch))
+        for name in whole:
+            a, b = float(whole[name]), float(rows[name])
+            if not np.isclose(a, b, rtol=1e-4, atol=1e-6):
+                raise ValueError(
+                    f"kfold: {why}; the {what} {name!r} is not a mean over rows: on {m} "
+                    f"rows it is {a:.6g}, the mean of its values on each row alone is "
+                    f"{b:.6g}, so it cannot be averaged over a fold's real rows only. "
+                    f"Use a loss/metric that is a mean of per-example terms{fix}")
 
 
 def check_key(key, name: str = "key") -> jax.Array:
