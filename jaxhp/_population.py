@@ -67,7 +67,8 @@ def over_members(fn: Callable, n_member: int, n_shared: int, n_fold: int = 0) ->
 def fold_replicas(tree):
     """Leaves ``(folds, seeds, ...)`` as ``(folds * seeds, ...)``: the replica axis of a
     cross-validated population, fold-major (replica ``f * seeds + s``)."""
-    return jax.tree_util.tree_map(lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), tree)
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), tree)
 
 
 def init(model: Model, hp: HParams, keys: jax.Array):

@@ -22,8 +22,8 @@ from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._checkpoint import Checkpoint, fingerprint
 from jaxhp._data import Folds, Split, check_split
-from jaxhp._folds import check_folds
 from jaxhp._engine import DEFAULT_MAX_CHUNK, SweepWarning
+from jaxhp._folds import check_folds
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import ChunkRecord
