@@ -361,9 +361,9 @@ def check_padded_folds(model: Model, hp: HParams, cfg: LoopConfig, folds, parts,
     final training objective of a padded fold are means over its real rows of each
     row alone (:func:`rowwise_mean`). That equals the unpadded computation only for
     a stateless model whose loss and metrics are means over rows: checked here on
-    a few rows of fold 0 at perturbed initial parameters (a full-batch loss with its
-    training key, so dropout is refused there). A ``batch_size`` at which some
-    folds train full-batch and others on minibatches is refused too.
+    a few rows of fold 0 at perturbed initial parameters. A full-batch loss that
+    reads its key (dropout) is refused, as is a ``batch_size`` at which some folds
+    train full-batch and others on minibatches.
     """
     train, val = parts
     if not isinstance(train, Padded) and not isinstance(val, Padded):
@@ -394,9 +394,13 @@ def check_padded_folds(model: Model, hp: HParams, cfg: LoopConfig, folds, parts,
         lambda p: p + 0.1 * jax.random.normal(noise, jnp.shape(p), p.dtype)
         if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating) else p, params)
     pad = lambda part: Padded(part, jnp.asarray(m, jnp.int32))
-    step_key = jax.random.fold_in(jax.random.fold_in(key, NOISE), 0) if full else None
-    checks = [("training loss" + (" (with the step's key: dropout?)" if full else ""),
-               lambda b: {"loss": loss_fn(model, params, b, hp, step_key)[0]},
+    if full and _uses_key(model, params, head(one.train), hp, key):
+        raise ValueError(
+            f"kfold: {why}; the training loss of model {model.name!r} draws from its key "
+            "(dropout?), and full-batch training of a padded fold evaluates each row alone, "
+            "which would not draw the batch's random mask: use minibatches (batch_size < "
+            f"{tr.min()}){fix}")
+    checks = [("training loss", lambda b: {"loss": loss_fn(model, params, b, hp)[0]},
                head(one.train)),
               ("validation metric",
                lambda b: metrics_fn(model, params, b, hp), head(one.val))]
@@ -410,6 +414,15 @@ def check_padded_folds(model: Model, hp: HParams, cfg: LoopConfig, folds, parts,
                     f"rows it is {a:.6g}, the mean of its values on each row alone is "
                     f"{b:.6g}, so it cannot be averaged over a fold's real rows only. "
                     f"Use a loss/metric that is a mean of per-example terms{fix}")
+
+
+def _uses_key(model: Model, params, batch, hp: HParams, key: jax.Array) -> bool:
+    """Whether the training loss reads its PRNG key (structurally: the key is an input
+    of some operation of its jaxpr, whatever the tunable values, e.g. a dropout rate)."""
+    jaxpr = jax.make_jaxpr(lambda k: loss_fn(model, params, batch, hp, k)[0])(key).jaxpr
+    var = jaxpr.invars[0]
+    return any(v is var for eqn in jaxpr.eqns for v in eqn.invars) or \
+        any(v is var for v in jaxpr.outvars)
 
 
 def check_key(key, name: str = "key") -> jax.Array:

@@ -328,3 +328,30 @@ def test_unequal_folds_refuse_a_stateful_model():
     with pytest.raises(ValueError, match=r"model '.*' has state \(has_state=True"):
         jaxhp.sweep(bn, [jaxhp.models.MLPHP(steps=5, batch_size=4, width=4, depth=1)],
                     folds, key=KEY)
+
+
+def test_unequal_folds_refuse_full_batch_dropout_but_take_minibatches():
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(23, 4)).astype(np.float32),
+            "y": rng.integers(0, 3, 23).astype(np.int32)}
+    mlp = jaxhp.models.mlp_classifier(4, 3)  # its loss reads the key (dropout)
+    folds = jaxhp.kfold(data, 5, test=data)  # training folds of 18 or 19 rows
+    hp = jaxhp.models.MLPHP(steps=3, batch_size=19, width=4, depth=1, dropout=0.5)
+    with pytest.raises(ValueError, match=r"draws from its key \(dropout\?\), and full-batch"):
+        jaxhp.sweep(mlp, [hp], folds, key=KEY)
+    result = jaxhp.sweep(mlp, [hp.replace(batch_size=6)], folds, key=KEY)
+    assert result.status.shape == (1, 5) and result.compile_count == 1
+
+
+def test_a_checkpointed_cv_sweep_resumes_to_the_same_numbers(swept, tmp_path):
+    base, result = swept
+    first = jaxhp.sweep(MODEL, SPACE, FOLDS, key=KEY, seeds=2, base=base,
+                        checkpoint_dir=tmp_path)
+    again = jaxhp.sweep(MODEL, SPACE, FOLDS, key=KEY, seeds=2, base=base,
+                        checkpoint_dir=tmp_path)
+    assert again.groups[0].chunks_loaded == again.groups[0].n_chunks >= 1
+    np.testing.assert_array_equal(again.val["mse"], first.val["mse"])
+    np.testing.assert_allclose(first.val["mse"], result.val["mse"], rtol=1e-6)
+    other = jaxhp.kfold(DATA, 5, test=TEST, shuffle=True, random_state=1)
+    with pytest.raises(jaxhp.CheckpointMismatch):
+        jaxhp.sweep(MODEL, SPACE, other, key=KEY, seeds=2, base=base, checkpoint_dir=tmp_path)

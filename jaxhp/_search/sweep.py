@@ -143,7 +143,7 @@ def sweep(
         raise ValueError("sweep(): the space has no settings")
     folds = split if isinstance(split, Folds) else None
     data = split if folds is None else check_folds(folds)  # fold 0 stands for the checks
-    n_train = check_split(data)[0] if folds is None else int(folds.sizes[0].min())
+    n_train = check_split(data)[0] if folds is None else int(folds.sizes[0].max())
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
     cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
