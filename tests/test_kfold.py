@@ -289,6 +289,8 @@ def test_other_searches_refuse_folds():
         lambda: jaxhp.train(MODEL, hp, FOLDS, key=KEY),
         lambda: jaxhp.successive_halving(MODEL, SPACE, FOLDS, key=KEY, min_steps=5,
                                          base=hp),
+        lambda: jaxhp.hyperband(MODEL, jaxhp.random(4, seed=0, learning_rate=jaxhp.loguniform(
+            1e-3, 0.1)), FOLDS, key=KEY, min_steps=5, base=hp),
         lambda: jaxhp.pbt(MODEL, SPACE, FOLDS, key=KEY, ready_every=5, base=hp),
         lambda: jaxhp.hypergradient(MODEL, hp, FOLDS, key=KEY),
         lambda: jaxhp.tune_gradient(MODEL, [hp], FOLDS, key=KEY),
