@@ -125,7 +125,8 @@ def test_halving_evaluate_test_retrains_the_trained_steps(halving, diabetes):
     assert_trees_equal(params, run.state.params)
     report = r.evaluate_test("mse")
     sel = report.selection  # the best at the rung where it stopped, retrained that long
-    assert sel.setting.steps == r.steps_trained[sel.index] and np.isfinite(report.metrics["mse"])
+    assert sel.setting.steps == r.steps_trained[sel.index]
+    assert np.isfinite(report.metrics["mse"])
 
 
 def test_hyperband(diabetes):
