@@ -18,6 +18,7 @@ value`` and the rule.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib
 import math
 import re
@@ -479,14 +480,34 @@ class Job(NamedTuple):
     mode: str
 
 
+@functools.lru_cache(maxsize=16)
+def _reference_model_cached(name: str, args: tuple):
+    from jaxhp import models
+
+    return getattr(models, name)(**dict(args))
+
+
+def _reference_model(name: str, **args):
+    """A reference model; the same name and arguments give the same ``Model`` object in
+    a process, so its compiled programs are reused (a model's identity is part of a
+    program's key)."""
+    try:
+        key = tuple(sorted(args.items()))
+        hash(key)
+    except TypeError:  # an unhashable argument: build it afresh
+        from jaxhp import models
+
+        return getattr(models, name)(**args)
+    return _reference_model_cached(name, key)
+
+
 def _load_model(cfg: dict, x_shape, y, base_dir: Path):
     import jaxhp
-    from jaxhp import models
 
     m = dict(cfg["model"])
     args = dict(m["args"])
     if m["name"] is not None:
-        fn = getattr(models, m["name"])
+        fn = functools.partial(_reference_model, m["name"])
         args.setdefault("n_features", int(x_shape[1]) if len(x_shape) == 2 else 0)
         if m["name"] != "linear_regression":
             labels = np.asarray(y)
@@ -509,7 +530,7 @@ def _load_model(cfg: dict, x_shape, y, base_dir: Path):
             sys.path.remove(str(base_dir))
     try:
         model = fn(**args)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # a bad argument of the model's function
         raise ConfigError(f"{where} with args = {toml_value(args)}: {e}") from None
     if not isinstance(model, jaxhp.Model):
         raise ConfigError(f"{where}: returned a {type(model).__name__}, not a jaxhp.Model")
@@ -600,6 +621,15 @@ def _space(sp: dict):
     return jaxhp.quasirandom(sp["n"], dists, seed=sp["seed"], method=sp["method"])
 
 
+def _hparams_problem(problem: str, given: dict, cls_name: str) -> str:
+    """An ``HParamsError`` problem (```name`=value: rule``) as ``[hparams] name = value:
+    rule``, the value as the file wrote it."""
+    m = re.match(r"`(\w+)`(?:=[^:]*)?: (.*)", problem, re.S)
+    if m is None or m.group(1) not in given:
+        return f"[hparams]: {cls_name}: {problem}"
+    return f"{_at('hparams', m.group(1), given[m.group(1)])}: {m.group(2)}"
+
+
 def build(cfg: dict, base_dir: str | Path = ".") -> Job:
     """The objects a resolved configuration runs, checked against the model and data
     before anything compiles. Paths (data, a factory's module) are relative to
@@ -622,7 +652,8 @@ def build(cfg: dict, base_dir: str | Path = ".") -> Job:
     try:
         base = cls(**cfg["hparams"])
     except jaxhp.HParamsError as e:
-        raise ConfigError(f"[hparams]: {e}") from None
+        raise ConfigError([_hparams_problem(p, cfg["hparams"], cls.__name__)
+                           for p in e.problems]) from None
     cfg["hparams"] = {k: cfg["hparams"].get(k, _plain(v)) for k, v in base.to_dict().items()}
     space = _space(cfg["space"])
     try:

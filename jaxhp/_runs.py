@@ -116,9 +116,8 @@ def write_plots(result: SweepResult, search: str, metric: str, folder: Path) -> 
     written = []
 
     def save(fig, name):
-        fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
         atomic_write_bytes(folder / name, buf.getvalue())
         written.append(name)
 
@@ -139,12 +138,12 @@ def write_plots(result: SweepResult, search: str, metric: str, folder: Path) -> 
         fig = Figure(figsize=(7, 4.5))
         jaxhp.plot.pbt_lineage(result, ax=fig.add_subplot())
         save(fig, "pbt_lineage.png")
-    if tunables and search != "pbt":
+    if tunables and search == "sweep":
         fig = Figure(figsize=(5 * len(tunables), 3.8))
         jaxhp.plot.metric_by_field(result, metric, fields=tunables,
                                    ax=list(fig.subplots(1, len(tunables), squeeze=False)[0]))
         save(fig, "metric_by_field.png")
-    if len(tunables) >= 2 and search != "pbt":
+    if len(tunables) >= 2 and search == "sweep":
         fig = Figure(figsize=(6, 4.5))
         jaxhp.plot.heatmap(result, tunables[0], tunables[1], metric, ax=fig.add_subplot())
         save(fig, "heatmap.png")
@@ -230,12 +229,12 @@ def write_report(result: SweepResult, search: str, metric: str, mode: str, folde
 
 
 def write_outputs(result: SweepResult, search: str, metric: str, mode: str,
-                  folder: Path) -> list[str]:
+                  folder: Path, plots: bool = True) -> list[str]:
     """Every output of a finished run (the result first: the rest derives from it)."""
     result.save(folder / RESULT, overwrite=True)
     write_cv_results(result, folder / "cv_results.csv")
     write_best_params(result, metric, mode, folder)
-    plots = write_plots(result, search, metric, folder / "plots")
+    plots = write_plots(result, search, metric, folder / "plots") if plots else []
     write_report(result, search, metric, mode, folder, plots)
     return plots
 

@@ -124,6 +124,8 @@ def _add_run_commands(sub) -> None:
                        help="discard what DIR holds (another configuration's run, a "
                        "finished result) and start afresh")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--no-plots", action="store_true",
+                       help="write no figures (they need matplotlib: jaxhp[plot])")
     show = sub.add_parser("show", help="print a run's groups and its best settings",
                           description="Prints the run in DIR: its chosen setting, static "
                           "groups and top settings on validation.")
@@ -207,12 +209,13 @@ def _sweep(args) -> int:
         return _fail("sweep", str(e))
     except jaxhp.CheckpointLocked as e:
         return _fail("sweep", str(e), 1)
-    plots = _runs.write_outputs(result, job.search, job.metric, job.mode, out)
+    plots = _runs.write_outputs(result, job.search, job.metric, job.mode, out,
+                                plots=not args.no_plots)
     print("\n".join(_runs.summary(result, job.search, job.metric, job.mode)))
     print(f"wall {time.perf_counter() - t0:.1f} s; wrote {out}: result.npz/.json, "
           f"cv_results.csv, best_params.npz, report.md"
-          + (f", plots/ ({', '.join(plots)})" if plots else " (no plots: pip install "
-             "'jaxhp[plot]')"))
+          + (f", plots/ ({', '.join(plots)})" if plots else "" if args.no_plots else
+             " (no plots: pip install 'jaxhp[plot]')"))
     return 0
 
 
