@@ -360,7 +360,10 @@ def test_halving_and_pbt_configs_plan_what_they_run(tmp_path, capsys):
         """
     for search, extra in (("halving", "min_steps = 20\neta = 3"),
                           ("pbt", "ready_every = 20")):
-        config = write(tmp_path, head + f"[search]\nmethod = '{search}'\n{extra}\n",
+        # another batch size for each: its programs are its own (the plan counts the
+        # compiles of a fresh process)
+        body = head.replace("batch_size = 32", f"batch_size = {32 if search == 'pbt' else 16}")
+        config = write(tmp_path, body + f"[search]\nmethod = '{search}'\n{extra}\n",
                        f"{search}.toml")
         rc, out, _ = run(["sweep", config, "--dry-run"], capsys)
         assert rc == 0
@@ -470,4 +473,4 @@ def test_hparams_errors_name_each_key(tmp_path, capsys):
     rc, _, err = run(["sweep", config, "--dry-run"], capsys)
     assert rc == 2 and "2 problems" in err
     assert "[hparams] step = 10: unknown field of LinearHP (did you mean `steps`?)" in err
-    assert """[hparams] optimizer = "lbfgs": must be one of ['sgd', 'adam']""" in err
+    assert """[hparams] optimizer = "lbfgs": must be one of ['sgd', 'adam', 'adamw']""" in err
