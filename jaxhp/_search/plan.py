@@ -23,7 +23,7 @@ import numpy as np
 from jaxhp import _engine as engine
 from jaxhp._data import Split, check_split
 from jaxhp._search.common import group_firsts, replace_columns
-from jaxhp._search.halving import _rung_sizes, hyperband_brackets, rung_budgets, search_chunk
+from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
 from jaxhp._train import resolve_loop
 
 
@@ -119,7 +119,7 @@ def plan_search(model, space, split: Split, *, search: str = "sweep",
                 brackets = [(n, rung_budgets(min_steps, first.steps, eta))]
             else:
                 brackets = hyperband_brackets(min_steps, first.steps, eta)
-            sizes = [[*_rung_sizes(m, b, eta)] for m, b in brackets]
+            sizes = [[*rung_sizes(m, b, eta)] for m, b in brackets]
             length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
             per = engine.member_bytes(model, first, cfg, 1, False) + 4 * length
             flat = [z for zs in sizes for z in zs]
