@@ -195,6 +195,9 @@ def _sweep(args) -> int:
           f"{len(plan.groups)} static group(s), {plan.compiles} program(s) to compile, "
           f"{plan.calls} compiled call(s); checkpoints in {out / _runs.CHECKPOINT}",
           flush=True)
+    if (out / _runs.CHECKPOINT / "manifest.json").exists() and not args.overwrite:
+        print(f"resuming: what {out / _runs.CHECKPOINT} holds is read, not recomputed",
+              flush=True)
     progress = False if args.no_progress else _tqdm_or_none()
     t0 = time.perf_counter()
     try:

@@ -389,15 +389,24 @@ def _env():
 
 
 def test_console_script_dry_run():
+    """The ``jaxhp`` script where it is installed (``pip install -e .``), else the entry
+    point pyproject.toml declares for it, called as the installed script calls it."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the tomli dependency
+        import tomli as tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["jaxhp"] == "jaxhp.cli:main"
     script = shutil.which("jaxhp", path=str(Path(sys.executable).parent))
-    if script is None:
-        pytest.skip("the jaxhp console script is not installed in this environment")
-    out = subprocess.run([script, "sweep", str(ROOT / "examples" / "digits_mlp.toml"),
+    command = [script] if script else [
+        sys.executable, "-c", "import sys; from jaxhp.cli import main; sys.exit(main())"]
+    out = subprocess.run([*command, "sweep", str(ROOT / "examples" / "digits_mlp.toml"),
                           "--dry-run"], capture_output=True, text=True, timeout=300,
                          env=_env(), check=True).stdout
     assert "search: sweep, 16 settings x 2 seeds = 32 members" in out
     assert "compiled calls (chunks): 4" in out
-    helptext = subprocess.run([script, "--help"], capture_output=True, text=True,
+    helptext = subprocess.run([*command, "--help"], capture_output=True, text=True,
                               timeout=120, env=_env(), check=True).stdout
     assert all(c in helptext for c in ("demo", "sweep", "show", "test"))
 
@@ -443,6 +452,7 @@ def test_kill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, capsy
     rc, out, err = run(["sweep", config, "--out", folder, "--no-progress", "--no-plots"],
                        capsys)
     assert rc == 0, err
+    assert "resuming: what" in out
     rc, _, err = run(["sweep", config, "--out", tmp_path / "whole", "--no-progress",
                       "--no-plots"], capsys)
     assert rc == 0, err
