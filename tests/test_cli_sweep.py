@@ -484,3 +484,56 @@ def test_hparams_errors_name_each_key(tmp_path, capsys):
     assert rc == 2 and "2 problems" in err
     assert "[hparams] step = 10: unknown field of LinearHP (did you mean `steps`?)" in err
     assert """[hparams] optimizer = "lbfgs": must be one of ['sgd', 'adam', 'adamw']""" in err
+
+
+def test_readme_error_example_and_options(tmp_path, capsys):
+    head = "[model]\nname = 'linear_regression'\n[data]\ndataset = 'diabetes'\n"
+    config = write(tmp_path, head + "[space]\nkind = 'random'\nn = 8\nlearning_rate = "
+                   "{loguniform = [0, 1]}\n[serch]\nmethod = 'halving'\n")
+    rc, _, err = run(["sweep", config, "--out", tmp_path / "run"], capsys)
+    assert rc == 2 and err.endswith(
+        "2 problems:\n  - [serch]: unknown section (did you mean `search`?); known sections: "
+        "[model], [data], [hparams], [space], [search], [select], [engine]\n  - [space] "
+        "learning_rate = {loguniform = [0, 1]}: loguniform needs 0 < low < high\n")
+    # a field named like an option of [space] goes in [space.fields]; a memory budget in
+    # bytes or with a unit; a device count
+    grid = head + "[space]\nkind = 'grid'\n[space.fields]\nl2 = [1e-4, 1e-3, 1e-2, 1e-1]\n"
+    rc, out, _ = run(["sweep", write(tmp_path, grid), "--dry-run"], capsys)
+    assert rc == 0 and plan_numbers(out)[0][:3] == (4, 4, 1)
+    budget = grid + "[engine]\nmemory_budget = '3KiB'\n"
+    rc, out, _ = run(["sweep", write(tmp_path, budget), "--dry-run"], capsys)
+    small = plan_numbers(out)[0]
+    rc2, out2, _ = run(["sweep", write(tmp_path, grid + "[engine]\nmemory_budget = 3072\n"),
+                        "--dry-run"], capsys)
+    assert rc == rc2 == 0 and small == plan_numbers(out2)[0] and small[1] < 4
+    many = grid + f"[engine]\ndevices = {jax.local_device_count() + 1}\n"
+    rc, _, err = run(["sweep", write(tmp_path, many), "--dry-run"], capsys)
+    assert rc == 2 and f"only {jax.local_device_count()} local device(s)" in err
+
+
+def test_npz_data(tmp_path, capsys):
+    split = jaxhp.datasets.load("iris", key=jax.random.key(0))
+    x = np.concatenate([split.train["x"], split.val["x"], split.test["x"]])
+    y = np.concatenate([split.train["y"], split.val["y"], split.test["y"]])
+    np.savez(tmp_path / "iris.npz", features=x, labels=y)
+    body = """
+        [model]
+        name = "softmax_regression"
+        [data]
+        path = "iris.npz"
+        x = "features"
+        y = "labels"
+        task = "classification"
+        [space]
+        kind = "grid"
+        l2 = [1e-3, 1e-2]
+        [select]
+        metric = "accuracy"
+        """
+    rc, out, err = run(["sweep", write(tmp_path, body), "--dry-run"], capsys)
+    assert rc == 0, err
+    assert "search: sweep, 2 settings x 1 seeds" in out
+    rc, _, err = run(["sweep", write(tmp_path, body.replace('"labels"', '"label"')),
+                      "--dry-run"], capsys)
+    assert rc == 2 and "[data] y = \"label\": no array of that name" in err
+    assert "(did you mean `labels`?)" in err
