@@ -122,6 +122,11 @@ ERRORS = [
      "[hparams] steps = 0: must be >= 1 (rule: static, in [1, inf), an integer)"),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'pbt'\n"
      "ready_every = 50\nsteps = 10", "[search] ready_every = 50: must be at most steps = 10"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'pbt'\n"
+     "ready_every = 5\nsteps = 10", "pbt(): a population (a static group) has 1 setting"),
+    ("[space]\nkind = 'random'\nn = 5\nlearning_rate = {loguniform = [0.01, 0.1]}\n"
+     "[hparams]\nsteps = 90\n[search]\nmethod = 'hyperband'\nmin_steps = 10",
+     "hyperband(): the brackets [9, 5, 3] need 17 settings, the space has 5"),
 ]
 
 
@@ -401,11 +406,11 @@ def test_console_script_dry_run():
     script = shutil.which("jaxhp", path=str(Path(sys.executable).parent))
     command = [script] if script else [
         sys.executable, "-c", "import sys; from jaxhp.cli import main; sys.exit(main())"]
-    out = subprocess.run([*command, "sweep", str(ROOT / "examples" / "digits_mlp.toml"),
+    out = subprocess.run([*command, "sweep", str(ROOT / "examples" / "diabetes_ridge.toml"),
                           "--dry-run"], capture_output=True, text=True, timeout=300,
                          env=_env(), check=True).stdout
-    assert "search: sweep, 16 settings x 2 seeds = 32 members" in out
-    assert "compiled calls (chunks): 4" in out
+    assert "search: sweep, 25 settings x 3 seeds = 75 members" in out
+    assert "compiled calls (chunks): 1; member steps: 22,500" in out
     helptext = subprocess.run([*command, "--help"], capture_output=True, text=True,
                               timeout=120, env=_env(), check=True).stdout
     assert all(c in helptext for c in ("demo", "sweep", "show", "test"))
@@ -537,3 +542,10 @@ def test_npz_data(tmp_path, capsys):
                       "--dry-run"], capsys)
     assert rc == 2 and "[data] y = \"label\": no array of that name" in err
     assert "(did you mean `labels`?)" in err
+
+
+def test_readme_shows_the_shipped_example():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From the shell: `jaxhp sweep CONFIG.toml`")[1]
+    block = section.split("```toml\n")[1].split("```")[0]
+    assert block.strip() in (ROOT / "examples" / "digits_mlp.toml").read_text()

@@ -119,6 +119,11 @@ def plan_search(model, space, split: Split, *, search: str = "sweep",
                 brackets = [(n, rung_budgets(min_steps, first.steps, eta))]
             else:
                 brackets = hyperband_brackets(min_steps, first.steps, eta)
+                need = sum(m for m, _ in brackets)
+                if n < need:  # as hyperband() refuses it
+                    raise ValueError(f"hyperband(): the brackets {[m for m, _ in brackets]} "
+                                     f"need {need} settings, the space has {n}; sample at "
+                                     f"least {need}")
             sizes = [[*rung_sizes(m, b, eta)] for m, b in brackets]
             length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
             per = engine.member_bytes(model, first, cfg, 1, False) + 4 * length
@@ -134,6 +139,9 @@ def plan_search(model, space, split: Split, *, search: str = "sweep",
             out.append(GroupPlan(statics, used, c, calls, 2, per, per * s * c // n_dev,
                                  member_steps))
         elif search == "pbt":
+            if n < 2:  # as pbt() refuses it
+                raise ValueError(f"pbt(): a population (a static group) has {n} setting; "
+                                 "exploit needs at least 2 per static group")
             cfg = resolve_loop(first, n_train, None, None)
             per = engine.member_bytes(model, first, cfg, 1, True) + 4 * ready_every
             c = engine.plan_chunks(n, s, per, n_dev, chunk_size, memory_budget, max_chunk)
