@@ -4,7 +4,7 @@ it and ``jaxhp test DIR`` reads its test split, once.
 
 Set hyperparameters -> train (one compiled program for the whole population)
 -> select on validation -> report on test, once. The configuration is checked by
-:mod:`jaxhp._config`, the run folder written by :mod:`jaxhp._runs`.
+:mod:`jaxhp._config` and :mod:`jaxhp._job`, the run folder written by :mod:`jaxhp._runs`.
 """
 
 from __future__ import annotations
@@ -150,11 +150,11 @@ def _fail(command: str, message: str, code: int = 2) -> int:
     return code
 
 
-def _job(config_path: str):
-    from jaxhp import _config
+def _load_job(config_path: str):
+    from jaxhp import _config, _job
 
     doc = _config.read(config_path)
-    return _config.build(_config.resolve(doc), Path(config_path).resolve().parent)
+    return _job.build(_config.resolve(doc), Path(config_path).resolve().parent)
 
 
 def _sweep(args) -> int:
@@ -164,7 +164,7 @@ def _sweep(args) -> int:
     if args.out is None and not args.dry_run:
         return _fail("sweep", "--out DIR is required (the run folder), unless --dry-run")
     try:
-        job = _job(args.config)
+        job = _load_job(args.config)
         plan = plan_search(job.model, job.space, job.split, search=job.search, **job.kwargs)
     except (ValueError, TypeError) as e:  # ConfigError and jaxhp's input errors
         return _fail("sweep", f"{args.config}: {e}")
@@ -268,13 +268,13 @@ def _show(args) -> int:
 
 
 def _test(args) -> int:
-    from jaxhp import _config, _runs
+    from jaxhp import _job, _runs
 
     out = Path(args.dir)
     try:
         cfg = _runs.read_config(out)
         result = _load_result(out)
-        job = _config.build(cfg, Path.cwd())
+        job = _job.build(cfg, Path.cwd())
     except (OSError, ValueError) as e:
         return _fail("test", str(e))
     if result.test_reads and not args.again:
