@@ -208,7 +208,11 @@ def _sweep(args) -> int:
         print(f"jaxhp sweep: interrupted; run the same command to resume from {out}",
               file=sys.stderr)
         return 130
-    except (ValueError, TypeError) as e:  # refused input, a changed checkpoint
+    except jaxhp.CheckpointMismatch as e:
+        return _fail("sweep", f"{e}\n(jaxhp sweep: --overwrite starts afresh)")
+    except (ValueError, TypeError) as e:  # input the search refused before compiling
+        if not (out / _runs.CHECKPOINT / "manifest.json").exists():
+            (out / _runs.CONFIG).unlink(missing_ok=True)  # nothing ran: nothing to resume
         return _fail("sweep", str(e))
     except jaxhp.CheckpointLocked as e:
         return _fail("sweep", str(e), 1)

@@ -334,6 +334,13 @@ def test_csv_data_and_an_import_path_model(tmp_path, capsys):
     np.testing.assert_allclose(result.val["mse"], direct.val["mse"], rtol=1e-5)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data"]["stratify"] is False and cfg["model"]["factory"] == "my_models:ridge"
+    # the same configuration over changed data: the checkpoint's fingerprint refuses it
+    text = (tmp_path / "diabetes.csv").read_text().splitlines()
+    text[1] = text[1].replace(",", ",9", 1)
+    (tmp_path / "diabetes.csv").write_text("\n".join(text) + "\n")
+    (tmp_path / "run" / "result.json").unlink()
+    rc, _, err = run(["sweep", config, "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert rc == 2 and "data" in err and "--overwrite starts afresh" in err
     bad = write(tmp_path, config.read_text().replace('y = "target"', 'y = "targte"'),
                 "bad.toml")
     rc, _, err = run(["sweep", bad, "--dry-run"], capsys)
