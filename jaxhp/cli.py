@@ -116,7 +116,8 @@ def _add_run_commands(sub) -> None:
         "cv_results.csv, the chosen setting's parameters, figures and report.md to DIR. "
         "Running the same command again resumes from DIR's checkpoint.")
     sweep.add_argument("config", help="the configuration file (TOML)")
-    sweep.add_argument("--out", help="the run folder (required unless --dry-run)")
+    sweep.add_argument("--out", metavar="DIR",
+                       help="the run folder (required unless --dry-run)")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print the plan (static groups, compiles, chunks, memory per "
                        "device, member steps) and train nothing")
