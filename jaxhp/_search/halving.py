@@ -93,7 +93,7 @@ def hyperband_brackets(min_steps: int, max_steps: int, eta: int = 3) -> list[tup
             for s in range(s_max, -1, -1)]
 
 
-def _rung_sizes(n: int, budgets: list[int], eta: int) -> list[int]:
+def rung_sizes(n: int, budgets: list[int], eta: int) -> list[int]:
     sizes = [n]
     for _ in budgets[1:]:
         sizes.append(max(1, sizes[-1] // eta))
@@ -231,7 +231,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
         cfg = resolve_loop(first, n_train, None, None)
         brackets = brackets_of[gi]
         used = _used(brackets)
-        sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
+        sizes = [s for members, b in brackets for s in rung_sizes(len(members), b, eta)]
         length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
         infos.append(engine.new_group_info(dict(table.group_statics[gi]), len(used), 0, 0,
                                            first.steps, []))
