@@ -452,7 +452,7 @@ def successive_halving(
                    rungs, search={"method": "successive_halving", "eta": eta,
                                   "min_steps": min_steps, "max_steps": steps,
                                   "budgets": rung_budgets(min_steps, steps, eta),
-                                  "metric": metric, "mode": mode})
+                                  "metric": metric, "mode": mode}, devices=devices)
 
 
 successive_halving.__doc__ = successive_halving.__doc__.replace("{engine}", _ENGINE_ARGS)
@@ -537,4 +537,4 @@ def hyperband(
                                   "max_steps": steps,
                                   "brackets": [[n, b] for n, b in hyperband_brackets(
                                       min_steps, steps, eta)],
-                                  "metric": metric, "mode": mode})
+                                  "metric": metric, "mode": mode}, devices=devices)
