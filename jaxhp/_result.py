@@ -871,6 +871,47 @@ class SweepResult:
                                  arrays["params_present"])
         return out
 
+    @classmethod
+    def merge(cls, results: Sequence[SweepResult]) -> SweepResult:
+        """One result from sweeps split by hand (one job per static group, or per slice
+        of the settings), as if one sweep had trained them all.
+
+        Rows are the parts' rows in order (part 0's first); everything each part
+        recorded is kept: statuses, metrics, curves (padded with NaN to the
+        longest), kept parameters, errors, test evaluations (``index`` renumbered,
+        ``merged_from`` naming the part, so a merged result still refuses a second
+        look at test). A static group run by several parts becomes one group whose
+        settings, chunks, compile and run seconds are summed (``chunk_size``: the
+        largest); ``meta["merged"]`` lists each part's creation time, devices and
+        versions. Selection on the merged result equals selection on one sweep of
+        all the settings.
+
+        Args:
+          results: plain sweep results (fresh or loaded).
+
+        Returns:
+          A :class:`SweepResult`.
+
+        Raises:
+          ValueError: the parts trained on different data (each records a
+            fingerprint: shapes and a SHA-256 of its train and validation data;
+            files saved before result format 2 have none and are refused), with
+            a different key, seeds, model, hyperparameter class or metrics, ran a
+            static group with different ``eval_every``/``loss_every``, or share a
+            setting (which numbers to keep would be ambiguous); the message names
+            the parts and what differs.
+          TypeError: a part is not a plain :class:`SweepResult` (an adaptive
+            search's result).
+
+        Example:
+          >>> parts = [jaxhp.sweep(model, part, split, key=key, seeds=3)
+          ...          for part in (settings[:50], settings[50:])]  # e.g. two jobs
+          >>> jaxhp.SweepResult.merge(parts).best("mse").setting
+        """
+        from jaxhp._merge import merge
+
+        return merge(results)
+
     def __repr__(self) -> str:
         st = self.setting_status()
         return (f"SweepResult({self.n_settings} settings x {self.n_seeds} seeds, "
