@@ -103,6 +103,17 @@ SCRIPT = textwrap.dedent("""
     out_d["resumed"] = record(resumed)
     resumed.save(os.path.join(shared, "result"))
 
+    def refused(**kw):  # refused before anything runs, on every process
+        try:
+            jaxhp.sweep(model, settings(6, 40), split, key=key, chunk_size=4, **kw)
+        except (ValueError, RuntimeError) as e:
+            return f"{type(e).__name__}: {e}"
+    # a changed sweep: process 0 finds the mismatch, the others stop with it
+    out_d["changed"] = refused(seeds=3, checkpoint_dir=ckpt)
+    # a folder that is not shared: process 1 sees none of process 0's chunks
+    out_d["unshared"] = refused(seeds=2, checkpoint_dir=ckpt if pid == 0 else
+                                os.path.join(shared, "elsewhere"))
+
     h = jaxhp.successive_halving(model, settings(9, 27), split, key=key, seeds=2,
                                  min_steps=3, eta=3, metric="mse")
     out_d["halving"] = {"mse": h.val["mse"].tolist(),
@@ -209,6 +220,24 @@ def test_only_process_zero_writes_and_both_resume(runs):
         assert p["resumed"]["loaded"] == 1 and p["resumed"]["computed"] == 1
     assert p0["sweep"]["computed"] == 2
     _close(p0["resumed"]["val"]["mse"], p0["sweep"]["val"]["mse"], rtol=0)
+    assert not (runs["shared"] / "elsewhere").exists()
     loaded = jaxhp.SweepResult.load(runs["shared"] / "result")
     assert loaded.meta["n_processes"] == 2
     _close(loaded.val["mse"], p0["resumed"]["val"]["mse"], rtol=0)
+
+
+@pytest.mark.slow
+def test_every_process_stops_when_the_checkpoint_cannot_be_shared(runs):
+    (p0, p1), one = runs["two"], runs["one"]
+    assert p0["changed"].startswith("CheckpointMismatch: cannot resume from")
+    assert "`seeds`" in p0["changed"]
+    ckpt = os.path.realpath(runs["shared"] / "ckpt")
+    assert p1["changed"] == (f"RuntimeError: checkpoint_dir {ckpt}"
+                             + ": process 0 could not open it (its own error says why); "
+                             "this process stops too")
+    for p in (p0, p1):
+        assert p["unshared"].startswith("RuntimeError: checkpoint_dir ")
+        assert "the processes see different finished chunks (process 0: 2, process 1: 0)" \
+            in p["unshared"]
+        assert "must be on a filesystem all of them share" in p["unshared"]
+    assert one["unshared"] is None  # one process: the same call simply resumes
