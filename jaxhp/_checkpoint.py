@@ -12,6 +12,11 @@ One process at a time: opening a folder takes ``jaxhp.lock`` (created with
 a dead process on this host is stale and taken over. Only then is the manifest
 compared with the sweep (a different fingerprint is refused, listing what
 differs) and, only then, are leftover temporary files removed.
+
+A search over several processes (``jax.distributed``) is one writer: the first
+process of its mesh opens the folder as above, the others open it read-only
+(``writer=False``: no lock, no writes) once it has, see
+:func:`jaxhp._hosts.open_checkpoint`.
 """
 
 from __future__ import annotations
