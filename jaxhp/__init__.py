@@ -27,6 +27,8 @@ from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
 from jaxhp._engine import CallbackError as CallbackError
+from jaxhp._hosts import ChunkDefaults as ChunkDefaults
+from jaxhp._hosts import chunk_defaults as chunk_defaults
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
@@ -73,6 +75,7 @@ __all__ = [
     "CallbackError",
     "CheckpointLocked",
     "CheckpointMismatch",
+    "ChunkDefaults",
     "ChunkRecord",
     "DataError",
     "Distribution",
@@ -102,6 +105,7 @@ __all__ = [
     "TuneResult",
     "check_split",
     "choice",
+    "chunk_defaults",
     "datasets",
     "evaluate",
     "fixed",
