@@ -30,6 +30,8 @@ from jaxhp._distributions import uniform as uniform
 from jaxhp._engine import CallbackError as CallbackError
 from jaxhp._folds import FoldWarning as FoldWarning
 from jaxhp._folds import kfold as kfold
+from jaxhp._hosts import ChunkDefaults as ChunkDefaults
+from jaxhp._hosts import chunk_defaults as chunk_defaults
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
@@ -76,6 +78,7 @@ __all__ = [
     "CallbackError",
     "CheckpointLocked",
     "CheckpointMismatch",
+    "ChunkDefaults",
     "ChunkRecord",
     "DataError",
     "Distribution",
@@ -107,6 +110,7 @@ __all__ = [
     "TuneResult",
     "check_split",
     "choice",
+    "chunk_defaults",
     "datasets",
     "evaluate",
     "fixed",

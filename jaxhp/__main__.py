@@ -1,4 +1,4 @@
-"""``python -m jaxhp demo``: the same as the ``jaxhp`` console script."""
+"""``python -m jaxhp demo|sweep|show|test``: the same as the ``jaxhp`` console script."""
 
 import sys
 

@@ -12,6 +12,11 @@ One process at a time: opening a folder takes ``jaxhp.lock`` (created with
 a dead process on this host is stale and taken over. Only then is the manifest
 compared with the sweep (a different fingerprint is refused, listing what
 differs) and, only then, are leftover temporary files removed.
+
+A search over several processes (``jax.distributed``) is one writer: the first
+process of its mesh opens the folder as above, the others open it read-only
+(``writer=False``: no lock, no writes) once it has, see
+:func:`jaxhp._hosts.open_checkpoint`.
 """
 
 from __future__ import annotations
@@ -294,6 +299,11 @@ class Checkpoint:
       folder: the folder (created if absent).
       fp: the sweep's :func:`fingerprint`.
       overwrite: discard an existing checkpoint instead of resuming it.
+      writer: ``False`` opens it read-only, for a process of a multi-process
+        search that is not the writer (see :func:`jaxhp._hosts.open_checkpoint`):
+        no lock, no cleanup, the manifest read (once the writer has opened the
+        folder) and compared; :meth:`save` and :meth:`save_state` only record
+        the names, so the process's view stays the writer's.
 
     Raises:
       CheckpointLocked: another live process has the folder open.
@@ -301,8 +311,16 @@ class Checkpoint:
       FormatError: the manifest is unreadable or of another format version.
     """
 
-    def __init__(self, folder, fp: dict, *, overwrite: bool = False):
-        self.folder = Path(folder)
+    def __init__(self, folder, fp: dict, *, overwrite: bool = False, writer: bool = True):
+        self.folder, self.writer = Path(folder), writer
+        if not writer:
+            self._release = lambda: None
+            self.fp, self.fp_sha256, self.removed_tmp = fp, fingerprint_hash(fp), []
+            path = self.folder / MANIFEST
+            self.done = {}
+            if path.exists():
+                self._check(self._read_manifest(path))
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = self.folder / LOCK
         self._release = weakref.finalize(self, release_lock, lock,
@@ -313,14 +331,7 @@ class Checkpoint:
             path = self.folder / MANIFEST
             self.done: dict[str, str] = {}
             if path.exists() and not overwrite:  # compare before removing anything
-                manifest = self._read_manifest(path)
-                diff = _differences(manifest["fingerprint"], fp)
-                if diff:
-                    raise CheckpointMismatch(
-                        f"cannot resume from {self.folder}: it holds a different sweep:\n"
-                        + "\n".join(f"  - {d}" for d in diff)
-                        + "\nUse another folder, or pass overwrite=True to start afresh.")
-                self.done = dict(manifest["chunks"])
+                self._check(self._read_manifest(path))
             self.removed_tmp = clean_tmp(self.folder)
             if overwrite:
                 for p in [*self.folder.glob("chunk-*"), *self.folder.glob("state-*")]:
@@ -330,6 +341,16 @@ class Checkpoint:
         except BaseException:
             self.close()
             raise
+
+    def _check(self, manifest: dict) -> None:
+        """Takes the finished chunks of a manifest of this very sweep; refuses another's."""
+        diff = _differences(manifest["fingerprint"], self.fp)
+        if diff:
+            raise CheckpointMismatch(
+                f"cannot resume from {self.folder}: it holds a different sweep:\n"
+                + "\n".join(f"  - {d}" for d in diff)
+                + "\nUse another folder, or pass overwrite=True to start afresh.")
+        self.done = dict(manifest["chunks"])
 
     def close(self) -> None:
         """Releases the folder's lock (idempotent)."""
@@ -372,8 +393,12 @@ class Checkpoint:
         return self.name(group, chunk) in self.done
 
     def save(self, group: int, chunk: int, out) -> None:
-        """Persists a chunk's outputs, then lists it in the manifest."""
+        """Persists a chunk's outputs, then lists it in the manifest (a reader only
+        lists it)."""
         name = self.name(group, chunk)
+        if not self.writer:
+            self.done[name] = name
+            return
         leaves = jax.tree_util.tree_flatten_with_path(out)[0]
         arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
         meta = {"group": group, "chunk": chunk, "sweep_sha256": self.fp_sha256,
@@ -432,6 +457,11 @@ class Checkpoint:
         ``group`` (plain arrays and JSON, see :func:`jaxhp._record.encode`), lists it
         in the manifest, then removes the group's older states."""
         name = self.state_name(group, step)
+        if not self.writer:
+            self.done = {k: v for k, v in self.done.items()
+                         if not k.startswith(f"state-{group}-")}
+            self.done[name] = name
+            return
         arrays: dict[str, np.ndarray] = {}
         body = encode(state, arrays, "state")
         meta = {"group": group, "step": step, "sweep_sha256": self.fp_sha256, "state": body}

@@ -36,6 +36,15 @@ from jax.sharding import PartitionSpec as P
 
 from jaxhp import _population as population
 from jaxhp._data import DataError
+from jaxhp._hosts import (
+    CPU_CACHE_BUDGET,
+    CPU_MAX_CHUNK,
+    CPU_MEMORY_BUDGET,
+    check_devices,
+    chunk_defaults,
+    global_put,
+    spans_processes,
+)
 from jaxhp._hparams import HParams, HParamsError
 from jaxhp._io import FormatError
 from jaxhp._model import Model, ModelError, abstract_init, metric_names
@@ -43,15 +52,10 @@ from jaxhp._record import ChunkRecord, GroupInfo
 from jaxhp._table import SettingsTable, constant_column
 from jaxhp._train import LoopConfig, Run, check_model_data, eval_steps, validate
 
-DEFAULT_MEMORY_BUDGET = 512 * 2**20
-# On a CPU, automatic chunks also keep their estimated working set (member_bytes x
-# members) near the caches: the MLP of bench/ (0.9 MB per member) ran 2-2.5x faster
-# in chunks of 32-64 settings than of 256, where the Adam state streams from memory.
-DEFAULT_CACHE_BUDGET = 64 * 2**20
-# Settings per automatic chunk. On a 2-core CPU, ridge (265 examples) ran fastest
-# at 512-1,024 settings per chunk: the (chunk, n_train) temporaries of a step stay
-# in the cores' L2 caches; 2,048 was 8-14% slower (bench/, max_chunk sweep).
-DEFAULT_MAX_CHUNK = 512
+# The CPU's measured defaults (see jaxhp._hosts, which also sizes GPU and TPU chunks)
+DEFAULT_MEMORY_BUDGET = CPU_MEMORY_BUDGET
+DEFAULT_CACHE_BUDGET = CPU_CACHE_BUDGET
+DEFAULT_MAX_CHUNK = CPU_MAX_CHUNK
 
 
 def table_from(space, model: Model, base: HParams | None,
@@ -111,10 +115,12 @@ def check_chunking(chunk_size, memory_budget, max_chunk) -> None:
             or memory_budget <= 0):
         raise ValueError(f"`memory_budget`={memory_budget!r}: must be a positive integer "
                          "number of bytes per device (e.g. 2 * 2**30 for 2 GiB) or None")
-    if isinstance(max_chunk, bool) or not isinstance(max_chunk, (int, np.integer)) \
-            or max_chunk < 1:
+    if max_chunk is not None and (
+            isinstance(max_chunk, bool) or not isinstance(max_chunk, (int, np.integer))
+            or max_chunk < 1):
         raise ValueError(f"`max_chunk`={max_chunk!r}: must be a positive integer (the "
-                         "largest automatic chunk per device)")
+                         "largest automatic chunk per device) or None (the backend's "
+                         "default, jaxhp.chunk_defaults())")
 
 
 class GroupFailed(Exception):
@@ -179,34 +185,37 @@ def shapes_of(split) -> tuple:
 
 
 def chunk_cap(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
-              memory_budget: int | None, max_chunk: int) -> int:
+              memory_budget: int | None, max_chunk: int | None) -> int:
     """The largest chunk a measured chunk policy may try: the memory budget's limit
     (not the CPU cache budget, a constant tuned on one machine), and ``max_chunk``
-    per device when the caller set it."""
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    per device when the caller set it (``None``: the backend's default, not a cap)."""
+    budget = chunk_defaults().memory_budget if memory_budget is None else memory_budget
     c = n_devices * budget // max(1, per_member * n_seeds)
-    if max_chunk != DEFAULT_MAX_CHUNK:
+    if max_chunk is not None:
         c = min(c, max_chunk * n_devices)
     return int(max(n_devices, min(c, n_settings)))
 
 
 def plan_chunks(n_settings: int, n_seeds: int, per_member: int, n_devices: int,
                 chunk_size, memory_budget: int | None,
-                max_chunk: int = DEFAULT_MAX_CHUNK) -> int:
+                max_chunk: int | None = None) -> int:
     """Settings per chunk: from an explicit size, or the memory budget (a device multiple).
 
     Automatic chunks are capped, per device, by ``max_chunk`` and the budget (on a CPU, also by
-    :data:`DEFAULT_CACHE_BUDGET` unless a budget is given), then evened out so that
-    the last chunk carries little padding.
+    the cache budget unless a budget is given), then evened out so that the last chunk
+    carries little padding. ``None`` takes the backend's default
+    (:func:`jaxhp._hosts.chunk_defaults`).
     """
     if chunk_size == "all":
         c = n_settings
     elif chunk_size is not None:
         c = min(int(chunk_size), n_settings)
     else:
-        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-        if memory_budget is None and jax.default_backend() == "cpu":
-            budget = min(budget, DEFAULT_CACHE_BUDGET)
+        defaults = chunk_defaults()
+        max_chunk = defaults.max_chunk if max_chunk is None else max_chunk
+        budget = defaults.memory_budget if memory_budget is None else memory_budget
+        if memory_budget is None and defaults.cache_budget is not None:
+            budget = min(budget, defaults.cache_budget)
         # max_chunk and the budgets hold per device: each device (a core on a CPU)
         # computes its share of the chunk in its own cache and memory
         c = max(1, min(n_settings, max_chunk * n_devices,
@@ -330,10 +339,12 @@ CHUNK_CHOICES: collections.OrderedDict = collections.OrderedDict()
 
 
 def mesh_for(devices: Sequence[jax.Device] | None) -> tuple[list, Mesh | None]:
-    """The devices (default: all local ones) and a 1-D ``("pop",)`` mesh over them
+    """The devices (default: all of them, of every process after
+    ``jax.distributed.initialize()``) and a 1-D ``("pop",)`` mesh over them
     (``None`` for one device). A plain ``Mesh`` has Auto axes, which ``jit`` of
     ``vmap`` shards without annotations inside the program."""
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)
+    check_devices(devices)
     return devices, (Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None)
 
 
@@ -344,9 +355,12 @@ SHARED = P()              # replicated: the data, keys, start and stop steps
 
 def put(tree, mesh: Mesh | None, spec: P = SHARED):
     """``tree`` on the device(s): sharded by ``spec`` over ``mesh``, or on the default
-    device when there is no mesh."""
+    device when there is no mesh. A mesh over several processes takes the whole host
+    value, the same on every process, and each process feeds its own devices' shards."""
     if mesh is None:
         return jax.device_put(tree)
+    if spans_processes(mesh):
+        return global_put(tree, NamedSharding(mesh, spec))
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
@@ -389,7 +403,9 @@ class CompileCache:
         """``jit(fn)`` compiled for ``args`` and the seconds it took (0.0 if cached).
 
         ``specs`` gives a ``PartitionSpec`` per argument (applied to all its
-        leaves) when the population is sharded over ``mesh``.
+        leaves) when the population is sharded over ``mesh``. Over a mesh of
+        several processes the outputs are replicated (gathered inside the
+        program), so that every process reads the whole result.
         """
         leaves, treedef = jax.tree_util.tree_flatten(args)
         signature = tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__)))
@@ -405,7 +421,9 @@ class CompileCache:
         else:
             in_sh = tuple(jax.tree_util.tree_map(lambda _, s=s: NamedSharding(mesh, s), a)
                           for a, s in zip(args, specs))
-            compiled = jax.jit(fn, in_shardings=in_sh).lower(*args).compile()
+            out_sh = NamedSharding(mesh, SHARED) if spans_processes(mesh) else None
+            compiled = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh) \
+                .lower(*args).compile()
         seconds = time.perf_counter() - t0
         self._programs[key] = compiled
         while len(self._programs) > self.maxsize:
@@ -425,7 +443,7 @@ def new_group_info(statics: dict, n_settings: int, chunk_size: int, n_chunks: in
 
 def progress_bar(total: int, progress, desc: str = "jaxhp sweep", unit: str = "chunk") -> Any:
     """A tqdm bar (``progress=None``: only on a terminal; ``True`` needs tqdm)."""
-    if progress is False:
+    if progress is False or jax.process_index() != 0:  # one bar for several processes
         return None
     if progress is None and not sys.stderr.isatty():
         return None

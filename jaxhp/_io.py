@@ -28,6 +28,11 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
+# Results (``SweepResult.save``) are at version 2: their metadata records a fingerprint
+# of the data (``meta["result"]["data"]``), which ``SweepResult.merge`` compares.
+# Version 1 results still load (without it, they cannot be merged).
+RESULT_FORMAT_VERSION = 2
+RESULT_FORMAT_VERSIONS = (1, 2)
 TMP_PREFIX = ".jaxhp-tmp-"
 PAIR_SUFFIXES = (".npz", ".json")
 _TMP_OWNER = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([^~]*)~")
@@ -108,8 +113,8 @@ def pair_paths(stem: str | os.PathLike) -> tuple[Path, Path]:
 
 def save_pair(stem: str | os.PathLike, arrays: dict[str, np.ndarray],
               meta: dict[str, Any], kind: str, *,
-              overwrite: bool = False) -> tuple[Path, Path]:
-    """Saves ``stem.npz`` then ``stem.json`` (with version and checksum), atomically.
+              overwrite: bool = False, version: int = FORMAT_VERSION) -> tuple[Path, Path]:
+    """Saves ``stem.npz`` then ``stem.json`` (with ``version`` and checksum), atomically.
 
     Raises:
       FileExistsError: either file exists and ``overwrite`` is false.
@@ -122,13 +127,16 @@ def save_pair(stem: str | os.PathLike, arrays: dict[str, np.ndarray],
                                       "replace it, or save under another name")
     data = npz_bytes(arrays)
     atomic_write_bytes(npz, data)
-    atomic_write_json(js, {"format": kind, "format_version": FORMAT_VERSION,
+    atomic_write_json(js, {"format": kind, "format_version": version,
                            "npz_sha256": sha256(data), "meta": meta})
     return npz, js
 
 
-def load_pair(stem: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Loads a pair written by :func:`save_pair`, checking version and checksum.
+def load_pair(stem: str | os.PathLike, kind: str,
+              versions: tuple[int, ...] = (FORMAT_VERSION,)) -> tuple[dict[str, np.ndarray],
+                                                                     dict]:
+    """Loads a pair written by :func:`save_pair`, checking its version (one of
+    ``versions``) and checksum.
 
     Raises:
       FormatError: naming the file and the problem.
@@ -145,9 +153,10 @@ def load_pair(stem: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray]
     if not isinstance(header, dict) or header.get("format") != kind:
         raise FormatError(f"{js}: not a jaxhp {kind} file")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in versions:
+        reads = " or ".join(str(v) for v in versions)
         raise FormatError(f"{js}: format version {version!r} is not supported by this "
-                          f"jaxhp (reads version {FORMAT_VERSION}); re-run the sweep "
+                          f"jaxhp (reads version {reads}); re-run the sweep "
                           "or load it with the jaxhp that wrote it")
     data = npz.read_bytes()
     if sha256(data) != header.get("npz_sha256"):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import numpy as np
 
+from jaxhp._checkpoint import data_hash
 from jaxhp._data import Folds, Split
 from jaxhp._hparams import (
     HParamsError,
@@ -22,7 +23,14 @@ from jaxhp._hparams import (
     column_of,
     did_you_mean,
 )
-from jaxhp._io import FormatError, load_pair, pair_paths, save_pair
+from jaxhp._io import (
+    RESULT_FORMAT_VERSION,
+    RESULT_FORMAT_VERSIONS,
+    FormatError,
+    load_pair,
+    pair_paths,
+    save_pair,
+)
 from jaxhp._record import (
     GroupInfo,
     RecordError,
@@ -196,6 +204,11 @@ class _Builder:
             "device_kind": devices[0].device_kind,
             "platform": devices[0].platform,
             "n_devices": len(devices),
+            "n_processes": len({getattr(d, "process_index", 0) for d in devices}),
+            **({"chunk_defaults": dict(ctx["chunk_defaults"])}
+               if ctx.get("chunk_defaults") is not None else {}),
+            **({"data": data_fingerprint(ctx["split"])}
+               if ctx.get("split") is not None else {}),
             "model": ctx["model"].name,
             "directions": dict(ctx["model"].directions),
             "hparams": (self.settings.cls if isinstance(self.settings, SettingsTable)
@@ -217,6 +230,22 @@ class _Builder:
             group_of=self.group_of.copy(),
             split=ctx["split"], key=ctx["key"],
             fold_of=None if folds is None else np.asarray(folds.fold_of, np.int64))
+
+
+def data_fingerprint(split: Split | Folds) -> dict:
+    """What identifies the data a search trained and selected on: the shapes and dtypes
+    of the training and validation parts and a SHA-256 of their contents (the test
+    part is not read by a search). Recorded as ``result.meta["data"]``."""
+
+    def shapes(part):
+        return [[list(np.shape(a)), str(np.asarray(a).dtype)]
+                for a in jax.tree_util.tree_leaves(part)]
+
+    if isinstance(split, Folds):  # the cross-validation data and its folds
+        return {"train": shapes(split.data), "val": shapes(split.data),
+                "sha256": data_hash((split.data, np.asarray(split.fold_of)))}
+    return {"train": shapes(split.train), "val": shapes(split.val),
+            "sha256": data_hash((split.train, split.val))}
 
 
 def _masked_param(values: list) -> np.ma.MaskedArray:
@@ -805,6 +834,10 @@ class SweepResult:
         not saved; the settings, statuses, metrics, curves, groups, metadata
         and the record of test evaluations (:attr:`test_reads`) are.
 
+        A result gathered over several processes (``meta["n_processes"] > 1``, a
+        search after ``jax.distributed.initialize()``) is written by process 0
+        only: on the others, which hold the same result, ``save`` writes nothing.
+
         Args:
           path: the stem of the pair.
           overwrite: replace an existing result of that name.
@@ -812,6 +845,8 @@ class SweepResult:
         Raises:
           FileExistsError: a result of that name exists and ``overwrite`` is false.
         """
+        if self.meta.get("n_processes", 1) > 1 and jax.process_index() != 0:
+            return
         arrays = {"seed_ids": self.seed_ids, "status": self.status,
                   "diverged_at": self.diverged_at, "train_loss": self.train_loss,
                   "loss_curve": self.loss_curve, "errors": self.errors.astype(str)}
@@ -836,7 +871,8 @@ class SweepResult:
                 "hparams": self.meta.get("hparams"),
                 "hparams_declaration": self._table.cls.declaration(),
                 "test_reads": self.test_reads}
-        save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite)
+        save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite,
+                  version=RESULT_FORMAT_VERSION)
 
     @classmethod
     def load(cls, path, hparams: type | None = None) -> SweepResult:
@@ -853,7 +889,7 @@ class SweepResult:
           FormatError: a missing, truncated, tampered or pickled file, or one
             lacking a field (naming the file and the field).
         """
-        arrays, meta = load_pair(path, "sweep-result")
+        arrays, meta = load_pair(path, "sweep-result", RESULT_FORMAT_VERSIONS)
         npz, js = pair_paths(path)
 
         def need(where: dict, name: str, file, kind: type):
@@ -929,6 +965,47 @@ class SweepResult:
             out._saved_params = (list(paths), {p: arrays[f"params/{p}"] for p in paths},
                                  arrays["params_present"])
         return out
+
+    @classmethod
+    def merge(cls, results: Sequence[SweepResult]) -> SweepResult:
+        """One result from sweeps split by hand (one job per static group, or per slice
+        of the settings), as if one sweep had trained them all.
+
+        Rows are the parts' rows in order (part 0's first); everything each part
+        recorded is kept: statuses, metrics, curves (padded with NaN to the
+        longest), kept parameters, errors, test evaluations (``index`` renumbered,
+        ``merged_from`` naming the part, so a merged result still refuses a second
+        look at test). A static group run by several parts becomes one group whose
+        settings, chunks, compile and run seconds are summed (``chunk_size``: the
+        largest); ``meta["merged"]`` lists each part's creation time, devices and
+        versions. Selection on the merged result equals selection on one sweep of
+        all the settings.
+
+        Args:
+          results: plain sweep results (fresh or loaded).
+
+        Returns:
+          A :class:`SweepResult`.
+
+        Raises:
+          ValueError: the parts trained on different data (each records a
+            fingerprint: shapes and a SHA-256 of its train and validation data;
+            files saved before result format 2 have none and are refused), with
+            a different key, seeds, model, hyperparameter class or metrics, ran a
+            static group with different ``eval_every``/``loss_every``, or share a
+            setting (which numbers to keep would be ambiguous); the message names
+            the parts and what differs.
+          TypeError: a part is not a plain :class:`SweepResult` (an adaptive
+            search's result).
+
+        Example:
+          >>> parts = [jaxhp.sweep(model, part, split, key=key, seeds=3)
+          ...          for part in (settings[:50], settings[50:])]  # e.g. two jobs
+          >>> jaxhp.SweepResult.merge(parts).best("mse").setting
+        """
+        from jaxhp._merge import merge
+
+        return merge(results)
 
     def __repr__(self) -> str:
         st = self.setting_status()

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxhp._data import Split
+from jaxhp._hosts import chunk_defaults
 from jaxhp._hparams import HParams, did_you_mean
 from jaxhp._model import Model, metric_names
 from jaxhp._result import SelectionError, SweepResult, metric_name
@@ -51,13 +52,16 @@ def replace_columns(table: SettingsTable, **columns) -> SettingsTable:
 
 def build(table: SettingsTable, seed_ids, outcomes: Sequence[tuple], groups: list, *,
           model: Model, split: Split, key, search: dict, params=None,
-          result_cls=SweepResult, failed: Sequence[tuple] = (), **extras) -> SweepResult:
+          result_cls=SweepResult, failed: Sequence[tuple] = (), devices=None,
+          **extras) -> SweepResult:
     """A :class:`SweepResult` (or subclass, with its declared ``extras``) of the rows of
     ``table``: each static group's outcome is added at once, ``outcomes`` holding
     ``(group, rows, Run)`` with leaves ``(seeds, len(rows), ...)``; ``failed`` holds
-    ``(group, rows, message)`` of the groups that failed."""
+    ``(group, rows, message)`` of the groups that failed; ``devices`` those the search
+    ran on (recorded; default: one local device)."""
     builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
-                                  devices=jax.local_devices()[:1])
+                                  devices=jax.local_devices()[:1] if devices is None
+                                  else devices, chunk_defaults=chunk_defaults()._asdict())
     for gi, rows, run in outcomes:
         builder.add(rows, run, len(rows), group=gi)
     for gi, rows, msg in failed:

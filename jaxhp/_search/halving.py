@@ -28,9 +28,9 @@ import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._checkpoint import Checkpoint, fingerprint
+from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
-from jaxhp._engine import DEFAULT_MAX_CHUNK
+from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import ChunkRecord, Rung
@@ -93,7 +93,7 @@ def hyperband_brackets(min_steps: int, max_steps: int, eta: int = 3) -> list[tup
             for s in range(s_max, -1, -1)]
 
 
-def _rung_sizes(n: int, budgets: list[int], eta: int) -> list[int]:
+def rung_sizes(n: int, budgets: list[int], eta: int) -> list[int]:
     sizes = [n]
     for _ in budgets[1:]:
         sizes.append(max(1, sizes[-1] // eta))
@@ -231,7 +231,7 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
         cfg = resolve_loop(first, n_train, None, None)
         brackets = brackets_of[gi]
         used = _used(brackets)
-        sizes = [s for members, b in brackets for s in _rung_sizes(len(members), b, eta)]
+        sizes = [s for members, b in brackets for s in rung_sizes(len(members), b, eta)]
         length = max(max([b[0]] + [y - x for x, y in zip(b, b[1:])]) for _, b in brackets)
         infos.append(engine.new_group_info(dict(table.group_statics[gi]), len(used), 0, 0,
                                            first.steps, []))
@@ -255,13 +255,13 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
         search_args = {"search": who, "min_steps": min_steps, "eta": eta, "metric": metric,
                        "mode": mode, "max_steps": max_steps}
         try:
-            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+            ckpt = open_checkpoint(checkpoint_dir, fingerprint(
                 space=space, settings=table,
                 model_fp=model_fingerprint(model, [firsts[gi] for gi in plans],
                                            split.train),
                 split=split, seed_ids=seed_ids, key=key, loop=search_args,
                 plan=[[len(groups[gi]), plans[gi][2]] for gi in sorted(plans)]),
-                overwrite=overwrite)
+                overwrite=overwrite, mesh=mesh)
         except BaseException:
             if bar is not None:
                 bar.close()
@@ -304,11 +304,11 @@ def _search(model, space, split, *, key, seeds, min_steps, eta, metric, mode, ba
             ckpt.close()
     engine.report_failures(builder_groups, errors)
     return table, seed_ids, outcomes, failed, trained, builder_groups, rungs, metric, mode, \
-        key
+        key, devices
 
 
 def _finish(model, split, key, seed_ids, table, outcomes, failed, trained, groups, rungs,
-            search):
+            search, devices):
     """The result: one row per setting the search used (in space order), whose ``steps``
     is the steps it trained (kept when it trained none).
 
@@ -330,12 +330,13 @@ def _finish(model, split, key, seed_ids, table, outcomes, failed, trained, group
         r.settings, r.promoted = pos[r.settings], pos[r.promoted]
     return build(final, seed_ids, [(gi, pos[rows], run) for gi, rows, run in outcomes],
                  groups, model=model, split=split, key=key, search=search,
-                 result_cls=HalvingResult,
+                 result_cls=HalvingResult, devices=devices,
                  failed=[(gi, pos[rows], msg) for gi, rows, msg in failed],
                  rungs=rungs, steps_trained=trained[keep])
 
 
-_ENGINE_ARGS = """devices: devices to shard each chunk over (default: all local).
+_ENGINE_ARGS = """devices: devices to shard each chunk over (default: ``jax.devices()``, of
+        every process after ``jax.distributed.initialize()``, as in :func:`jaxhp.sweep`).
       chunk_size: settings per compiled call (see :func:`search_chunk`; default:
         from the rung sizes and the memory budget); ``"all"``: the largest rung.
       memory_budget, max_chunk: as in :func:`jaxhp.sweep`.
@@ -369,7 +370,7 @@ def successive_halving(
     devices: Sequence[jax.Device] | None = None,
     chunk_size: int | str | None = None,
     memory_budget: int | None = None,
-    max_chunk: int = DEFAULT_MAX_CHUNK,
+    max_chunk: int | None = None,
     on_error: str = "record",
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -439,7 +440,8 @@ def successive_halving(
         budgets = rung_budgets(min_steps, steps, eta)
         return [(np.arange(n), budgets)]
 
-    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key = \
+    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key, \
+        devices = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
@@ -450,7 +452,7 @@ def successive_halving(
                    rungs, search={"method": "successive_halving", "eta": eta,
                                   "min_steps": min_steps, "max_steps": steps,
                                   "budgets": rung_budgets(min_steps, steps, eta),
-                                  "metric": metric, "mode": mode})
+                                  "metric": metric, "mode": mode}, devices=devices)
 
 
 successive_halving.__doc__ = successive_halving.__doc__.replace("{engine}", _ENGINE_ARGS)
@@ -472,7 +474,7 @@ def hyperband(
     devices: Sequence[jax.Device] | None = None,
     chunk_size: int | str | None = None,
     memory_budget: int | None = None,
-    max_chunk: int = DEFAULT_MAX_CHUNK,
+    max_chunk: int | None = None,
     on_error: str = "record",
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -522,7 +524,8 @@ def hyperband(
             offset += n_b
         return out
 
-    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key = \
+    table, seed_ids, outcomes, failed, trained, groups, rungs, metric, mode, key, \
+        devices = \
         _search(model, space, split, key=key, seeds=seeds, min_steps=min_steps, eta=eta,
                 metric=metric, mode=mode, base=base, max_steps=max_steps, devices=devices,
                 chunk_size=chunk_size, memory_budget=memory_budget, max_chunk=max_chunk,
@@ -534,4 +537,4 @@ def hyperband(
                                   "max_steps": steps,
                                   "brackets": [[n, b] for n, b in hyperband_brackets(
                                       min_steps, steps, eta)],
-                                  "metric": metric, "mode": mode})
+                                  "metric": metric, "mode": mode}, devices=devices)

@@ -27,9 +27,9 @@ import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._checkpoint import Checkpoint, fingerprint
+from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
-from jaxhp._engine import DEFAULT_MAX_CHUNK
+from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
 from jaxhp._model import model_fingerprint
 from jaxhp._record import ChunkRecord, StackedParams
@@ -245,7 +245,7 @@ def pbt(
     devices: Sequence[jax.Device] | None = None,
     chunk_size: int | str | None = None,
     memory_budget: int | None = None,
-    max_chunk: int = DEFAULT_MAX_CHUNK,
+    max_chunk: int | None = None,
     on_error: str = "record",
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -386,13 +386,13 @@ def pbt(
                 "fraction": fraction, "perturb": list(perturb), "fields": fields,
                 "metric": metric, "mode": mode}
         try:
-            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+            ckpt = open_checkpoint(checkpoint_dir, fingerprint(
                 space=space, settings=table,
                 model_fp=model_fingerprint(model, [firsts[gi] for gi in chunks],
                                            split.train),
                 split=split, seed_ids=seed_ids, key=key, loop=args,
                 plan=[[len(groups[gi]), chunks[gi]] for gi in sorted(chunks)]),
-                overwrite=overwrite)
+                overwrite=overwrite, mesh=mesh)
         except BaseException:
             if bar is not None:
                 bar.close()
@@ -452,7 +452,7 @@ def pbt(
         search["n_replaced"] = search["n_replaced"][0]
     return build(replace_columns(table, **final), seed_ids, outcomes, infos, model=model,
                  split=split, key=key, search=search, params=StackedParams(n, params),
-                 result_cls=PBTResult, failed=failed,
+                 result_cls=PBTResult, failed=failed, devices=devices,
                  schedule={f: v.astype(tunable_dtype()) for f, v in schedule_all.items()},
                  schedule_steps=ready_every * np.arange(n_ready + 1), lineage=lineage,
                  ready_steps=ready_every * np.arange(1, n_ready + 1),

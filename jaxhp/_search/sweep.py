@@ -20,10 +20,11 @@ import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._checkpoint import Checkpoint, fingerprint
+from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Folds, Split, check_split
-from jaxhp._engine import DEFAULT_MAX_CHUNK, SweepWarning
+from jaxhp._engine import SweepWarning
 from jaxhp._folds import check_folds
+from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import ChunkRecord
@@ -57,7 +58,7 @@ def sweep(
     loss_every: int | None = 1,
     chunk_size: int | str | None = None,
     memory_budget: int | None = None,
-    max_chunk: int = DEFAULT_MAX_CHUNK,
+    max_chunk: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     keep_params: bool = False,
     on_error: str = "record",
@@ -89,10 +90,16 @@ def sweep(
       chunk_size: settings per compiled call (each with all seeds); ``None``
         sizes it from ``memory_budget`` (capped at ``max_chunk``), ``"all"``
         runs a group in one call. The last chunk is padded (no recompile).
-      memory_budget: bytes of memory a chunk may use on each device (estimate).
-      max_chunk: the largest automatic chunk per device (smaller chunks stay in
-        cache); a chunk spans ``max_chunk * len(devices)`` settings at most.
-      devices: devices to shard the population over (default: all local).
+      memory_budget: bytes of memory a chunk may use on each device (estimate);
+        ``None``: the backend's default (:func:`jaxhp.chunk_defaults`).
+      max_chunk: the largest automatic chunk per device (on a CPU smaller chunks
+        stay in cache); a chunk spans ``max_chunk * len(devices)`` settings at
+        most. ``None``: the backend's default (512 on a CPU, larger on a GPU or
+        TPU: :func:`jaxhp.chunk_defaults`).
+      devices: devices to shard the population over (default: ``jax.devices()``,
+        all of them, of every process after ``jax.distributed.initialize()``:
+        every process then makes the same call, and each holds the whole
+        result; only the first process writes ``checkpoint_dir``).
       keep_params: keep every member's trained parameters (host memory!).
       on_error: ``"record"`` marks a failing static group ``failed`` with its
         message and runs the others; ``"raise"`` re-raises.
@@ -157,6 +164,7 @@ def sweep(
     columns = seed_ids if folds is None else np.tile(seed_ids, folds.k)  # fold-major
     reporter.seed_ids = np.asarray(columns, np.int64)  # one per replica (fold x seed)
     devices, mesh = engine.mesh_for(devices)
+    multi = engine.spans_processes(mesh)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     n_metrics = 0 if not healthy else engine.count_metrics(model, firsts[healthy[0]],
                                                            data.val)
@@ -180,19 +188,20 @@ def sweep(
                 "keep_params": keep_params}
         plan = [[len(p[0]), p[2], p[3]] for p in plans]
         try:
-            ckpt = Checkpoint(checkpoint_dir, fingerprint(
+            ckpt = open_checkpoint(checkpoint_dir, fingerprint(
                 space=space, settings=table,
                 model_fp=model_fingerprint(model, [firsts[gi] for gi in healthy],
                                            data.train),
                 split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
-                overwrite=overwrite)
+                overwrite=overwrite, mesh=mesh)
         except BaseException:
             if bar is not None:
                 bar.close()
             raise
         reporter.folder = str(ckpt.folder)
     builder = SweepResult.builder(table, columns, model=model, split=split, key=key,
-                                  devices=devices)
+                                  devices=devices,
+                                  chunk_defaults=engine.chunk_defaults()._asdict())
     try:
         for gi, (idx, cfg, c, n_chunks, cap) in enumerate(plans):
             info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), c,
@@ -203,9 +212,11 @@ def sweep(
                             "run the same sweep to resume"):
                 if gi in failures:
                     raise engine.GroupFailed(failures[gi])
-                # automatic chunks are measured unless a checkpoint fixes the plan
+                # automatic chunks are measured unless a checkpoint fixes the plan, or
+                # several processes run it (their timings differ: they must agree)
                 policy = engine.ChunkPolicy(
-                    c, len(idx), len(devices), cap, tune=chunk_size is None and ckpt is None,
+                    c, len(idx), len(devices), cap,
+                    tune=chunk_size is None and ckpt is None and not multi,
                     key=("sweep", model, cfg, keep_params, replicas, c, cap,
                          tuple(d.id for d in devices), engine.shapes_of(Split(*parts, None))))
                 _run_group(model, cfg, keep_params, table, idx, policy, parts, key,
