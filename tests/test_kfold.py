@@ -332,15 +332,25 @@ def test_unequal_folds_refuse_a_stateful_model():
                     folds, key=KEY)
 
 
-def test_unequal_folds_refuse_full_batch_dropout_but_take_minibatches():
+def _dropout_case():
     rng = np.random.default_rng(0)
     data = {"x": rng.normal(size=(23, 4)).astype(np.float32),
             "y": rng.integers(0, 3, 23).astype(np.int32)}
     mlp = jaxhp.models.mlp_classifier(4, 3)  # its loss reads the key (dropout)
     folds = jaxhp.kfold(data, 5, test=data)  # training folds of 18 or 19 rows
-    hp = jaxhp.models.MLPHP(steps=3, batch_size=19, width=4, depth=1, dropout=0.5)
+    return mlp, folds, jaxhp.models.MLPHP(steps=3, batch_size=19, width=4, depth=1,
+                                          dropout=0.5)
+
+
+def test_unequal_folds_refuse_full_batch_dropout():
+    mlp, folds, hp = _dropout_case()
     with pytest.raises(ValueError, match=r"draws from its key \(dropout\?\), and full-batch"):
         jaxhp.sweep(mlp, [hp], folds, key=KEY)
+
+
+@pytest.mark.slow
+def test_unequal_folds_take_dropout_with_minibatches():
+    mlp, folds, hp = _dropout_case()
     result = jaxhp.sweep(mlp, [hp.replace(batch_size=6)], folds, key=KEY)
     assert result.status.shape == (1, 5) and result.compile_count == 1
 
