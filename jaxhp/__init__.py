@@ -14,6 +14,7 @@ from jaxhp import nn as nn
 from jaxhp._checkpoint import CheckpointLocked as CheckpointLocked
 from jaxhp._checkpoint import CheckpointMismatch as CheckpointMismatch
 from jaxhp._data import DataError as DataError
+from jaxhp._data import Folds as Folds
 from jaxhp._data import Split as Split
 from jaxhp._data import check_split as check_split
 from jaxhp._data import sample_batch as sample_batch
@@ -27,6 +28,8 @@ from jaxhp._distributions import intrange as intrange
 from jaxhp._distributions import loguniform as loguniform
 from jaxhp._distributions import uniform as uniform
 from jaxhp._engine import CallbackError as CallbackError
+from jaxhp._folds import FoldWarning as FoldWarning
+from jaxhp._folds import kfold as kfold
 from jaxhp._hosts import ChunkDefaults as ChunkDefaults
 from jaxhp._hosts import chunk_defaults as chunk_defaults
 from jaxhp._hparams import Field as Field
@@ -80,6 +83,8 @@ __all__ = [
     "DataError",
     "Distribution",
     "Field",
+    "FoldWarning",
+    "Folds",
     "FormatError",
     "GroupInfo",
     "HParams",
@@ -115,6 +120,7 @@ __all__ = [
     "hypergradient",
     "hypergradient_descent",
     "interop",
+    "kfold",
     "intrange",
     "loguniform",
     "models",

@@ -32,6 +32,86 @@ class Split(NamedTuple):
         return tuple(part_size(p) for p in self)  # type: ignore[return-value]
 
 
+class Folds(NamedTuple):
+    """The K folds of a cross-validation, made by :func:`jaxhp.kfold`.
+
+    ``data`` (every non-test row) is cut into ``k`` folds; fold ``f`` validates
+    on the rows with ``fold_of == f`` and trains on the others, exactly as
+    scikit-learn's ``KFold`` / ``StratifiedKFold`` with the same arguments.
+    ``test`` is kept apart, read once by ``SweepResult.evaluate_test`` after a
+    refit on all of ``data``. :func:`jaxhp.sweep` accepts a ``Folds`` wherever
+    it accepts a :class:`Split`.
+
+    Attributes:
+      data: the cross-validation data (a pytree with a leading example axis).
+      test: the held-out test part.
+      fold_of: ``(n,)`` int array: the fold in which each row of ``data`` validates.
+      k: the number of folds.
+      shuffle, random_state: as in scikit-learn (rows shuffled before cutting).
+      stratified: whether each class is spread evenly over the folds.
+
+    Example:
+      >>> folds = jaxhp.kfold(split, 5, shuffle=True, random_state=0)
+      >>> folds.split(0).sizes          # fold 0 as a Split: (train, val, test)
+    """
+
+    data: Any
+    test: Any
+    fold_of: np.ndarray
+    k: int
+    shuffle: bool = False
+    random_state: int | None = None
+    stratified: bool = False
+
+    def indices(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(train_rows, val_rows)]`` per fold, sorted, as scikit-learn's ``split()``."""
+        rows = np.arange(len(self.fold_of))
+        return [(rows[self.fold_of != f], rows[self.fold_of == f]) for f in range(self.k)]
+
+    def split(self, fold: int) -> Split:
+        """Fold ``fold`` as a :class:`Split` (train, validation rows; the test part):
+        ``jaxhp.train(model, hp, folds.split(f), key=...)`` trains it alone."""
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) \
+                or not 0 <= fold < self.k:
+            raise ValueError(f"`fold`={fold!r}: must be an integer in [0, {self.k - 1}]")
+        tr, va = self.indices()[int(fold)]
+        take = lambda idx: jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], self.data)
+        return Split(take(tr), take(va), self.test)
+
+    def refit_split(self) -> Split:
+        """All the cross-validation data as training part (and, unused for selection,
+        as validation part), with the test part: what the final refit trains on."""
+        return Split(self.data, self.data, self.test)
+
+    @property
+    def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows per fold: ``(train sizes, validation sizes)``, each ``(k,)``."""
+        val = np.bincount(self.fold_of, minlength=self.k)
+        return len(self.fold_of) - val, val
+
+    def stacked(self) -> tuple[Any, Any]:
+        """The folds' training and validation parts stacked on a leading fold axis,
+        ``(k, rows, ...)``. Folds of unequal size are padded to the largest (by
+        repeating their first row) and returned as :class:`Padded` with
+        ``count`` the real rows of each fold, ``(k,)``."""
+        parts = []
+        for which in (0, 1):
+            idx = [pair[which] for pair in self.indices()]
+            counts = np.asarray([len(i) for i in idx], np.int32)
+            m = int(counts.max())
+            pad = [np.concatenate([i, np.repeat(i[:1], m - len(i))]) for i in idx]
+            rows = np.stack(pad)
+            stack = jax.tree_util.tree_map(lambda a, r=rows: np.asarray(a)[r], self.data)
+            parts.append(stack if np.all(counts == m) else Padded(stack, counts))
+        return parts[0], parts[1]
+
+    def record(self) -> dict:
+        """What defines the folds, for a result's record (JSON)."""
+        return {"k": int(self.k), "shuffle": bool(self.shuffle),
+                "random_state": self.random_state, "stratified": bool(self.stratified),
+                "n": int(len(self.fold_of))}
+
+
 def _leaves_with_names(part) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(part)
     return [(jax.tree_util.keystr(path) or "<array>", leaf) for path, leaf in flat]
@@ -88,6 +168,10 @@ def check_split(split: Split) -> tuple[int, int, int]:
     Raises:
       DataError: naming the part, the array and the shapes.
     """
+    if isinstance(split, Folds):
+        raise TypeError("expected a jaxhp.Split, got jaxhp.Folds: K-fold cross-validation "
+                        "is supported by jaxhp.sweep only; elsewhere pass one Split (one "
+                        "fold is folds.split(f))")
     if not isinstance(split, Split):
         raise TypeError(f"expected a jaxhp.Split, got {type(split).__name__}")
     sizes = tuple(check_part(p, n) for p, n in zip(split, Split._fields))
@@ -195,18 +279,62 @@ def standardize(split: Split, keys: Sequence[str] = ("x",)) -> Split:
     return Split(*parts)
 
 
+class Padded(NamedTuple):
+    """A part padded to a fixed number of rows: only its first ``count`` rows are real.
+
+    The folds of a K-fold cross-validation differ in size by one row when ``k``
+    does not divide the data; stacked, each is padded to the largest fold so that
+    one program serves them all. ``count`` is traced: no padded row is ever
+    sampled (:func:`sample_batch`) or counted in a mean (``jaxhp._train``).
+    """
+
+    data: Any
+    count: Any
+
+
+def sort_keys(key: jax.Array, n: int, count=None) -> jax.Array:
+    """Random ``uint32`` sort keys of rows ``0..n-1``: row ``i``'s from ``fold_in(key, i)``
+    only, so a row's key does not depend on ``n``; rows ``>= count`` get the largest key."""
+    keys = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(key, i), (), jnp.uint32))(
+        jnp.arange(n, dtype=jnp.uint32))
+    if count is None:
+        return keys
+    return jnp.where(jnp.arange(n) < count, keys, jnp.uint32(0xFFFFFFFF))
+
+
+def epoch_order(key: jax.Array, n: int, count=None) -> jax.Array:
+    """The order of an epoch's rows: a stable argsort of :func:`sort_keys`.
+
+    Its first ``count`` entries are a permutation of ``0..count-1`` and do not
+    depend on ``n`` (padded rows sort last, behind any real row with the same
+    key, since the sort is stable and they come after every real row): a padded
+    part draws exactly the minibatches of its unpadded rows.
+    """
+    return jnp.argsort(sort_keys(key, n, count), stable=True)
+
+
 def sample_batch(part, key: jax.Array, step, batch_size: int | None):
     """The minibatch of a training step, sampled on device (pure, traceable).
 
-    Examples are drawn without replacement within an epoch: epoch ``e`` uses
-    the permutation drawn from ``fold_in(key, e)``. With ``batch_size`` unset
-    or equal to the number of examples, the whole part is the batch.
+    Examples are drawn without replacement within an epoch: epoch ``e`` takes
+    its rows in the order of random sort keys drawn from ``fold_in(key, e)``
+    (row ``i``'s from ``fold_in(fold_in(key, e), i)``), ``n // batch_size``
+    batches per epoch, dropping the remainder. With ``batch_size`` unset or not
+    smaller than the number of examples, the whole part is the batch.
+
+    A padded part (the folds of ``jaxhp.kfold``) holds ``count`` real rows out of
+    ``n``: it draws exactly the batches the unpadded ``count`` rows would, and
+    never a padded row (``count // batch_size`` batches per epoch; ``count``
+    may be traced). Its full batch is the padded part itself (masked by the caller).
     """
+    count = None
+    if isinstance(part, Padded):
+        part, count = part.data, part.count
     n = part_size(part)
     if batch_size is None or batch_size >= n:
-        return part
-    per_epoch = n // batch_size
+        return part if count is None else Padded(part, count)
+    per_epoch = (n if count is None else count) // batch_size
     epoch, pos = step // per_epoch, step % per_epoch
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+    order = epoch_order(jax.random.fold_in(key, epoch), n, count)
+    idx = jax.lax.dynamic_slice_in_dim(order, pos * batch_size, batch_size)
     return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), part)

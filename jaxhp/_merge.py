@@ -190,4 +190,5 @@ def merge(results: Sequence[SweepResult]) -> SweepResult:
         errors=np.concatenate([np.asarray(r.errors).astype(str) for r in results]),
         groups=groups, meta=meta, params=_merged_params(results, offsets, n),
         model=models[0] if all(m is not None for m in models) else None,
-        split=first._split, key=first._key, test_reads=test_reads, group_of=group_of)
+        split=first._split, key=first._key, test_reads=test_reads, group_of=group_of,
+        fold_of=first.fold_of)

@@ -15,7 +15,11 @@ Two rules live here and nowhere else:
   member equals its solo run whatever its chunk or neighbours;
 - **the vmap nesting**: ``vmap`` over seeds (outer) of ``vmap`` over settings
   (inner). Within a seed, a step's minibatch is shared by all settings, so
-  their first layer is one wide matrix product.
+  their first layer is one wide matrix product. K-fold cross-validation adds a
+  ``vmap`` over folds outside the seeds (each fold its own training and
+  validation data, the same member keys): the replica axis becomes folds x
+  seeds, fold-major (replica ``f * seeds + s``), so member ``(setting, seed s,
+  fold f)`` equals ``jaxhp.train(model, hp, folds.split(f), key=fold_in(key, s))``.
 
 And one scoring rule (:func:`score`): the mean over seeds of a validation
 metric; a setting with any unhealthy seed (diverged, or a non-finite metric)
@@ -40,17 +44,31 @@ def member_keys(key: jax.Array, seed_ids) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_ids))
 
 
-def over_members(fn: Callable, n_member: int, n_shared: int) -> Callable:
-    """``fn(hp, *member_args, *shared_args, key)`` over the whole population.
+def over_members(fn: Callable, n_member: int, n_shared: int, n_fold: int = 0) -> Callable:
+    """``fn(hp, *member_args, *shared_args, *fold_args, key)`` over the whole population.
 
     ``hp`` is batched over settings; each member argument over
     ``(seeds, settings)``; shared arguments (the data, a start step) over
     nothing; ``key`` over seeds. Outputs have leading axes ``(seeds, settings)``.
-    The nesting (seeds outer, settings inner) is defined here only.
+    With ``n_fold`` fold arguments (each fold's data, leading axis ``folds``)
+    an outer ``vmap`` runs every fold with the same keys: member arguments are
+    then ``(folds, seeds, settings)``, and so are the outputs.
+    The nesting (folds outer, seeds, settings inner) is defined here only.
     """
-    in_settings = (0,) + (0,) * n_member + (None,) * n_shared + (None,)
-    in_seeds = (None,) + (0,) * n_member + (None,) * n_shared + (0,)
-    return jax.vmap(jax.vmap(fn, in_axes=in_settings), in_axes=in_seeds)
+    in_settings = (0,) + (0,) * n_member + (None,) * (n_shared + n_fold) + (None,)
+    in_seeds = (None,) + (0,) * n_member + (None,) * (n_shared + n_fold) + (0,)
+    inner = jax.vmap(jax.vmap(fn, in_axes=in_settings), in_axes=in_seeds)
+    if not n_fold:
+        return inner
+    in_folds = (None,) + (0,) * n_member + (None,) * n_shared + (0,) * n_fold + (None,)
+    return jax.vmap(inner, in_axes=in_folds)
+
+
+def fold_replicas(tree):
+    """Leaves ``(folds, seeds, ...)`` as ``(folds * seeds, ...)``: the replica axis of a
+    cross-validated population, fold-major (replica ``f * seeds + s``)."""
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), tree)
 
 
 def init(model: Model, hp: HParams, keys: jax.Array):
@@ -58,14 +76,22 @@ def init(model: Model, hp: HParams, keys: jax.Array):
     return over_members(lambda h, k: start(model, h, k), 0, 0)(hp, keys)
 
 
-def run(model: Model, cfg: LoopConfig, keep_params: bool) -> Callable:
-    """The whole-run program ``(hp, train, val, keys) -> Run`` of a plain sweep."""
+def run(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False) -> Callable:
+    """The whole-run program ``(hp, train, val, keys) -> Run`` of a plain sweep.
+
+    ``folds``: ``train`` and ``val`` hold every fold's part on a leading fold axis
+    (``jaxhp.Folds.stacked``); the outputs' replica axis is folds x seeds
+    (:func:`fold_replicas`).
+    """
 
     def one(h, train_part, val_part, k):
         out = run_pure(model, cfg, h, train_part, val_part, k)
         return out if keep_params else out._replace(state=None)
 
-    return over_members(one, 0, 2)
+    if not folds:
+        return over_members(one, 0, 2)
+    every = over_members(one, 0, 0, n_fold=2)
+    return lambda hp, train, val, keys: fold_replicas(every(hp, train, val, keys))
 
 
 def advance(model: Model, cfg: LoopConfig, length: int) -> Callable:

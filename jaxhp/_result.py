@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxhp._checkpoint import data_hash
-from jaxhp._data import Split
+from jaxhp._data import Folds, Split
 from jaxhp._hparams import (
     HParamsError,
     class_from_declaration,
@@ -216,6 +216,10 @@ class _Builder:
             "key_impl": str(jax.random.key_impl(ctx["key"])),
             "key_data": np.asarray(jax.random.key_data(ctx["key"])).tolist(),
         }
+        folds = ctx["split"] if isinstance(ctx["split"], Folds) else None
+        if folds is not None:  # columns are fold-major replicas: fold f, seed s -> f * S + s
+            meta["cv"] = {**folds.record(), "fold_ids": np.repeat(
+                np.arange(folds.k), s // folds.k).tolist()}
         return SweepResult(
             settings=self.settings if isinstance(self.settings, SettingsTable)
             else list(self.settings), seed_ids=np.asarray(self.seed_ids, np.int64),
@@ -224,10 +228,11 @@ class _Builder:
             errors=self.errors.astype(str),
             groups=list(self.groups), meta=meta, params=params, model=ctx["model"],
             group_of=self.group_of.copy(),
-            split=ctx["split"], key=ctx["key"])
+            split=ctx["split"], key=ctx["key"],
+            fold_of=None if folds is None else np.asarray(folds.fold_of, np.int64))
 
 
-def data_fingerprint(split: Split) -> dict:
+def data_fingerprint(split: Split | Folds) -> dict:
     """What identifies the data a search trained and selected on: the shapes and dtypes
     of the training and validation parts and a SHA-256 of their contents (the test
     part is not read by a search). Recorded as ``result.meta["data"]``."""
@@ -236,6 +241,9 @@ def data_fingerprint(split: Split) -> dict:
         return [[list(np.shape(a)), str(np.asarray(a).dtype)]
                 for a in jax.tree_util.tree_leaves(part)]
 
+    if isinstance(split, Folds):  # the cross-validation data and its folds
+        return {"train": shapes(split.data), "val": shapes(split.data),
+                "sha256": data_hash((split.data, np.asarray(split.fold_of)))}
     return {"train": shapes(split.train), "val": shapes(split.val),
             "sha256": data_hash((split.train, split.val))}
 
@@ -264,6 +272,11 @@ class SweepResult:
       settings: the settings (``HParams``; plain dicts after ``load`` without
         ``hparams=``).
       seed_ids: the seed indices; member ``(i, s)`` used ``fold_in(key, seed_ids[s])``.
+        A cross-validated result (a sweep of :func:`jaxhp.kfold` folds) has one
+        column per (fold, seed), fold-major: column ``j`` is seed ``seed_ids[j]``
+        on fold ``fold_ids[j]``.
+      fold_of: for a cross-validated result, the fold each row of the
+        cross-validation data validates in (``None`` otherwise).
       status: ``"ok"``, ``"diverged"`` or ``"failed"`` per member.
       diverged_at: the step a member diverged at, ``-1`` if healthy.
       train_loss: the final training objective per member.
@@ -292,7 +305,8 @@ class SweepResult:
 
     def __init__(self, *, settings, seed_ids, status, diverged_at, train_loss, val,
                  loss_curve, val_curve, errors, groups, meta, params=None, model=None,
-                 split=None, key=None, test_reads=None, group_of=None, **extras):
+                 split=None, key=None, test_reads=None, group_of=None, fold_of=None,
+                 **extras):
         unknown = set(extras) - set(self.EXTRAS)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown fields {sorted(unknown)}; "
@@ -318,6 +332,7 @@ class SweepResult:
         self._model, self._split, self._key = model, split, key
         self.test_reads: list[dict] = [dict(r) for r in test_reads or []]
         self._saved_params = None  # (paths, stacked, present) of a loaded result
+        self.fold_of = None if fold_of is None else np.asarray(fold_of, np.int64)
 
     builder = staticmethod(lambda settings, seed_ids, **ctx: _Builder(settings, seed_ids,
                                                                        **ctx))
@@ -352,7 +367,37 @@ class SweepResult:
 
     @property
     def n_seeds(self) -> int:
-        return len(self.seed_ids)
+        """The number of seeds (distinct seeds of a cross-validated result)."""
+        return len(self.seed_ids) // self.n_folds
+
+    @property
+    def cv(self) -> dict | None:
+        """How the folds were made (``k``, ``shuffle``, ``random_state``,
+        ``stratified``, ``n`` rows, ``fold_ids`` per column), ``None`` without
+        cross-validation."""
+        return self.meta.get("cv")
+
+    @property
+    def n_folds(self) -> int:
+        """The number of cross-validation folds (1 without cross-validation)."""
+        return int(self.cv["k"]) if self.cv else 1
+
+    @property
+    def fold_ids(self) -> np.ndarray:
+        """The fold of each column (all 0 without cross-validation)."""
+        if not self.cv:
+            return np.zeros(len(self.seed_ids), np.int64)
+        return np.asarray(self.cv["fold_ids"], np.int64)
+
+    def per_fold(self, metric: str) -> np.ndarray:
+        """A validation metric per setting and fold, the mean over seeds within each
+        fold: ``(n_settings, n_folds)`` (``(n_settings, 1)`` without cross-validation).
+        """
+        return self._fold_means(self.metric(metric).astype(np.float64))
+
+    def _fold_means(self, v: np.ndarray) -> np.ndarray:
+        ids = self.fold_ids
+        return np.stack([v[:, ids == f].mean(axis=1) for f in range(self.n_folds)], axis=1)
 
     def __len__(self) -> int:
         return self.n_settings
@@ -401,10 +446,19 @@ class SweepResult:
         return self.val[name]
 
     def aggregate(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std over seeds of a validation metric (NaN if not all seeds ok)."""
+        """Mean and std over seeds of a validation metric (NaN if not all seeds ok).
+
+        Cross-validated: the mean over folds of each fold's mean over seeds (every
+        fold has every seed, so this is also the mean over all members), and the
+        std over folds of those fold means, as scikit-learn's ``std_test_<m>``.
+        """
         v = self.metric(metric).astype(np.float64)
         ok = np.all(self.status == OK, axis=1) & np.all(np.isfinite(v), axis=1)
         v = np.where(ok[:, None], v, 0.0)
+        if self.cv:
+            folds = self._fold_means(v)
+            return (np.where(ok, folds.mean(axis=1), np.nan),
+                    np.where(ok, folds.std(axis=1), np.nan))
         return np.where(ok, v.mean(axis=1), np.nan), np.where(ok, v.std(axis=1), np.nan)
 
     # -------------------------------------------------------------- selection
@@ -501,7 +555,10 @@ class SweepResult:
         pandas code written for ``GridSearchCV(...).cv_results_`` works
         unchanged. As in scikit-learn's cross-validation, **"test" in these
         keys means the held-out validation split** (``split.val``), never the
-        test split; the seeds play the role of the CV splits.
+        test split; the seeds play the role of the CV splits. A cross-validated
+        result (:func:`jaxhp.kfold`) has one ``split<k>_test_<m>`` per **fold**
+        (the mean over seeds within fold ``k``), and ``mean_test_<m>`` /
+        ``std_test_<m>`` are over folds, as in scikit-learn.
 
         Keys, in scikit-learn's order: ``mean_fit_time``, ``std_fit_time``,
         ``mean_score_time``, ``std_score_time``, ``param_<field>`` (masked
@@ -537,7 +594,7 @@ class SweepResult:
         for gi, g in enumerate(self.groups):
             idx = np.flatnonzero(self.group_of == gi)
             if len(idx):
-                fit[idx] = g.run_s / (len(idx) * self.n_seeds)
+                fit[idx] = g.run_s / (len(idx) * len(self.seed_ids))
         out: dict[str, Any] = {"mean_fit_time": fit, "std_fit_time": np.zeros_like(fit),
                                "mean_score_time": np.zeros_like(fit),
                                "std_score_time": np.zeros_like(fit)}
@@ -546,8 +603,9 @@ class SweepResult:
         out["params"] = dicts
         for m in names:
             mean, std = self.aggregate(m)
-            for k in range(self.n_seeds):
-                out[f"split{k}_test_{m}"] = self.val[m][:, k].astype(np.float64)
+            splits = self.per_fold(m) if self.cv else self.val[m].astype(np.float64)
+            for k in range(splits.shape[1]):
+                out[f"split{k}_test_{m}"] = splits[:, k]
             out[f"mean_test_{m}"], out[f"std_test_{m}"] = mean, std
             out[f"rank_test_{m}"] = self.rank(m, dirs.get(m))
         return out
@@ -663,6 +721,8 @@ class SweepResult:
                              "were not kept, and they cannot be retrained from its final "
                              "setting alone")
         model, split, key = self._context(model, split)
+        if self.cv:  # column `seed` is that seed on its fold
+            split = split.split(int(self.fold_ids[seed]))
         return member_params(model, self.setting(index), split, key, self.seed_ids[seed])
 
     def _context(self, model, split):
@@ -670,21 +730,39 @@ class SweepResult:
         split = split if split is not None else self._split
         if model is None or split is None or self._key is None:
             raise ValueError("this result has no model or data attached (loaded from "
-                             "disk?): pass `model=` and `split=`")
+                             "disk?): pass `model=` and `split=`" + (
+                                 " (the jaxhp.Folds it was cross-validated on)"
+                                 if self.cv else ""))
+        if self.cv and not isinstance(split, Folds):
+            raise TypeError(f"this result was cross-validated on {self.n_folds} folds: "
+                            f"`split` must be those jaxhp.Folds, got {type(split).__name__}")
+        if self.cv and self.fold_of is not None and not np.array_equal(
+                np.asarray(split.fold_of), self.fold_of):
+            raise ValueError("`split`: these jaxhp.Folds are not the ones this result was "
+                             f"cross-validated on (recorded: {self.cv['k']} folds of "
+                             f"{len(self.fold_of)} rows, shuffle={self.cv['shuffle']}, "
+                             f"random_state={self.cv['random_state']})")
+        if not self.cv and isinstance(split, Folds):
+            raise TypeError("`split`: this result was not cross-validated; pass the "
+                            "jaxhp.Split it was trained on")
         return model, split, self._key
 
     def evaluate_test(self, metric: str = "loss", mode: str | None = None, *,
-                      refit: bool = False, model=None, split: Split | None = None,
+                      refit: bool | None = None, model=None,
+                      split: Split | Folds | None = None,
                       allow_repeat: bool = False) -> TestReport:
         """Selects on validation, then evaluates the chosen setting on test, once.
 
         The selected setting is retrained with each of the sweep's seeds (on
         train, or on train + validation with ``refit=True``, like
-        scikit-learn's ``refit``) and evaluated on the test part.
+        scikit-learn's ``refit``) and evaluated on the test part. A
+        cross-validated result always refits: on all the cross-validation data
+        (every fold's rows), once per seed, then tests.
 
         Args:
           metric, mode: the selection rule (see :meth:`best`).
-          refit: retrain on train + validation before testing.
+          refit: retrain on train + validation before testing (default: False;
+            cross-validated: True, and False is refused).
           model, split: needed only for a result loaded from disk.
           allow_repeat: permit a second test evaluation (the test set is then
             no longer an unbiased estimate; the default refuses).
@@ -696,11 +774,21 @@ class SweepResult:
           >>> report = result.evaluate_test("mse")
           >>> report.metrics["mse"]
         """
+        if self.cv and refit is False:
+            raise ValueError("`refit`=False: this result was cross-validated, so no single "
+                             "training part stands for its folds; the test evaluation "
+                             "refits on all the cross-validation data (refit=True)")
         self._check_test_unread(allow_repeat)
         model, split, key = self._context(model, split)
         sel = self.best(metric, mode)
-        arrays, params = test_runs(model, self.setting(sel.index), split, key, self.seed_ids,
-                                   refit)
+        if self.cv:  # one refit per seed on every fold's rows, then the test part
+            refit = True
+            arrays, params = test_runs(model, self.setting(sel.index), split.refit_split(),
+                                       key, self._distinct_seeds(), False)
+        else:
+            refit = bool(refit)
+            arrays, params = test_runs(model, self.setting(sel.index), split, key,
+                                       self.seed_ids, refit)
         report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
                             refit, params)
         self._record_test_read(report)
@@ -717,6 +805,11 @@ class SweepResult:
                 f"{first.get('time')}: metric {first.get('metric')!r}, setting "
                 f"{first.get('index')}; see result.test_reads)")
 
+    def _distinct_seeds(self) -> np.ndarray:
+        """The seeds, each once (a cross-validated result repeats them per fold)."""
+        ids = np.asarray(self.seed_ids)
+        return ids[:self.n_seeds] if self.cv else ids
+
     def _record_test_read(self, report: TestReport) -> None:
         sel = report.selection
         setting = self.setting(sel.index)
@@ -728,7 +821,7 @@ class SweepResult:
             "metrics": {k: float(v) for k, v in report.metrics.items()},
             "per_seed": {k: [float(x) for x in np.asarray(v)]
                          for k, v in report.per_seed.items()},
-            "seed_ids": [int(x) for x in np.asarray(self.seed_ids)],
+            "seed_ids": [int(x) for x in self._distinct_seeds()],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
@@ -762,6 +855,8 @@ class SweepResult:
         for k, v in self.val_curve.items():
             arrays[f"val_curve/{k}"] = v
         arrays["group_of"] = self.group_of
+        if self.fold_of is not None:
+            arrays["cv_fold_of"] = self.fold_of
         extras = {name: encode(getattr(self, name), arrays, f"extra/{name}")
                   for name in self.EXTRAS}
         params = None
@@ -864,7 +959,7 @@ class SweepResult:
                    val=val, loss_curve=arrays["loss_curve"], val_curve=val_curve,
                    errors=arrays["errors"], groups=groups, meta=result_meta,
                    key=key, test_reads=test_reads, group_of=arrays.get("group_of"),
-                   **{n: extras[n] for n in rcls.EXTRAS})
+                   fold_of=arrays.get("cv_fold_of"), **{n: extras[n] for n in rcls.EXTRAS})
         paths = meta.get("params")
         if paths:
             out._saved_params = (list(paths), {p: arrays[f"params/{p}"] for p in paths},
@@ -914,7 +1009,8 @@ class SweepResult:
 
     def __repr__(self) -> str:
         st = self.setting_status()
-        return (f"SweepResult({self.n_settings} settings x {self.n_seeds} seeds, "
+        folds = f" x {self.n_folds} folds" if self.cv else ""
+        return (f"SweepResult({self.n_settings} settings x {self.n_seeds} seeds{folds}, "
                 f"{int(np.sum(st == OK))} ok, {int(np.sum(st == DIVERGED))} diverged, "
                 f"{int(np.sum(st == FAILED))} failed; {len(self.groups)} groups, "
                 f"compile {self.compile_seconds:.2f}s, run {self.run_seconds:.2f}s)")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxhp._data import Split, check_split, part_size, sample_batch
+from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
 from jaxhp._hparams import HParams
 from jaxhp._model import (
     Model,
@@ -167,6 +167,24 @@ def _remat_scan(step, carry, start, length: int, k: int):
     return carry, ys
 
 
+def rowwise_mean(fn, part):
+    """``fn(part)`` (a pytree of scalars) for a plain part; for a :class:`Padded` part,
+    the mean over its real rows of ``fn`` of each row alone (a one-row batch), so no
+    padded row counts. Equal to ``fn`` of the real rows for a mean over rows (a
+    per-example-separable loss or metric)."""
+    if not isinstance(part, Padded):
+        return fn(part)
+    n = part_size(part.data)
+    out = jax.vmap(lambda row: fn(jax.tree_util.tree_map(lambda a: a[None], row)))(part.data)
+    real = jnp.arange(n) < part.count
+
+    def mean(v):
+        dtype = v.dtype if jnp.issubdtype(v.dtype, jnp.floating) else jnp.float32
+        return (jnp.sum(jnp.where(real, v, 0).astype(dtype)) / part.count.astype(dtype))
+
+    return jax.tree_util.tree_map(mean, out)
+
+
 def start(model: Model, hp: HParams, key: jax.Array):
     """The carry of a run before its first step: ``(TrainState, dead_at=-1)`` (pure)."""
     params, model_state = init_fn(model, jax.random.fold_in(key, INIT), hp)
@@ -198,6 +216,10 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
             (loss, (_, model_state)), grads = jax.value_and_grad(
                 lambda p: model_loss(model, p, state.model_state, batch, hp, k),
                 has_aux=True)(state.params)
+        elif isinstance(batch, Padded):  # the full batch of a padded fold: real rows only
+            loss, grads = jax.value_and_grad(lambda p: rowwise_mean(
+                lambda b: loss_fn(model, p, b, hp, k)[0], batch))(state.params)
+            model_state = None
         else:  # the stateless step, exactly as before model state existed
             (loss, _), grads = jax.value_and_grad(
                 lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
@@ -243,7 +265,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every))
 
     def evaluate(state):
-        return metrics_fn(model, state.params, val_part, hp, state.model_state)
+        return rowwise_mean(lambda b: metrics_fn(model, state.params, b, hp, state.model_state),
+                            val_part)
 
     carry = start(model, hp, key)
     if cfg.eval_every:
@@ -265,7 +288,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0]))
     state, dead_at = carry
-    train_loss = loss_fn(model, state.params, train_part, hp, state=state.model_state)[0]
+    train_loss = rowwise_mean(
+        lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:
         losses = jnp.zeros((0,), train_loss.dtype)
     return Run(state, train_loss, evaluate(state),

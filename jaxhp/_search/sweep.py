@@ -16,15 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._checkpoint import fingerprint
-from jaxhp._data import Split, check_split
+from jaxhp._data import Folds, Split, check_split
 from jaxhp._engine import SweepWarning
+from jaxhp._folds import check_folds
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, model_fingerprint
+from jaxhp._padded import check_padded_folds
 from jaxhp._record import ChunkRecord
 from jaxhp._result import SweepResult, resolve_direction
 from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
@@ -32,8 +35,8 @@ from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
 __all__ = ["SweepWarning", "sweep"]
 
 
-def _program(model: Model, cfg: LoopConfig, keep_params: bool):
-    run = population.run(model, cfg, keep_params)
+def _program(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False):
+    run = population.run(model, cfg, keep_params, folds)
 
     def program(hp, train_part, val_part, key, seed_ids):
         return run(hp, train_part, val_part, population.member_keys(key, seed_ids))
@@ -47,7 +50,7 @@ _SPECS = (engine.POP, engine.SHARED, engine.SHARED, engine.SHARED, engine.SHARED
 def sweep(
     model: Model,
     space: Any,
-    split: Split,
+    split: Split | Folds,
     *,
     key: jax.Array,
     seeds: int | Sequence[int] = 1,
@@ -73,7 +76,11 @@ def sweep(
       space: a search space (``jaxhp.grid``, ``jaxhp.random``, ...) or a list
         of :class:`~jaxhp.HParams` settings.
       split: the data; training reads ``train``, selection ``val``; the test
-        part is only read by :meth:`SweepResult.evaluate_test`.
+        part is only read by :meth:`SweepResult.evaluate_test`. A
+        :class:`~jaxhp.Folds` (:func:`jaxhp.kfold`) cross-validates: every
+        member trains on every fold, in the same compiled program (folds of
+        unequal size are padded and masked), and selection averages over folds
+        then seeds.
       key: base PRNG key. Member ``(setting, seed s)`` trains with
         ``fold_in(key, s)``: exactly what ``jaxhp.train(..., key=fold_in(key, s))``
         uses, whatever the chunking or ordering.
@@ -142,16 +149,26 @@ def sweep(
     table = engine.table_from(space, model, base)
     if not len(table):
         raise ValueError("sweep(): the space has no settings")
-    n_train = check_split(split)[0]
+    folds = split if isinstance(split, Folds) else None
+    data = split if folds is None else check_folds(folds)  # fold 0 stands for the checks
+    n_train = check_split(data)[0] if folds is None else int(folds.sizes[0].max())
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
     cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
-    failures, errors = engine.validate_groups(model, firsts, split, on_error)
+    failures, errors = engine.validate_groups(model, firsts, data, on_error)
+    parts = (data.train, data.val) if folds is None else folds.stacked()
+    if folds is not None:
+        for gi, (first, cfg) in enumerate(zip(firsts, cfgs)):
+            if gi not in failures:
+                check_padded_folds(model, first, cfg, folds, parts, key)
+    replicas = len(seed_ids) * (1 if folds is None else folds.k)
+    columns = seed_ids if folds is None else np.tile(seed_ids, folds.k)  # fold-major
+    reporter.seed_ids = np.asarray(columns, np.int64)  # one per replica (fold x seed)
     devices, mesh = engine.mesh_for(devices)
     multi = engine.spans_processes(mesh)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     n_metrics = 0 if not healthy else engine.count_metrics(model, firsts[healthy[0]],
-                                                           split.val)
+                                                           data.val)
 
     plans = []
     for gi, (idx, cfg) in enumerate(zip(groups, cfgs)):
@@ -159,9 +176,9 @@ def sweep(
             plans.append((idx, cfg, 1, 0, 1))
             continue
         per = engine.member_bytes(model, firsts[gi], cfg, n_metrics, keep_params)
-        c = engine.plan_chunks(len(idx), len(seed_ids), per, len(devices), chunk_size,
+        c = engine.plan_chunks(len(idx), replicas, per, len(devices), chunk_size,
                                memory_budget, max_chunk)
-        cap = engine.chunk_cap(len(idx), len(seed_ids), per, len(devices), memory_budget,
+        cap = engine.chunk_cap(len(idx), replicas, per, len(devices), memory_budget,
                                max_chunk)
         plans.append((idx, cfg, c, math.ceil(len(idx) / c), cap))
     bar = engine.progress_bar(sum(len(p[0]) for gi, p in enumerate(plans)
@@ -175,7 +192,7 @@ def sweep(
             ckpt = open_checkpoint(checkpoint_dir, fingerprint(
                 space=space, settings=table,
                 model_fp=model_fingerprint(model, [firsts[gi] for gi in healthy],
-                                           split.train),
+                                           data.train),
                 split=split, seed_ids=seed_ids, key=key, loop=loop, plan=plan),
                 overwrite=overwrite, mesh=mesh)
         except BaseException:
@@ -183,7 +200,7 @@ def sweep(
                 bar.close()
             raise
         reporter.folder = str(ckpt.folder)
-    builder = SweepResult.builder(table, seed_ids, model=model, split=split, key=key,
+    builder = SweepResult.builder(table, columns, model=model, split=split, key=key,
                                   devices=devices,
                                   chunk_defaults=engine.chunk_defaults()._asdict())
     try:
@@ -201,10 +218,11 @@ def sweep(
                 policy = engine.ChunkPolicy(
                     c, len(idx), len(devices), cap,
                     tune=chunk_size is None and ckpt is None and not multi,
-                    key=("sweep", model, cfg, keep_params, len(seed_ids), c, cap,
-                         tuple(d.id for d in devices), engine.shapes_of(split)))
-                _run_group(model, cfg, keep_params, table, idx, policy, split, key,
-                           seed_ids, mesh, info, builder, bar, select, gi, ckpt, reporter)
+                    key=("sweep", model, cfg, keep_params, replicas, c, cap,
+                         tuple(d.id for d in devices), engine.shapes_of(Split(*parts, None))))
+                _run_group(model, cfg, keep_params, table, idx, policy, parts, key,
+                           seed_ids, mesh, info, builder, bar, select, gi, ckpt, reporter,
+                           folds is not None)
             if info.error:
                 builder.fail(idx, info.error)
             builder.groups.append(info)
@@ -217,12 +235,12 @@ def sweep(
     return builder.build()
 
 
-def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids, mesh,
-               info, builder, bar, select, gi, ckpt, reporter):
+def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids, mesh,
+               info, builder, bar, select, gi, ckpt, reporter, folds):
     group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
-    shared = engine.put((split.train, split.val, key, seed_ids), mesh)
-    fn = _program(model, cfg, keep_params)
+    shared = engine.put((*parts, key, seed_ids), mesh)
+    fn = _program(model, cfg, keep_params, folds)
     structure = None
     programs: dict[int, tuple] = {}  # chunk size -> (compiled, compile seconds)
     start = ci = 0
@@ -241,8 +259,8 @@ def _run_group(model, cfg, keep_params, table, idx, policy, split, key, seed_ids
             loaded = True
         else:
             if c not in programs:  # looked up once per chunk size, not per chunk
-                programs[c] = engine.CACHE.get(("sweep", model, cfg, keep_params), fn, args,
-                                               mesh, _SPECS)
+                programs[c] = engine.CACHE.get(("sweep", model, cfg, keep_params, folds), fn,
+                                               args, mesh, _SPECS)
                 dt = programs[c][1]
             else:
                 dt = 0.0
