@@ -22,7 +22,7 @@ from typing import Any
 
 from jaxhp._hparams import did_you_mean
 
-SECTIONS = ("model", "data", "hparams", "space", "search", "select", "engine")
+SECTIONS = ("model", "data", "cv", "hparams", "space", "search", "select", "engine")
 TOP_KEYS = ("seed",)
 METHODS = ("sweep", "halving", "hyperband", "pbt")
 SPACE_KINDS = ("grid", "random", "quasirandom")
@@ -246,6 +246,8 @@ def resolve(doc: Mapping) -> dict:
                             f"it is required (see examples/digits_mlp.toml)")
     out["model"] = _resolve_model(_Section("model", doc.get("model", {}), problems))
     out["data"] = _resolve_data(_Section("data", doc.get("data", {}), problems), out["seed"])
+    out["cv"] = (_resolve_cv(_Section("cv", doc["cv"], problems), out["data"])
+                 if "cv" in doc else None)
     hp = doc.get("hparams", {})
     if not isinstance(hp, Mapping):
         problems.append(f"[hparams] must be a table, got {toml_value(hp)}")
@@ -258,6 +260,9 @@ def resolve(doc: Mapping) -> dict:
                      "mode": sel.get("mode", None, kind="str", choices=("min", "max"))}
     sel.unknown(("metric", "mode"))
     out["engine"] = _resolve_engine(_Section("engine", doc.get("engine", {}), problems))
+    if out["cv"] is not None and out["search"]["method"] != "sweep":
+        problems.append(f"[cv]: K-fold cross-validation runs with [search] method = "
+                        f"\"sweep\" only, not {toml_value(out['search']['method'])}")
     if problems:
         raise ConfigError(problems)
     return out
@@ -329,6 +334,31 @@ def _resolve_data(s: _Section, seed: int) -> dict:
     s.unknown(("dataset", "path", "fractions", "split_seed", "standardize", "x", "y", "task",
                "stratify", "standardize_y"))
     return out
+
+
+def _resolve_cv(s: _Section, data: dict) -> dict:
+    """``[cv]``: K-fold cross-validation of the pooled train + validation parts
+    (:func:`jaxhp.kfold`); the test part stays apart."""
+    from jaxhp.datasets import NAMES, n_classes
+
+    folds = s.get("folds", 5, kind="int", low=2)
+    shuffle = s.get("shuffle", True, kind="bool")
+    random_state = s.get("random_state", data.get("split_seed", 0) if shuffle else None,
+                         kind="int", low=0)
+    if random_state is not None and not shuffle:
+        s.bad("random_state", random_state, "only applies with shuffle = true (as in "
+              "scikit-learn's KFold)")
+    if data.get("dataset") in NAMES:
+        labels = n_classes(data["dataset"]) > 0
+    else:
+        labels = data.get("task") == "classification"
+    stratify = s.get("stratify", labels, kind="bool")
+    if stratify and not labels:
+        s.bad("stratify", True, "stratified folds need class labels (a classification "
+              "dataset or task = \"classification\")")
+    s.unknown(("folds", "shuffle", "random_state", "stratify"))
+    return {"folds": folds, "shuffle": shuffle, "random_state": random_state,
+            "stratify": bool(stratify and labels)}
 
 
 def _resolve_space(s: _Section) -> dict:

@@ -274,12 +274,21 @@ def build(cfg: dict, base_dir: str | Path = ".") -> Job:
                                   f"not a tunable field of {cls.__name__}"
                                   f"{did_you_mean(f, tunables)}; tunables: {list(tunables)}")
     eng = cfg["engine"]
-    devices = jax.local_devices()
+    devices = None  # "all": every device of every process (jax.distributed)
     if eng["devices"] != "all":
+        devices = jax.local_devices()
         if eng["devices"] > len(devices):
             raise ConfigError(f"{at('engine', 'devices', eng['devices'])}: only "
                               f"{len(devices)} local device(s) ({devices[0].platform})")
         devices = devices[:eng["devices"]]
+    if cfg.get("cv") is not None:
+        cv = cfg["cv"]
+        try:
+            split = jaxhp.kfold(split, cv["folds"], shuffle=cv["shuffle"],
+                                random_state=cv["random_state"],
+                                stratify="y" if cv["stratify"] else None)
+        except ValueError as e:
+            raise ConfigError(f"{at('cv', 'folds', cv['folds'])}: {e}") from None
     kwargs = {"seeds": search["seeds"], "base": base, "devices": devices,
               "chunk_size": eng["chunk_size"], "memory_budget": eng["memory_budget"],
               "max_chunk": eng["max_chunk"]}

@@ -44,11 +44,16 @@ def _statics(statics: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in statics.items()) or "-"
 
 
+def _folds(k: int) -> str:
+    return f" x {k} folds" if k > 1 else ""
+
+
 def format_plan(plan, config_name: str = "") -> str:
     """The ``--dry-run`` text of a :class:`jaxhp._search.plan.Plan`."""
     lines = [f"jaxhp sweep {config_name} --dry-run: nothing is trained".rstrip(),
              f"search: {SEARCH_NAMES[plan.search]}, {plan.n_settings} settings x "
-             f"{plan.n_seeds} seeds = {plan.n_settings * plan.n_seeds} members, "
+             f"{plan.n_seeds} seeds{_folds(plan.n_folds)} = "
+             f"{plan.n_settings * plan.n_seeds * plan.n_folds} members, "
              f"{plan.n_devices} {jax.local_devices()[0].platform} device(s)",
              f"static groups: {len(plan.groups)}; compiled programs: {plan.compiles}; "
              f"compiled calls (chunks): {plan.calls}; member steps: {plan.member_steps:,}; "
@@ -200,14 +205,17 @@ def summary(result: SweepResult, search: str, metric: str, mode: str) -> list[st
     st = result.setting_status()
     return [
         f"search: {SEARCH_NAMES[search]}, {result.n_settings} settings x {result.n_seeds} "
-        f"seeds, {len(result.groups)} static group(s), {result.compile_count} compiled "
+        f"seeds{_folds(result.n_folds)}, {len(result.groups)} static group(s), "
+        f"{result.compile_count} compiled "
         f"program(s); {int(np.sum(st != 'ok'))} setting(s) diverged or failed",
         f"compile {result.compile_seconds:.2f} s, run {result.run_seconds:.2f} s (this "
         "process; chunks read from the checkpoint cost neither)",
         f"chosen setting (best mean validation {sel.metric}, {sel.mode}): index "
         f"{sel.index}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in setting.items()),
-        f"validation {sel.metric}: {mean[sel.index]:.4f} (mean over {result.n_seeds} "
-        f"seed(s); std {std[sel.index]:.4f})"]
+        f"validation {sel.metric}: {mean[sel.index]:.4f} (mean over "
+        + (f"{result.n_folds} folds of the mean over {result.n_seeds} seed(s); std over "
+           "folds" if result.n_folds > 1 else f"{result.n_seeds} seed(s); std")
+        + f" {std[sel.index]:.4f})"]
 
 
 def write_report(result: SweepResult, search: str, metric: str, mode: str, folder: Path,

@@ -192,7 +192,9 @@ def _sweep(args) -> int:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     _runs.write_config(job.config, out)
-    print(f"jaxhp sweep {args.config}: {plan.n_settings} settings x {plan.n_seeds} seeds, "
+    folds = f" x {plan.n_folds} folds" if plan.n_folds > 1 else ""
+    print(f"jaxhp sweep {args.config}: {plan.n_settings} settings x {plan.n_seeds} seeds"
+          f"{folds}, "
           f"{len(plan.groups)} static group(s), {plan.compiles} program(s) to compile, "
           f"{plan.calls} compiled call(s); checkpoints in {out / _runs.CHECKPOINT}",
           flush=True)
@@ -299,7 +301,8 @@ def _test(args) -> int:
     sel = report.selection
     print(f"{out}: setting {sel.index} (best mean validation {sel.metric}: {sel.value:.4f})")
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
-          + f" (mean over {len(result.seed_ids)} seed(s); read {len(result.test_reads)} "
+          + (" (refit on all the cross-validation data; " if result.n_folds > 1 else " (")
+          + f"mean over {result.n_seeds} seed(s); read {len(result.test_reads)} "
           "time(s), recorded in result.json and test.json)")
     return 0
 

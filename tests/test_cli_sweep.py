@@ -101,9 +101,19 @@ ERRORS = [
      "'choice', 'fixed'] (did you mean `loguniform`?)"),
     ("[space]\nkind = 'grid'\nlearnig_rate = [0.1]",
      "`learnig_rate`: unknown field of LinearHP (did you mean `learning_rate`?)"),
-    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[cv]\nfolds = 5",
-     "[cv]: unknown section; known sections: [model], [data], [hparams], [space], "
-     "[search], [select], [engine]"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[vc]\nfolds = 5",
+     "[vc]: unknown section; known sections: [model], [data], [cv], "
+     "[hparams], [space], [search], [select], [engine]"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[cv]\nfolds = 1",
+     "[cv] folds = 1: must be >= 2"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[cv]\nstratify = true",
+     "[cv] stratify = true: stratified folds need class labels"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[cv]\nshuffle = false\n"
+     "random_state = 3", "[cv] random_state = 3: only applies with shuffle = true"),
+    ("[space]\nkind = 'random'\nn = 9\nlearning_rate = {loguniform = [0.01, 0.1]}\n"
+     "[hparams]\nsteps = 90\n[search]\nmethod = 'halving'\nmin_steps = 10\n[cv]\nfolds = 3",
+     "[cv]: K-fold cross-validation runs with [search] method = \"sweep\" only, not "
+     "\"halving\""),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[serch]\nseeds = 2",
      "[serch]: unknown section (did you mean `search`?)"),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nseed = 2",
@@ -556,3 +566,34 @@ def test_readme_shows_the_shipped_example():
     section = readme.split("## From the shell: `jaxhp sweep CONFIG.toml`")[1]
     block = section.split("```toml\n")[1].split("```")[0]
     assert block.strip() in (ROOT / "examples" / "digits_mlp.toml").read_text()
+
+
+def test_cv_section_cross_validates_as_jaxhp_kfold(tmp_path, capsys):
+    """``[cv]``: the sweep trains settings x seeds x folds (one program), equal to
+    ``jaxhp.sweep`` on ``jaxhp.kfold`` of the same split; the test is read after a refit."""
+    text = RIDGE.replace("[hparams]", "[cv]\nfolds = 3\nrandom_state = 7\n[hparams]") \
+        .replace("batch_size = [32, 64]\n", "").replace("eval_every = 10\n", "")
+    config = write(tmp_path, text)
+    rc, out, _ = run(["sweep", config, "--dry-run"], capsys)
+    assert rc == 0 and "6 settings x 2 seeds x 3 folds = 36 members" in out
+    assert plan_numbers(out) == [(6, 2, 3, 1, 6 * 2 * 3 * 40)]
+    rc, out, _ = run(["sweep", config, "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert rc == 0 and "mean over 3 folds of the mean over 2 seed(s)" in out
+    result = jaxhp.SweepResult.load(tmp_path / "run" / "result")
+    assert result.n_folds == 3 and result.n_seeds == 2
+    split = jaxhp.datasets.load("diabetes", key=jax.random.key(0))
+    folds = jaxhp.kfold(split, 3, shuffle=True, random_state=7)
+    ref = jaxhp.sweep(jaxhp.models.linear_regression(10),
+                      jaxhp.grid(learning_rate=[0.01, 0.03, 0.1], l2=[1e-4, 1e-2]), folds,
+                      key=jax.random.key(0), seeds=2,
+                      base=jaxhp.models.LinearHP(steps=40, batch_size=32), progress=False,
+                      max_chunk=2)
+    np.testing.assert_allclose(result.val["mse"], ref.val["mse"], rtol=1e-5)
+    with open(tmp_path / "run" / "cv_results.csv") as f:
+        header = next(csv.reader(f))
+    assert [h for h in header if h.endswith("_test_mse")] == [
+        "split0_test_mse", "split1_test_mse", "split2_test_mse", "mean_test_mse",
+        "std_test_mse", "rank_test_mse"]
+    rc, out, _ = run(["test", tmp_path / "run"], capsys)
+    assert rc == 0 and "refit on all the cross-validation data" in out
+    assert result.best("mse").index == ref.best("mse").index

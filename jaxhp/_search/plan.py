@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from jaxhp import _engine as engine
-from jaxhp._data import Split, check_split
+from jaxhp._data import Folds, Split, check_split
+from jaxhp._folds import check_folds
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
 from jaxhp._train import resolve_loop
@@ -53,13 +54,15 @@ class GroupPlan(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """A planned search: one :class:`GroupPlan` per static group, and the totals."""
+    """A planned search: one :class:`GroupPlan` per static group, and the totals
+    (``n_folds``: cross-validation folds; each setting trains seeds x folds members)."""
 
     search: str
     n_settings: int
     n_seeds: int
     n_devices: int
     groups: list
+    n_folds: int = 1
 
     @property
     def compiles(self) -> int:
@@ -78,22 +81,32 @@ class Plan(NamedTuple):
         return max((g.device_bytes for g in self.groups), default=0)
 
 
-def plan_search(model, space, split: Split, *, search: str = "sweep",
+def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
                 seeds: int | Sequence[int] = 1, base=None,
                 devices: Sequence[jax.Device] | None = None, chunk_size=None,
-                memory_budget: int | None = None, max_chunk: int = engine.DEFAULT_MAX_CHUNK,
+                memory_budget: int | None = None, max_chunk: int | None = None,
                 keep_params: bool = False, eval_every: int | None = None,
                 loss_every: int | None = 1, min_steps: int | None = None, eta: int = 3,
                 max_steps: int | None = None, steps: int | None = None,
                 ready_every: int | None = None, **_ignored) -> Plan:
     """The plan of ``search`` (``"sweep"``, ``"halving"``, ``"hyperband"`` or ``"pbt"``)
-    with the arguments the search function takes; nothing is compiled or trained."""
+    with the arguments the search function takes; nothing is compiled or trained.
+    ``split`` may be :class:`~jaxhp.Folds` for a sweep: every setting then trains
+    seeds x folds members (replicas), as :func:`jaxhp.sweep` plans them."""
     seed_ids = engine.check_seeds(seeds)
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     n_dev = len(engine.mesh_for(devices)[0])
     s = len(seed_ids)
     table = engine.table_from(space, model, base, search)
-    n_train = check_split(split)[0]
+    folds = split if isinstance(split, Folds) else None
+    if folds is not None and search != "sweep":
+        raise TypeError(f"{search}: K-fold cross-validation (jaxhp.Folds) is supported by "
+                        "sweep only")
+    if folds is None:
+        n_train = check_split(split)[0]
+    else:  # fold 0 stands for the checks; chunks hold seeds x folds replicas
+        n_train, split = int(folds.sizes[0].max()), check_folds(folds)
+        s *= folds.k
     if search in ("halving", "hyperband") and max_steps is not None:
         table = replace_columns(table, steps=np.full(len(table), max_steps))
     if search == "pbt":
@@ -151,4 +164,5 @@ def plan_search(model, space, split: Split, *, search: str = "sweep",
         else:
             raise ValueError(f"`search`={search!r}: must be 'sweep', 'halving', "
                              "'hyperband' or 'pbt'")
-    return Plan(search, sum(g.n_settings for g in out), s, n_dev, out)
+    return Plan(search, sum(g.n_settings for g in out), len(seed_ids), n_dev, out,
+                1 if folds is None else folds.k)
