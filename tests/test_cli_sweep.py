@@ -515,7 +515,7 @@ def test_readme_error_example_and_options(tmp_path, capsys):
     rc, _, err = run(["sweep", config, "--out", tmp_path / "run"], capsys)
     assert rc == 2 and err.endswith(
         "2 problems:\n  - [serch]: unknown section (did you mean `search`?); known sections: "
-        "[model], [data], [hparams], [space], [search], [select], [engine]\n  - [space] "
+        "[model], [data], [cv], [hparams], [space], [search], [select], [engine]\n  - [space] "
         "learning_rate = {loguniform = [0, 1]}: loguniform needs 0 < low < high\n")
     # a field named like an option of [space] goes in [space.fields]; a memory budget in
     # bytes or with a unit; a device count
