@@ -56,6 +56,14 @@ class OptunaResult(SweepResult):
     EXTRAS = ("rounds", "trial_numbers")
     study: Any = None
 
+    def cv_results(self, directions: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """:meth:`SweepResult.cv_results`, plus ``round`` and ``trial_number`` per setting
+        (also columns of :meth:`~SweepResult.to_pandas`)."""
+        out = super().cv_results(directions)
+        out["round"] = np.asarray(self.rounds, np.int64)
+        out["trial_number"] = np.asarray(self.trial_numbers, np.int64)
+        return out
+
 
 def _check_study(optuna, study) -> str:
     """The study's direction as ``"min"``/``"max"``; anything else is refused."""
