@@ -35,7 +35,7 @@ from jaxhp._distributions import Distribution
 from jaxhp._result import metric_name, resolve_direction
 
 
-def _optuna(caller: str = "to_optuna()"):
+def import_optuna(caller: str = "to_optuna()"):
     try:
         import optuna
     except ImportError as e:
@@ -103,7 +103,7 @@ def optuna_distributions(params: Mapping[str, Distribution], caller: str) -> tup
     values (a value that is not ``None``/bool/int/float/str stands as its ``repr``, mapped
     back to the value), ``fixed`` a one-choice categorical.
     """
-    od = _optuna(caller).distributions
+    od = import_optuna(caller).distributions
     dists: dict[str, Any] = {}
     decode: dict[str, Any] = {}
     for name, d in params.items():
@@ -142,7 +142,7 @@ def to_optuna(result, *, storage=None, study_name: str | None = None,
 
     See :meth:`jaxhp.SweepResult.to_optuna` (the public entry point).
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     search = result.meta.get("search") or {}
     if metric is None:  # what the search ranked on; a sweep selects on `loss` by default
         metric = search.get("metric", "loss")

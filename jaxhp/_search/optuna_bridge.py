@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxhp._data import Folds
 from jaxhp._distributions import Distribution, SpaceError
-from jaxhp._export import _optuna, optuna_distributions
+from jaxhp._export import import_optuna, optuna_distributions
 from jaxhp._folds import check_folds
 from jaxhp._hparams import HParams, HParamsError
 from jaxhp._model import Model
@@ -185,7 +185,7 @@ def optuna_search(
       ...     params={"learning_rate": jaxhp.loguniform(1e-3, 1)}, metric="mse")
       >>> study.best_params, result.best("mse").setting
     """
-    optuna = _optuna("optuna_search()")
+    optuna = import_optuna("optuna_search()")
     unknown = sorted(set(sweep_options) - set(_SWEEP_OPTIONS))
     if unknown:
         raise TypeError(f"optuna_search(): unknown keyword(s) {unknown}; the sweep "
