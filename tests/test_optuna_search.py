@@ -189,3 +189,20 @@ def test_missing_optuna_names_the_extra(diabetes, monkeypatch):
                                           r"'jaxhp\[search\]'"):
         jaxhp.optuna_search(None, linear_regression(10), diabetes, params=PARAMS,
                             rounds=1, batch=2, key=KEY)
+
+
+def test_a_setting_asked_again_is_told_its_first_value(searched, diabetes):
+    model = searched[0]
+    study = _study()
+    lrs = [0.01, 0.1]
+    result = jaxhp.optuna_search(study, model, diabetes, params={
+        "learning_rate": jaxhp.choice(lrs)}, rounds=2, batch=3, key=KEY, seeds=SEEDS,
+        base=BASE, metric="mse")
+    assert len(study.trials) == 6 and result.n_settings == 2  # 2 choices, trained once each
+    mean = result.aggregate("mse")[0]
+    for t in study.trials:
+        i = t.user_attrs["jaxhp_index"]
+        assert result.settings[i].learning_rate == pytest.approx(t.params["learning_rate"])
+        assert t.value == mean[i]
+    exported = result.to_optuna(metric="mse")
+    assert [t.value for t in exported.trials] == list(mean)
