@@ -1,7 +1,7 @@
 """Optuna's TPE, batched through jaxhp against one trial at a time.
 
-Ridge on diabetes (LinearHP, 200 full-batch steps, one seed), learning rate and L2
-log-uniform, the same number of trials on each side, TPE seeded the same:
+Ridge on diabetes (LinearHP, ``--steps`` full-batch steps, default 200, one seed),
+learning rate and L2 log-uniform, the same number of trials on each side, TPE seeded the same:
 
 - ``optuna_search``: ``jaxhp.optuna_search(study, ..., rounds=R, batch=B)``, each
   round's B trials trained as one sweep (one compiled program for every round);
@@ -15,7 +15,7 @@ changes what TPE sees (it proposes B trials from the same history), so the best
 values differ: both are reported.
 
 Usage: python bench/bench_optuna_search.py [--out bench/results/optuna_search.json]
-       [--rounds 4] [--batch 16]
+       [--rounds 4] [--batch 16] [--steps 200]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import jaxhp
 from jaxhp.models import LinearHP, linear_regression
 
 PARAMS = {"learning_rate": jaxhp.loguniform(1e-3, 0.4), "l2": jaxhp.loguniform(1e-5, 1.0)}
-BASE = LinearHP(steps=200)
 KEY = jax.random.key(1)
 
 
@@ -42,27 +41,28 @@ def _study():
                                sampler=optuna.samplers.TPESampler(seed=0))
 
 
-def batched(split, rounds: int, batch: int) -> dict:
+def batched(split, rounds: int, batch: int, steps: int) -> dict:
     model = linear_regression(10)
     study = _study()
     t0 = time.perf_counter()
     r = jaxhp.optuna_search(study, model, split, params=PARAMS, rounds=rounds, batch=batch,
-                            key=KEY, base=BASE, metric="mse")
+                            key=KEY, base=LinearHP(steps=steps), metric="mse")
     wall = time.perf_counter() - t0
     return {"method": f"optuna_search (batch {batch})", "trials": len(study.trials),
             "compile_s": r.compile_seconds, "wall_s": wall,
             "steady_s": wall - r.compile_seconds, "best_val": study.best_value}
 
 
-def one_at_a_time(split, n: int) -> dict:
+def one_at_a_time(split, n: int, steps: int) -> dict:
+    base = LinearHP(steps=steps)
     model = linear_regression(10)
     study = _study()
     t0 = time.perf_counter()
-    jaxhp.train(model, BASE, split, key=jax.random.fold_in(KEY, 0))  # compile + one run
+    jaxhp.train(model, base, split, key=jax.random.fold_in(KEY, 0))  # compile + one run
     first = time.perf_counter() - t0
 
     def objective(trial):
-        hp = BASE.replace(
+        hp = base.replace(
             learning_rate=trial.suggest_float("learning_rate", 1e-3, 0.4, log=True),
             l2=trial.suggest_float("l2", 1e-5, 1.0, log=True))
         return float(jaxhp.train(model, hp, split, key=jax.random.fold_in(KEY, 0)).val["mse"])
@@ -80,11 +80,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/optuna_search.json")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     split = jaxhp.datasets.load("diabetes", key=jax.random.key(0))
-    rows = [batched(split, args.rounds, args.batch),
-            one_at_a_time(split, args.rounds * args.batch)]
+    rows = [batched(split, args.rounds, args.batch, args.steps),
+            one_at_a_time(split, args.rounds * args.batch, args.steps)]
     print(f"{'method':38s} {'trials':>6s} {'compile s':>9s} {'steady s':>9s} "
           f"{'wall s':>7s} {'best mse':>9s}")
     for r in rows:
@@ -93,7 +94,7 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import machine_info
 
-    out = {"machine": machine_info(), "task": "ridge on diabetes, 200 steps, 1 seed",
+    out = {"machine": machine_info(), "task": f"ridge on diabetes, {args.steps} steps, 1 seed",
            "rounds": args.rounds, "batch": args.batch, "rows": rows}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     tmp = args.out + ".tmp"
