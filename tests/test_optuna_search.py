@@ -206,3 +206,19 @@ def test_a_setting_asked_again_is_told_its_first_value(searched, diabetes):
         assert t.value == mean[i]
     exported = result.to_optuna(metric="mse")
     assert [t.value for t in exported.trials] == list(mean)
+
+
+def test_a_round_that_raises_tells_its_trials_fail(searched, diabetes):
+    def stop(record):
+        raise RuntimeError("disk full")
+
+    study = _study()
+    with pytest.raises(jaxhp.CallbackError):
+        jaxhp.optuna_search(study, searched[0], diabetes, params=PARAMS, rounds=2,
+                            batch=BATCH, key=KEY, seeds=SEEDS, base=BASE, metric="mse",
+                            on_chunk=stop)
+    assert len(study.trials) == BATCH  # the second round was never asked
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.FAIL
+        assert t.user_attrs["reason"].startswith(
+            "the round stopped before this trial was told: CallbackError: ")

@@ -222,28 +222,39 @@ def optuna_search(
     rows_round: list[int] = []
     rows_trial: list[int] = []
     for r in range(first_round, first_round + rounds):
-        trials = [study.ask(dists) for _ in range(batch)]
-        new: list[HParams] = []
-        where = []
-        for t in trials:
-            t.set_user_attr(ROUND_ATTR, r)
-            try:
-                hp = base.replace(**{n: decode[n](v) for n, v in t.params.items()})
-            except HParamsError as e:
-                where.append(str(e))
-                continue
-            if hp not in seen:
-                seen[hp] = (len(parts), len(new))
-                new.append(hp)
-                rows_round.append(r)
-                rows_trial.append(t.number)
-            where.append(seen[hp])
-        if new:
-            parts.append(sweep(model, new, split, key=key, seeds=seeds,
-                               select=(name, mode), **sweep_options))
-            offsets.append(offsets[-1] + len(new))
-        for t, w in zip(trials, where):
-            _tell(optuna, study, t, w, parts, offsets, name)
+        pending: list = []  # asked, not yet told
+        try:
+            for _ in range(batch):
+                pending.append(study.ask(dists))
+                pending[-1].set_user_attr(ROUND_ATTR, r)
+            trials = list(pending)
+            new: list[HParams] = []
+            where = []
+            for t in trials:
+                try:
+                    hp = base.replace(**{n: decode[n](v) for n, v in t.params.items()})
+                except HParamsError as e:
+                    where.append(str(e))
+                    continue
+                if hp not in seen:
+                    seen[hp] = (len(parts), len(new))
+                    new.append(hp)
+                    rows_round.append(r)
+                    rows_trial.append(t.number)
+                where.append(seen[hp])
+            if new:
+                parts.append(sweep(model, new, split, key=key, seeds=seeds,
+                                   select=(name, mode), **sweep_options))
+                offsets.append(offsets[-1] + len(new))
+            for t, w in zip(trials, where):
+                _tell(optuna, study, t, w, parts, offsets, name)
+                pending.remove(t)
+        except BaseException as e:  # the round's untold trials must not stay RUNNING
+            for t in pending:
+                t.set_user_attr("reason", f"the round stopped before this trial was told: "
+                                          f"{type(e).__name__}: {e}")
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            raise
     if not parts:
         raise ValueError("optuna_search(): no asked setting was valid; see the trials' "
                          "`reason` user attributes")
