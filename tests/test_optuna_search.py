@@ -222,3 +222,16 @@ def test_a_round_that_raises_tells_its_trials_fail(searched, diabetes):
         assert t.state == optuna.trial.TrialState.FAIL
         assert t.user_attrs["reason"].startswith(
             "the round stopped before this trial was told: CallbackError: ")
+
+
+@pytest.mark.slow  # a second program (folds): about 7 s on 2 cores
+def test_kfold_folds_are_scored_as_a_cross_validated_sweep(searched, diabetes):
+    model = searched[0]
+    folds = jaxhp.kfold(diabetes, 3)
+    study = _study()
+    result = jaxhp.optuna_search(study, model, folds, params=PARAMS, rounds=1, batch=2,
+                                 key=KEY, base=BASE, metric="mse")
+    assert result.n_folds == 3
+    plain = jaxhp.sweep(model, result.settings, folds, key=KEY)
+    np.testing.assert_allclose([t.value for t in study.trials], plain.aggregate("mse")[0],
+                               rtol=1e-5)
