@@ -213,7 +213,7 @@ def optuna_search(
             f"but the metric {name!r} is to {word[mode]} ({why}); create the study with "
             f"direction={word[mode]!r}")
     dists, decode = optuna_distributions(params, "optuna_search()")
-    base = base if base is not None else cls()
+    make = cls if base is None else base.replace  # a field without default may be searched
     stale = _stale_trials(optuna, study)
     first_round = _next_round(study)
     seen: dict[HParams, tuple[int, int]] = {}  # setting -> (part, row)
@@ -232,7 +232,7 @@ def optuna_search(
             where = []
             for t in trials:
                 try:
-                    hp = base.replace(**{n: decode[n](v) for n, v in t.params.items()})
+                    hp = make(**{n: decode[n](v) for n, v in t.params.items()})
                 except HParamsError as e:
                     where.append(str(e))
                     continue
