@@ -57,6 +57,8 @@ from jaxhp._search.halving import rung_budgets as rung_budgets
 from jaxhp._search.halving import successive_halving as successive_halving
 from jaxhp._search.hypergrad import Hypergradient as Hypergradient
 from jaxhp._search.hypergrad import hypergradient as hypergradient
+from jaxhp._search.optuna_bridge import OptunaResult as OptunaResult
+from jaxhp._search.optuna_bridge import optuna_search as optuna_search
 from jaxhp._search.pbt import PBTResult as PBTResult
 from jaxhp._search.pbt import pbt as pbt
 from jaxhp._search.sweep import SweepWarning as SweepWarning
@@ -94,6 +96,7 @@ __all__ = [
     "HypergradientDescentState",
     "Model",
     "ModelError",
+    "OptunaResult",
     "PBTResult",
     "Run",
     "Rung",
@@ -125,6 +128,7 @@ __all__ = [
     "loguniform",
     "models",
     "nn",
+    "optuna_search",
     "pbt",
     "quasirandom",
     "random",

@@ -26,18 +26,21 @@ from the result's columns and per-member arrays.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from jaxhp._distributions import Distribution
 from jaxhp._result import metric_name, resolve_direction
 
 
-def _optuna():
+def import_optuna(caller: str = "to_optuna()"):
     try:
         import optuna
     except ImportError as e:
-        raise ImportError("to_optuna() needs optuna: pip install 'jaxhp[search]'") from e
+        raise ImportError(f"{caller} needs optuna: pip install 'jaxhp[search]' "
+                          "(the `search` extra)") from e
     return optuna
 
 
@@ -91,6 +94,37 @@ def _distributions(optuna, table) -> tuple[dict[str, Any], dict[str, list]]:
     return dist, values
 
 
+def optuna_distributions(params: Mapping[str, Distribution], caller: str) -> tuple[dict, dict]:
+    """Optuna's distribution of each jaxhp distribution, and for each name a function from
+    the value Optuna asks to the field's value.
+
+    ``uniform``/``loguniform`` become a ``FloatDistribution`` (``log`` for the latter),
+    ``intrange`` an ``IntDistribution``, ``choice`` a ``CategoricalDistribution`` of its
+    values (a value that is not ``None``/bool/int/float/str stands as its ``repr``, mapped
+    back to the value), ``fixed`` a one-choice categorical.
+    """
+    od = import_optuna(caller).distributions
+    dists: dict[str, Any] = {}
+    decode: dict[str, Any] = {}
+    for name, d in params.items():
+        spec = d.to_dict()
+        kind = spec["type"]
+        if kind in ("uniform", "loguniform"):
+            dists[name] = od.FloatDistribution(spec["low"], spec["high"],
+                                               log=kind == "loguniform")
+            decode[name] = float
+        elif kind == "intrange":
+            dists[name] = od.IntDistribution(spec["low"], spec["high"], log=spec["log"])
+            decode[name] = int
+        else:
+            values = list(d.values) if kind == "choice" else [d.value]
+            options = [_plain(v) for v in values]
+            dists[name] = od.CategoricalDistribution(tuple(options))
+            decode[name] = (lambda x, options=options, values=values:
+                            values[options.index(x)])
+    return dists, decode
+
+
 def _intermediate(result) -> list[dict[int, float]]:
     """Per setting, Optuna's intermediate values: a halving result's mean metric at
     each rung the setting trained in (keyed by the rung's steps); else empty."""
@@ -108,7 +142,7 @@ def to_optuna(result, *, storage=None, study_name: str | None = None,
 
     See :meth:`jaxhp.SweepResult.to_optuna` (the public entry point).
     """
-    optuna = _optuna()
+    optuna = import_optuna()
     search = result.meta.get("search") or {}
     if metric is None:  # what the search ranked on; a sweep selects on `loss` by default
         metric = search.get("metric", "loss")
