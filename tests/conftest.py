@@ -1,12 +1,48 @@
-"""Shared fixtures: a compile counter and the bundled datasets, loaded once."""
+"""Shared fixtures: a compile counter and the bundled datasets, loaded once.
+
+The test run shares one persistent JAX compilation cache (a fresh temporary folder,
+removed at the end) between its pytest-xdist workers and every process they start
+(README blocks, notebook kernels, resumed children): a program that another test or
+process already compiled is read back instead of compiled again. It changes no
+count: ``helpers.count_compiles`` and the engine count a compilation request either
+way (a cache read is inside JAX's compile event), and nothing is kept between runs.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 from helpers import count_compiles  # importing helpers registers the compile listener
 
 import jaxhp
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+MIN_COMPILE_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+_own_cache: list[str] = []
+
+
+def pytest_configure(config):
+    """The run's compilation cache: made by the first process (the xdist controller, or
+    the only process with ``-n 0``); workers and subprocesses inherit it by environment."""
+    del config
+    if CACHE_ENV not in os.environ:
+        folder = tempfile.mkdtemp(prefix="jaxhp-tests-jax-cache-")
+        _own_cache.append(folder)
+        os.environ[CACHE_ENV] = folder
+        os.environ.setdefault(MIN_COMPILE_ENV, "0.2")
+    jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get(MIN_COMPILE_ENV, "1.0")))
+
+
+def pytest_unconfigure(config):
+    del config
+    for folder in _own_cache:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
