@@ -6,6 +6,11 @@ removed at the end) between its pytest-xdist workers and every process they star
 process already compiled is read back instead of compiled again. It changes no
 count: ``helpers.count_compiles`` and the engine count a compilation request either
 way (a cache read is inside JAX's compile event), and nothing is kept between runs.
+
+It also compiles with XLA's cheap backend settings (``helpers.FAST_COMPILE_FLAGS``,
+added to ``XLA_FLAGS`` for the run and the processes it starts, unless
+``JAXHP_TESTS_FULL_OPT=1``): most of the suite's time is compiling small programs
+that then run a few steps. The benchmark test's subprocess drops them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import tempfile
 
 import jax
 import pytest
-from helpers import count_compiles  # importing helpers registers the compile listener
+from helpers import (
+    FAST_COMPILE_FLAGS,
+    count_compiles,  # importing helpers registers the compile listener
+)
 
 import jaxhp
 
@@ -29,6 +37,10 @@ def pytest_configure(config):
     """The run's compilation cache: made by the first process (the xdist controller, or
     the only process with ``-n 0``); workers and subprocesses inherit it by environment."""
     del config
+    if os.environ.get("JAXHP_TESTS_FULL_OPT") != "1":
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        os.environ["XLA_FLAGS"] = " ".join(
+            flags + [f for f in FAST_COMPILE_FLAGS if f not in flags])
     if CACHE_ENV not in os.environ:
         folder = tempfile.mkdtemp(prefix="jaxhp-tests-jax-cache-")
         _own_cache.append(folder)

@@ -8,11 +8,13 @@ with a printed note, not fail.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import without_fast_compile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -21,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 def _run_bench(out: Path, *extra: str) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-2dev",
                            "--out", str(out), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=without_fast_compile(os.environ))
     print(proc.stdout)  # shown by pytest -s, or on failure
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(out.glob("bench-quick-*.json"))
