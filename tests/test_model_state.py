@@ -8,9 +8,6 @@ a slice of digits. Models are built once per module; runs are tiny.
 
 from __future__ import annotations
 
-import pathlib
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -331,26 +328,3 @@ def test_batchnorm_factory_declares_and_checks(bn):
         models.mlp_classifier(64, 10, batch_norm=True, bn_momentum=1.0)
     with pytest.raises(TypeError, match="batch_norm"):
         models.mlp_classifier(64, 10, batch_norm="yes")
-
-
-# ------------------------------------------------------------------ the README
-def _readme_block(title: str) -> str:
-    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split(f"### {title}", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_model_state_example_runs_as_written():
-    ns: dict = {}
-    exec(compile(_readme_block("Model state (BatchNorm)"), "README.md", "exec"), ns)
-    run, model = ns["run"], ns["model"]
-    assert model.has_state and run.state.model_state is not None
-    assert [a.shape for a in jax.tree_util.tree_leaves(run.state.model_state)] == [
-        (16,), (16,)]
-    # the claims of the section: evaluation reads the running statistics ...
-    np.testing.assert_allclose(ns["val"]["accuracy"], run.val["accuracy"], rtol=1e-6)
-    np.testing.assert_allclose(ns["val"]["ce"], run.val["ce"], rtol=1e-6)
-    # ... and a result hands back (params, state), also in the test report
-    structure = jax.tree_util.tree_structure((run.state.params, run.state.model_state))
-    assert jax.tree_util.tree_structure((ns["params"], ns["state"])) == structure
-    assert all(jax.tree_util.tree_structure(p) == structure for p in ns["report"].params)
