@@ -5,8 +5,11 @@ group is big enough to pay for trying, half of it next; the rest of the group ru
 at the size with the lowest measured seconds per setting. ``GroupInfo.chunk_trials``
 records the sizes tried with their seconds per setting, ``chunk_size`` the choice and
 ``n_chunks`` the calls made. The run time of each chunk size is set here by the
-model: its evaluation sleeps, in a host callback that sees the whole chunk, a given
-time per setting for each chunk size, so the decisions do not depend on the machine.
+model: its evaluation, in a host callback that sees the whole chunk, advances the
+clock the sweep reads (``time.perf_counter``, patched for these tests to the real clock
+plus a virtual offset) by a given time per setting for each chunk size. The virtual
+delays are seconds per setting, far above any real chunk's run time on a loaded
+machine, so the decisions do not depend on the machine, and nothing sleeps.
 """
 
 from __future__ import annotations
@@ -27,14 +30,23 @@ SPACE = jaxhp.random(64, learning_rate=jaxhp.loguniform(1e-3, 0.3), l2=jaxhp.log
     1e-5, 1e-1), steps=jaxhp.fixed(20), batch_size=jaxhp.fixed(32), seed=0)
 
 
+_REAL_CLOCK = time.perf_counter
+_OFFSET = [0.0]  # virtual seconds added to the real clock
+
+
+def _clock() -> float:
+    return _REAL_CLOCK() + _OFFSET[0]
+
+
 def timed_ridge(per_setting: dict[int, float]) -> jaxhp.Model:
-    """Ridge whose evaluation of a chunk of ``c`` settings sleeps ``per_setting[c] * c``
-    seconds (the callback receives the chunk's members: settings x seeds)."""
+    """Ridge whose evaluation of a chunk of ``c`` settings advances the clock by
+    ``per_setting[c] * c`` virtual seconds (the callback receives the chunk's members:
+    settings x seeds)."""
     ridge = models.linear_regression(10)
 
     def wait(b):
         c = b.size // SEEDS
-        time.sleep(per_setting.get(c, 0.0) * c)
+        _OFFSET[0] += per_setting.get(c, 0.0) * c
         return np.zeros(b.shape, np.float32)
 
     def metrics(params, batch, hp):
@@ -47,10 +59,10 @@ def timed_ridge(per_setting: dict[int, float]) -> jaxhp.Model:
 
 
 # One model per decision: each has its own compiled programs and measured choice.
-# A 10x difference per setting: a chunk's own overhead (~30 ms on a loaded 2-core
-# machine) cannot reverse the order.
-HALF_FASTER = timed_ridge({16: 10e-3, 8: 1e-3})
-HALF_SLOWER = timed_ridge({16: 1e-3, 8: 10e-3})
+# A 10x difference of virtual seconds per setting: a chunk's real run time (~30 ms,
+# up to ~0.3 s on a loaded 2-core machine) cannot reverse the order.
+HALF_FASTER = timed_ridge({16: 10.0, 8: 1.0})
+HALF_SLOWER = timed_ridge({16: 1.0, 8: 10.0})
 UNTIMED = models.linear_regression(10)
 
 
@@ -58,7 +70,10 @@ UNTIMED = models.linear_regression(10)
 def sweep(diabetes):
     def run(model, **kw):
         return jaxhp.sweep(model, SPACE, diabetes, key=KEY, seeds=SEEDS, progress=False, **kw)
-    return run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "perf_counter", _clock)
+        yield run
 
 
 def test_a_faster_half_size_is_measured_chosen_and_kept(sweep):
