@@ -10,7 +10,7 @@ way (a cache read is inside JAX's compile event), and nothing is kept between ru
 It also compiles with XLA's cheap backend settings (``helpers.FAST_COMPILE_FLAGS``,
 added to ``XLA_FLAGS`` for the run and the processes it starts, unless
 ``JAXHP_TESTS_FULL_OPT=1``): most of the suite's time is compiling small programs
-that then run a few steps. The benchmark test's subprocess drops them.
+that then run a few steps.
 """
 
 from __future__ import annotations
@@ -49,6 +49,25 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ.get(MIN_COMPILE_ENV, "1.0")))
+
+
+# Files whose tests share nothing (each test runs its own subprocess: README blocks,
+# notebooks) are spread test by test over the xdist workers; every other file stays
+# whole on one worker, as ``--dist loadfile`` does, so that its module-scoped fixtures
+# compile once. (xdist's ``loadgroup`` marks do not work under pytest 9: xdist 3.8 renames
+# ``item._nodeid``, which pytest 9 no longer reads.)
+SPREAD = frozenset({"test_readme.py", "test_notebooks.py"})
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndSpreadTests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.rsplit("/", 1)[-1] in SPREAD else path
+
+    return FilesAndSpreadTests(config, log)
 
 
 def pytest_unconfigure(config):

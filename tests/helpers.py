@@ -24,17 +24,6 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
                       "--xla_llvm_disable_expensive_passes=true")
 
 
-def without_fast_compile(env: dict) -> dict:
-    """``env`` with the test run's compile flags removed (for a benchmark subprocess,
-    whose programs must be compiled as a user's are)."""
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if f not in FAST_COMPILE_FLAGS]
-    out = dict(env)
-    if flags:
-        out["XLA_FLAGS"] = " ".join(flags)
-    else:
-        out.pop("XLA_FLAGS", None)
-    return out
-
 
 class CompileCount:
     """The number of XLA compilations seen while the counter was open."""
