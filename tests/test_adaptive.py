@@ -292,12 +292,13 @@ def test_pbt_explore_stays_in_range_and_revives_diverged(diabetes):
 
 
 def test_pbt_one_compile_and_beats_the_median(diabetes):
-    # A stochastic property on a flat landscape (validation MSE 0.44-0.46): with the
-    # minibatch stream of the per-row sort keys, PBT's best beat the sweep's median with
-    # key 0 (0.4461 vs 0.4620) but not with key 1 (0.4519 vs 0.4509); the permutation
-    # stream it replaced passed with both. Key 0 here.
-    key = jax.random.key(0)
-    settings = _space(16, seed=2, high=2.0).settings(LinearHP, base=BASE)
+    # Learning rates too small for 60 steps (1e-4 to 1e-2): most settings underfit, and
+    # PBT's copies of the best members pay. Measured with keys 0-4: PBT's best 0.458-0.483
+    # against the sweep's median 0.576-0.577 (validation MSE); key 1 here. (On the flat
+    # landscape of larger rates, 0.44-0.46, the order depended on the minibatch stream.)
+    key = KEY
+    settings = jaxhp.random(16, seed=2, learning_rate=jaxhp.loguniform(1e-4, 1e-2),
+                            l2=jaxhp.loguniform(1e-5, 1e-1)).settings(LinearHP, base=BASE)
     pbt(MODEL, settings[:4], diabetes, key=key, steps=4, ready_every=2)  # warm up eager ops
     with count_compiles() as c:
         r = pbt(MODEL, settings, diabetes, key=key, seeds=2, steps=60, ready_every=6,
@@ -308,7 +309,7 @@ def test_pbt_one_compile_and_beats_the_median(diabetes):
                        base=BASE.replace(steps=60), progress=False)
     median = np.nanmedian(np.where(full.setting_status() == "ok",
                                    full.aggregate("mse")[0], np.inf))
-    assert r.best("mse").value <= median
+    assert r.best("mse").value < median - 0.05  # measured margins 0.09-0.12
     report = r.evaluate_test("mse")
     i = report.selection.index
     expect = jaxhp.evaluate(MODEL, r.params(i, 0), r.settings[i], diabetes.test)["mse"]
