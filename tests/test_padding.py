@@ -249,6 +249,22 @@ def _adapter(kind):
 def test_adapters_pass_param_mask_to_the_model(kind):
     model = _adapter(kind)
     assert callable(model.param_mask)
+    table = jaxhp.grid(width=[2, 5, 8]).table(ToyHP)
+    member = table.batch(table.rows(0))[1]  # width 5 of a group allocated at 8
+    batch = {"x": jnp.zeros((4, 3)), "y": jnp.zeros(4)}
+
+    def traced(hp):  # hp.width traced, as in the compiled program
+        params = model.init(KEY, hp)
+        masks = model.param_mask(hp, params)  # fits the parameters, leaf by leaf
+        jax.tree_util.tree_map(lambda m, p: p if m is None else jnp.where(m, p, 0.0),
+                               masks, params, is_leaf=lambda m: m is None)
+        return params, model.loss(params, batch, hp, key=KEY)[0], masks
+
+    params, loss, _ = jax.eval_shape(traced, member)
+    shapes = sorted(a.shape for a in jax.tree_util.tree_leaves(params))
+    assert shapes in (sorted([(1,), (8,), (3, 8), (8, 1)]),   # Linen, NNX: (in, out)
+                      sorted([(1,), (8,), (8, 3), (1, 8)]))   # Equinox: (out, in)
+    assert loss.shape == ()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 3)).astype(np.float32)
     part = {"x": x, "y": x.sum(1)}
