@@ -1008,6 +1008,12 @@ def _size_field(hp: Any, name: str, caller: str) -> Field:
     return f
 
 
+def padded_fields(hp: HParams) -> dict[str, int]:
+    """``{field: allocation}`` of the fields that are per member in ``hp`` (a setting of
+    a padded group); empty otherwise."""
+    return dict(_pads_of(hp))
+
+
 def is_padded(hp: HParams) -> bool:
     """Whether ``hp`` belongs to a padded group (some padded field is per member)."""
     return bool(_pads_of(hp))

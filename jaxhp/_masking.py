@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxhp._hparams import HParams, is_padded, padded_size
+from jaxhp._hparams import HParams, is_padded, padded_fields
 from jaxhp._model import Model, ModelError
 
 
@@ -23,9 +23,7 @@ def check_padding(model: Model, hp: HParams) -> None:
     declare padding support (``Model(param_mask=...)``)."""
     if not is_padded(hp) or model.param_mask is not None:
         return
-    pads = {n: padded_size(hp, n) for n in type(hp).static_names()
-            if type(hp).fields()[n].pad_to is not None and not _plain(getattr(hp, n))}
-    listed = ", ".join(f"`{n}` (padded to {a})" for n, a in pads.items())
+    listed = ", ".join(f"`{n}` (padded to {a})" for n, a in padded_fields(hp).items())
     raise ModelError(
         f"model {model.name!r} does not declare padding support, but {listed} of "
         f"{type(hp).__name__} is padded: settings of several values share one program "
@@ -33,10 +31,6 @@ def check_padding(model: Model, hp: HParams) -> None:
         "`param_mask=lambda hp, params: masks` (jaxhp.Model(..., param_mask=...)) and "
         "mask its padded units with jaxhp.unit_mask(hp, name), or declare the field "
         "without pad_to (one program per value)")
-
-
-def _plain(v) -> bool:
-    return isinstance(v, int)
 
 
 def masks(model: Model, hp: HParams, params):
