@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxhp._hparams import did_you_mean
+from jaxhp._hparams import did_you_mean, is_padded
 
 DIRECTIONS = ("min", "max")
 
@@ -64,6 +64,7 @@ class _ModelFields(NamedTuple):
     directions: tuple[tuple[str, str], ...] = ()
     check_data: Callable | None = None
     has_state: bool = False
+    param_mask: Callable | None = None
 
 
 class Model(_ModelFields):
@@ -100,6 +101,17 @@ class Model(_ModelFields):
         batch, hp) -> dict``. The state is not differentiated nor touched by
         the optimizer; it is kept in ``TrainState.model_state``, and results
         hand parameters back as ``(params, state)`` pairs.
+      param_mask: declares that the model supports padded fields
+        (``jaxhp.static(..., pad_to=...)``): ``param_mask(hp, params) -> masks``,
+        a pytree of the structure of ``params`` whose leaves are boolean arrays
+        broadcastable to the parameter's shape (True: a real entry) or ``None``
+        (all real). In a padded group, ``hp``'s padded fields are traced int32
+        scalars and the parameters are allocated at :func:`jaxhp.padded_size`;
+        jaxhp zeroes the masked entries at initialisation and masks every
+        gradient and optimizer update, so they stay exactly zero. The model
+        itself masks the padded units in its forward pass
+        (:func:`jaxhp.unit_mask`). ``None`` (default): a padded group is refused
+        before compiling.
 
     Example:
       >>> model = jaxhp.Model(init, loss, optimizer, metrics, hparams=MyHP,
@@ -110,13 +122,17 @@ class Model(_ModelFields):
     __slots__ = ()
 
     def __new__(cls, init, loss, optimizer, metrics=None, hparams=None, name="model",
-                directions=None, check_data=None, has_state=False):
+                directions=None, check_data=None, has_state=False, param_mask=None):
         if not isinstance(has_state, bool):
             raise TypeError(f"Model(has_state=...): `has_state`={has_state!r}: must be True "
                             "(the model carries non-trained state such as BatchNorm "
                             "statistics) or False")
+        if param_mask is not None and not callable(param_mask):
+            raise TypeError(f"Model(param_mask=...): `param_mask`={param_mask!r}: must be "
+                            "a function param_mask(hp, params) -> masks, or None")
         return super().__new__(cls, init, loss, optimizer, metrics, hparams, name,
-                               _freeze_directions(directions), check_data, has_state)
+                               _freeze_directions(directions), check_data, has_state,
+                               param_mask)
 
     def _replace(self, **changes) -> Model:
         return Model(**{**self._asdict(), **changes})
@@ -475,7 +491,8 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
     gradient in the parameters (so custom differentiation rules count);
     ``metrics``; ``optimizer(hp).init`` and ``.update``. A stateful model's
     ``loss`` and ``metrics`` are traced with its state, and ``has_state`` is
-    recorded with the names.
+    recorded with the names. For the settings of padded groups, ``param_mask`` is
+    traced too (``"model.param_mask"``, its name recorded; absent otherwise).
 
     Returns:
       ``{"model": {"name", "init", "loss", "optimizer", "metrics": qualified
@@ -522,6 +539,16 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
     for f in FINGERPRINTED:
         out[f"model.{f}"] = (None if getattr(model, f) is None
                              else hashes[f].hexdigest())
+    padded = [hp for hp in hps if is_padded(hp)]
+    if model.param_mask is not None and padded:  # else absent: fingerprints unchanged
+        fn = model.param_mask
+        names["param_mask"] = f"{getattr(fn, '__module__', '?')}.{_qualname(fn)}"
+        h = hashlib.sha256()
+        for hp in padded:
+            params = jax.eval_shape(lambda k, h_: init_fn(model, k, h_), key, hp)[0]
+            _hash_jaxpr(h, make(lambda h_, p: jax.tree_util.tree_map(
+                lambda m: m, fn(h_, p), is_leaf=lambda m: m is None))(hp, params))
+        out["model.param_mask"] = h.hexdigest()
     return out
 
 
