@@ -150,6 +150,20 @@ def own_steps(hp: HParams) -> jax.Array | None:
     return jnp.asarray(v, jnp.int32)
 
 
+def refuse_padded_steps(hp: HParams, caller: str, statics: dict) -> None:
+    """Refuses, before anything compiles, a static group that pads ``steps`` in a search
+    that sets its members' steps itself (successive halving's rungs, PBT's ready points):
+    there the step count is the search's budget, the same for every member it trains."""
+    if own_steps(hp) is None:
+        return
+    raise ValueError(
+        f"{caller}(): `steps` is padded (declared static(..., pad_to=...)), and the static "
+        f"group {statics} would run members of different step counts in one program; "
+        f"{caller} gives its members their step budgets itself, so it needs `steps` "
+        "unpadded: declare it without pad_to (or with pad_to='auto', which leaves a "
+        "group of equal step counts unpadded, e.g. after max_steps=/steps=)")
+
+
 def _downsample(losses: jax.Array, every: int | None, stop=None) -> jax.Array:
     """Windows of ``every`` steps averaged. ``stop`` (a member's own step count in a
     padded group): steps from ``stop`` on are not the member's; a window straddling

@@ -42,7 +42,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, resolve_loop
+from jaxhp._train import check_key, refuse_padded_steps, resolve_loop
 
 
 class HalvingResult(SweepResult):
@@ -189,6 +189,8 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
                          "train longer than the last")
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = group_firsts(table)
+    for gi, first in enumerate(firsts):
+        refuse_padded_steps(first, who, dict(table.group_statics[gi]))
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:

@@ -42,7 +42,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, learned, resolve_loop
+from jaxhp._train import check_key, learned, refuse_padded_steps, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.
@@ -345,6 +345,8 @@ def pbt(
                          "exploit needs at least 2 per static group")
     spec, factors = _explore_spec(table.cls, fields, perturb)
     firsts = group_firsts(table)
+    for gi, first in enumerate(firsts):
+        refuse_padded_steps(first, "pbt", dict(table.group_statics[gi]))
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:

@@ -25,7 +25,7 @@ from jaxhp._data import Folds, Split, check_split
 from jaxhp._folds import check_folds
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
-from jaxhp._train import resolve_loop
+from jaxhp._train import refuse_padded_steps, resolve_loop
 
 
 class GroupPlan(NamedTuple):
@@ -114,6 +114,10 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
             steps = int(np.unique(table.columns["steps"])[0])
         table = replace_columns(table, steps=np.full(len(table), steps))
     firsts = group_firsts(table)
+    if search in ("halving", "hyperband", "pbt"):
+        who = {"halving": "successive_halving"}.get(search, search)
+        for gi, first in enumerate(firsts):
+            refuse_padded_steps(first, who, dict(table.group_statics[gi]))
     out = []
     for gi, first in enumerate(firsts):
         n = len(table.rows(gi))
