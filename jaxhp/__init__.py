@@ -35,9 +35,11 @@ from jaxhp._hosts import chunk_defaults as chunk_defaults
 from jaxhp._hparams import Field as Field
 from jaxhp._hparams import HParams as HParams
 from jaxhp._hparams import HParamsError as HParamsError
+from jaxhp._hparams import padded_size as padded_size
 from jaxhp._hparams import stack as stack
 from jaxhp._hparams import static as static
 from jaxhp._hparams import tunable as tunable
+from jaxhp._hparams import unit_mask as unit_mask
 from jaxhp._io import FormatError as FormatError
 from jaxhp._model import Model as Model
 from jaxhp._model import ModelError as ModelError
@@ -129,6 +131,7 @@ __all__ = [
     "models",
     "nn",
     "optuna_search",
+    "padded_size",
     "pbt",
     "quasirandom",
     "random",
@@ -144,4 +147,5 @@ __all__ = [
     "tunable",
     "tune_gradient",
     "uniform",
+    "unit_mask",
 ]

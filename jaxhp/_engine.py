@@ -45,7 +45,7 @@ from jaxhp._hosts import (
     global_put,
     spans_processes,
 )
-from jaxhp._hparams import HParams, HParamsError
+from jaxhp._hparams import HParams, HParamsError, pad_alloc
 from jaxhp._io import FormatError
 from jaxhp._model import Model, ModelError, abstract_init, metric_names
 from jaxhp._record import ChunkRecord, GroupInfo
@@ -519,8 +519,10 @@ def settings_columns(hp: HParams, rows) -> dict[str, np.ndarray]:
     """``{field: column}`` of rows ``rows`` of a batched setting (its statics repeated,
     typed as a settings table types them)."""
     idx = np.asarray(rows, np.int64)
-    tunable = set(type(hp).tunable_names())
-    return {name: np.asarray(getattr(hp, name))[idx] if name in tunable
+    per_member = set(type(hp).tunable_names())  # and the padded fields of a padded group
+    per_member |= {n for n, v in hp.statics().items()
+                   if type(hp).fields()[n].pad_to is not None and pad_alloc(v) is not None}
+    return {name: np.asarray(getattr(hp, name))[idx] if name in per_member
             else constant_column(f, getattr(hp, name), idx.size)
             for name, f in type(hp).fields().items()}
 

@@ -19,6 +19,7 @@ import difflib
 import inspect
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -72,6 +73,7 @@ class Field:
     integer: bool = False
     choices: tuple | None = None
     doc: str = ""
+    pad_to: int | str | None = None
 
     @property
     def is_static(self) -> bool:
@@ -100,6 +102,9 @@ class Field:
             parts.append("> 0 (log scale)")
         if self.integer:
             parts.append("an integer")
+        if self.pad_to is not None:
+            parts.append(f"<= {self.pad_to} (padded)" if self.pad_to != AUTO
+                         else "padded (auto buckets)")
         kind = "static" if self.is_static else f"tunable {tunable_dtype().name} scalar"
         return f"{kind}" + (", " + ", ".join(parts) if parts else "")
 
@@ -115,6 +120,9 @@ class Field:
             return f"must be {'<' if self.high_open else '<='} {self.high!r}"
         if self.log and v <= 0:
             return "must be > 0 because the field is log-scaled"
+        if isinstance(self.pad_to, int) and v > self.pad_to:
+            return (f"must be <= pad_to={self.pad_to} (a padded field: every value shares "
+                    f"one program allocated at {self.pad_to})")
         return None
 
     # ------------------------------------------------- vectorised, on columns
@@ -130,6 +138,8 @@ class Field:
                 bad |= (x > self.high) | ((x == self.high) if self.high_open else False)
             if self.log:
                 bad |= x <= 0
+            if isinstance(self.pad_to, int):
+                bad |= x > self.pad_to
         return bad
 
     def check_column(self, values: Any, name: str = "value") -> tuple[np.ndarray, str | None]:
@@ -187,7 +197,8 @@ class Field:
 
     def _bad_static_column(self, arr: np.ndarray, name: str) -> np.ndarray:
         if arr.dtype.kind in "iuf" and self.choices is None:
-            if self.low is None and self.high is None and not self.integer:
+            if self.low is None and self.high is None and not self.integer \
+                    and self.pad_to is None:
                 return np.zeros(arr.shape[0], bool)
             return self._bad_numbers(arr.astype(np.float64))
         uniques, codes = factorize(arr, exact=True)
@@ -269,6 +280,7 @@ def static(
     integer: bool = False,
     choices: Sequence | None = None,
     doc: str = "",
+    pad_to: int | str | None = None,
 ) -> Any:
     """Declares a static (structural) field: part of the compile key.
 
@@ -280,6 +292,16 @@ def static(
       integer: the value must be an integer.
       choices: the allowed values.
       doc: a one-line description.
+      pad_to: makes an integer size (a width) *padded*: settings that differ
+        only in padded fields share one compiled program whose arrays are
+        allocated at the largest size, each member masking the units beyond
+        its own value. An int: every value (at most ``pad_to``) shares one
+        program allocated at ``pad_to``. ``"auto"``: the distinct values are
+        bucketed (:func:`auto_buckets`), each bucket allocated at its largest
+        value. Needs ``integer=True`` and ``low >= 1``; ``None`` (default): an
+        ordinary static field. Inside a padded program the field is a traced
+        int32 scalar; :func:`padded_size` gives the allocation and
+        :func:`unit_mask` the mask of real units.
 
     Returns:
       A field declaration, to be assigned in an :class:`HParams` subclass.
@@ -287,10 +309,84 @@ def static(
     Example:
       >>> class MLP(HParams):
       ...     width: int = static(128, low=1, integer=True)
+      ...     depth: int = static(2, low=1, integer=True, pad_to=None)
     """
     _check_rule_args("static", default, low, high, False, integer, choices)
+    _check_pad_to(default, low, integer, choices, pad_to)
     return Field(STATIC, default, low, high, low_open, high_open, False, integer,
-                 None if choices is None else tuple(choices), doc)
+                 None if choices is None else tuple(choices), doc, pad_to)
+
+
+AUTO = "auto"
+# pad_to="auto": a value joins a bucket when it is at least this fraction of the
+# bucket's allocation (its largest value), so no member computes more than 1/AUTO_RATIO
+# times its own width (1/AUTO_RATIO**2 in a width x width layer).
+AUTO_RATIO = 0.5
+
+
+def _check_pad_to(default, low, integer, choices, pad_to) -> None:
+    if pad_to is None:
+        return
+    rule = ("pad_to is an int (the allocation every value shares) or 'auto' (values "
+            "bucketed automatically)")
+    if isinstance(pad_to, str):
+        if pad_to != AUTO:
+            raise ValueError(f"static(): `pad_to`={pad_to!r}: {rule}")
+    elif isinstance(pad_to, bool) or not isinstance(pad_to, numbers.Integral) or pad_to < 1:
+        raise ValueError(f"static(): `pad_to`={pad_to!r}: {rule}, an int must be >= 1")
+    why = "only an integer size field with low >= 1 (a width, a count) can be padded"
+    if not integer:
+        raise ValueError(f"static(): `pad_to`={pad_to!r} needs integer=True: {why}")
+    if low is None or low < 1:
+        raise ValueError(f"static(): `pad_to`={pad_to!r} needs low >= 1, got low={low!r}: "
+                         f"{why}")
+    if choices is not None:
+        raise ValueError(f"static(): `pad_to`={pad_to!r} with `choices`: {why}; give "
+                         "low/high bounds instead of choices")
+    if isinstance(pad_to, numbers.Integral) and pad_to < low:
+        raise ValueError(f"static(): `pad_to`={pad_to!r} is below low={low!r}")
+    if default is None:
+        raise ValueError(f"static(): `pad_to`={pad_to!r} with default None: {why}")
+    if isinstance(pad_to, numbers.Integral) and is_real(default) and default > pad_to:
+        raise ValueError(f"static(): default {default!r} exceeds `pad_to`={pad_to!r}")
+
+
+_PAD_LABEL = re.compile(r"^padded to (\d+)$")
+
+
+def pad_label(size: int) -> str:
+    """How a padded field appears in a static key and a group's statics:
+    ``"padded to 256"`` (hashable and plain JSON)."""
+    return f"padded to {int(size)}"
+
+
+def pad_alloc(value: Any) -> int | None:
+    """The allocation a :func:`pad_label` names, or ``None`` for any other value."""
+    if isinstance(value, str):
+        m = _PAD_LABEL.match(value)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def auto_buckets(values: Sequence[int], ratio: float = AUTO_RATIO) -> dict[int, int]:
+    """``pad_to="auto"``: each distinct value's bucket allocation.
+
+    The values are taken from the largest down; the largest opens a bucket
+    allocated at itself, and each next value joins the open bucket when it is at
+    least ``ratio`` times the bucket's allocation, else opens a new one.
+
+    Example:
+      >>> auto_buckets([16, 32, 48, 64, 256])
+      {256: 256, 64: 64, 48: 64, 32: 64, 16: 16}
+    """
+    out: dict[int, int] = {}
+    alloc = None
+    for v in sorted(set(int(x) for x in values), reverse=True):
+        if alloc is None or v < ratio * alloc:
+            alloc = v
+        out[v] = alloc
+    return out
 
 
 def tunable(
@@ -602,21 +698,43 @@ class HParams:
 
     # ---------------------------------------------------------------- pytree
     def _tree_flatten(self):
-        return ([getattr(self, n) for n in self._tunable_names],
-                tuple(getattr(self, n) for n in self._static_names))
+        pads = _pads_of(self)
+        if not pads:
+            return ([getattr(self, n) for n in self._tunable_names],
+                    tuple(getattr(self, n) for n in self._static_names))
+        # A padded field of a padded group: its per-member value is a leaf (after the
+        # tunables), its allocation is static (the aux data names it, pad_label()).
+        children = [getattr(self, n) for n in self._tunable_names]
+        children += [getattr(self, n) for n in self._static_names if n in pads]
+        aux = tuple(pad_label(pads[n]) if n in pads else getattr(self, n)
+                    for n in self._static_names)
+        return children, aux
 
     def _tree_flatten_with_keys(self):
         children, aux = self._tree_flatten()
-        keys = [jax.tree_util.GetAttrKey(n) for n in self._tunable_names]
+        names = list(self._tunable_names) + [n for n in self._static_names
+                                             if n in _pads_of(self)]
+        keys = [jax.tree_util.GetAttrKey(n) for n in names]
         return list(zip(keys, children)), aux
 
     @classmethod
     def _tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
+        pads = {}
         for n, v in zip(cls._static_names, aux):
+            alloc = pad_alloc(v) if cls._fields[n].pad_to is not None else None
+            if alloc is None:
+                object.__setattr__(obj, n, v)
+            else:
+                pads[n] = alloc
+        children = list(children)
+        k = len(cls._tunable_names)
+        for n, v in zip(cls._tunable_names, children[:k]):
             object.__setattr__(obj, n, v)
-        for n, v in zip(cls._tunable_names, children):
-            object.__setattr__(obj, n, v)
+        if pads:
+            for n, v in zip([n for n in cls._static_names if n in pads], children[k:]):
+                object.__setattr__(obj, n, v)
+            object.__setattr__(obj, "_pads", pads)
         return obj
 
     # ----------------------------------------------------------------- views
@@ -636,8 +754,9 @@ class HParams:
         return cls._tunable_names
 
     def statics(self) -> dict[str, Any]:
-        """The static part, as a dict."""
-        return {n: getattr(self, n) for n in self._static_names}
+        """The static part, as a dict (a padded field of a padded group: its
+        allocation's label, ``"padded to 256"``)."""
+        return dict(zip(self._static_names, self.static_key()))
 
     def tunables(self) -> dict[str, Any]:
         """The tunable part, as a dict of arrays (of :func:`tunable_dtype`)."""
@@ -645,14 +764,15 @@ class HParams:
 
     def static_key(self) -> tuple:
         """A hashable key of the static part: settings with equal keys share a program."""
-        return tuple(getattr(self, n) for n in self._static_names)
+        return self._tree_flatten()[1]
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """The shape of the tunable leaves: ``()`` for one setting."""
-        if not self._tunable_names:
+        leaves = self._tree_flatten()[0]
+        if not leaves:
             return ()
-        return tuple(np.shape(getattr(self, self._tunable_names[0])))
+        return tuple(np.shape(leaves[0]))
 
     def __len__(self) -> int:
         shape = self.batch_shape
@@ -678,6 +798,10 @@ class HParams:
           >>> hp.replace(learning_rate=0.3)
           >>> batch.replace(l2=1e-2)  # every setting of the batch
         """
+        if _pads_of(self):
+            raise TypeError(f"replace() on a {type(self).__name__} of a padded group "
+                            f"(fields {sorted(_pads_of(self))} are per-member arrays): "
+                            "replace settings before they are batched")
         shape = self.batch_shape
         if shape:
             return self._replace_batched(shape, changes)
@@ -717,9 +841,10 @@ class HParams:
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (floats for tunables of one setting), for JSON."""
         out = {}
+        pads = _pads_of(self)
         for n in self._fields:
             v = getattr(self, n)
-            if n in self._tunable_names and not _is_tracer(v):
+            if (n in self._tunable_names or n in pads) and not _is_tracer(v):
                 v = np.asarray(v).tolist()
             out[n] = v
         return out
@@ -759,8 +884,7 @@ class HParams:
             return NotImplemented
         if self.static_key() != other.static_key():
             return False
-        for n in self._tunable_names:
-            a, b = getattr(self, n), getattr(other, n)
+        for a, b in zip(self._tree_flatten()[0], other._tree_flatten()[0]):
             if _is_tracer(a) or _is_tracer(b):
                 if a is not b:
                     return False
@@ -770,8 +894,7 @@ class HParams:
 
     def __hash__(self) -> int:
         vals = []
-        for n in self._tunable_names:
-            v = getattr(self, n)
+        for v in self._tree_flatten()[0]:
             # + 0.0 maps -0.0 to 0.0: they compare equal, so they must hash equal.
             vals.append(id(v) if _is_tracer(v) else (np.asarray(v) + np.float32(0)).tobytes())
         return hash((type(self).__name__, self.static_key(), tuple(vals)))
@@ -809,7 +932,85 @@ def stack(settings: Sequence[HParams]) -> HParams:
                              f"fields ({'; '.join(diff)}); group settings by "
                              "static_key() first")
     return jax.tree_util.tree_map(
-        lambda *xs: np.stack([np.asarray(x, tunable_dtype()) for x in xs]), *settings)
+        lambda *xs: np.stack([np.asarray(x, _leaf_dtype(x)) for x in xs]), *settings)
+
+
+def _leaf_dtype(x) -> np.dtype:
+    """A leaf's dtype in a stack: int32 for a padded field's values, else tunable."""
+    return np.dtype(np.int32) if np.asarray(x).dtype.kind in "iu" else tunable_dtype()
+
+
+def _pads_of(hp: HParams) -> dict[str, int]:
+    """``{field: allocation}`` of the fields padded in ``hp`` (empty: none)."""
+    return hp.__dict__.get("_pads", {})
+
+
+def padded_size(hp: HParams, name: str) -> int:
+    """The static allocation of a size field: in a padded group (a field declared
+    ``static(..., pad_to=...)``), the size its arrays are allocated at; otherwise the
+    field's own value.
+
+    Args:
+      hp: a setting (inside a model function: the member's, possibly traced).
+      name: an integer static field.
+
+    Returns:
+      A Python int, usable as a shape.
+
+    Raises:
+      ValueError: ``name`` is not an integer static field of ``hp``.
+
+    Example:
+      >>> w = jax.random.normal(key, (jaxhp.padded_size(hp, "width"), n_in))
+    """
+    f = _size_field(hp, name, "padded_size")
+    pads = _pads_of(hp)
+    if name in pads:
+        return pads[name]
+    v = getattr(hp, name)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"padded_size(): `{name}`={v!r} is not an integer size "
+                         f"({f.rule()})")
+    return int(v)
+
+
+def unit_mask(hp: HParams, name: str, dtype: Any = bool) -> jax.Array:
+    """Which of the :func:`padded_size` units of a size field are real: the array
+    ``arange(padded_size(hp, name)) < getattr(hp, name)`` (all ones when not padded).
+
+    Args:
+      hp: a setting (the member's, inside a model function).
+      name: an integer static field.
+      dtype: the mask's dtype (``bool``, or a float dtype to multiply with).
+
+    Returns:
+      An array of shape ``(padded_size(hp, name),)`` (with the batch's leading axes
+      for a batched ``hp``).
+
+    Example:
+      >>> h = jnp.where(jaxhp.unit_mask(hp, "width"), jax.nn.relu(x @ w), 0.0)
+    """
+    import jax.numpy as jnp
+
+    size = padded_size(hp, name)
+    value = jnp.asarray(getattr(hp, name))
+    return (jnp.arange(size) < value[..., None]).astype(dtype)
+
+
+def _size_field(hp: Any, name: str, caller: str) -> Field:
+    if not isinstance(hp, HParams):
+        raise TypeError(f"{caller}(): `hp` must be an HParams setting, got "
+                        f"{type(hp).__name__}")
+    f = type(hp).fields().get(name)
+    if f is None or not f.is_static or not f.integer:
+        raise ValueError(f"{caller}(): `{name}` is not an integer static field of "
+                         f"{type(hp).__name__}{did_you_mean(name, type(hp).fields())}")
+    return f
+
+
+def is_padded(hp: HParams) -> bool:
+    """Whether ``hp`` belongs to a padded group (some padded field is per member)."""
+    return bool(_pads_of(hp))
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Field)}

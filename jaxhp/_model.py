@@ -64,6 +64,7 @@ class _ModelFields(NamedTuple):
     directions: tuple[tuple[str, str], ...] = ()
     check_data: Callable | None = None
     has_state: bool = False
+    param_mask: Callable | None = None
 
 
 class Model(_ModelFields):
@@ -100,6 +101,17 @@ class Model(_ModelFields):
         batch, hp) -> dict``. The state is not differentiated nor touched by
         the optimizer; it is kept in ``TrainState.model_state``, and results
         hand parameters back as ``(params, state)`` pairs.
+      param_mask: declares that the model supports padded fields
+        (``jaxhp.static(..., pad_to=...)``): ``param_mask(hp, params) -> masks``,
+        a pytree of the structure of ``params`` whose leaves are boolean arrays
+        broadcastable to the parameter's shape (True: a real entry) or ``None``
+        (all real). In a padded group, ``hp``'s padded fields are traced int32
+        scalars and the parameters are allocated at :func:`jaxhp.padded_size`;
+        jaxhp zeroes the masked entries at initialisation and masks every
+        gradient and optimizer update, so they stay exactly zero. The model
+        itself masks the padded units in its forward pass
+        (:func:`jaxhp.unit_mask`). ``None`` (default): a padded group is refused
+        before compiling.
 
     Example:
       >>> model = jaxhp.Model(init, loss, optimizer, metrics, hparams=MyHP,
@@ -110,13 +122,17 @@ class Model(_ModelFields):
     __slots__ = ()
 
     def __new__(cls, init, loss, optimizer, metrics=None, hparams=None, name="model",
-                directions=None, check_data=None, has_state=False):
+                directions=None, check_data=None, has_state=False, param_mask=None):
         if not isinstance(has_state, bool):
             raise TypeError(f"Model(has_state=...): `has_state`={has_state!r}: must be True "
                             "(the model carries non-trained state such as BatchNorm "
                             "statistics) or False")
+        if param_mask is not None and not callable(param_mask):
+            raise TypeError(f"Model(param_mask=...): `param_mask`={param_mask!r}: must be "
+                            "a function param_mask(hp, params) -> masks, or None")
         return super().__new__(cls, init, loss, optimizer, metrics, hparams, name,
-                               _freeze_directions(directions), check_data, has_state)
+                               _freeze_directions(directions), check_data, has_state,
+                               param_mask)
 
     def _replace(self, **changes) -> Model:
         return Model(**{**self._asdict(), **changes})

@@ -23,16 +23,20 @@ from typing import Any
 import numpy as np
 
 from jaxhp._hparams import (
+    AUTO,
     MISSING,
     Field,
     HParams,
     HParamsError,
     as_column,
+    auto_buckets,
     column_of,
     did_you_mean,
     factorize,
     is_real,
     item_at,
+    pad_alloc,
+    pad_label,
     to_tunable,
     tunable_dtype,
     tunable_values,
@@ -226,11 +230,14 @@ def _grouping(cls: type[HParams], columns: Mapping[str, np.ndarray],
     """Group ids (by first appearance) and each group's statics, from the static columns.
 
     Rows share a group when their statics are equal as ``static_key()`` compares
-    them (``==``).
+    them (``==``), a padded field (``static(..., pad_to=...)``) compared by its
+    allocation (:func:`padded_keys`): rows that differ only in padded values of one
+    allocation share a group, whose statics name it (``"padded to 256"``).
     """
     names = cls.static_names()
     if n == 0:
         return np.zeros(0, np.int64), []
+    columns = {**columns, **padded_keys(cls, columns)}
     combined = np.zeros(n, np.int64)
     radix = 1
     for name in names:
@@ -255,6 +262,32 @@ def _grouping(cls: type[HParams], columns: Mapping[str, np.ndarray],
         groups, firsts = rank[inverse.reshape(-1)], first[order]
     statics = [{name: item_at(columns[name], int(r)) for name in names} for r in firsts]
     return groups, statics
+
+
+def padded_keys(cls: type[HParams], columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The grouping key of every padded field: its allocation's :func:`pad_label`.
+
+    ``pad_to=N``: every row is allocated at ``N``. ``pad_to="auto"``: the field's
+    distinct values are bucketed (:func:`~jaxhp._hparams.auto_buckets`); a bucket
+    holding one distinct value is not padded (the row keeps its value: an ordinary
+    static group, no masking).
+    """
+    out = {}
+    for name, f in cls.fields().items():
+        if f.pad_to is None or name not in columns:
+            continue
+        col = columns[name]
+        if f.pad_to != AUTO:
+            out[name] = np.full(col.shape[0], pad_label(f.pad_to), object)
+            continue
+        values = col.tolist()
+        buckets = auto_buckets(values)
+        members: dict[int, set] = {}
+        for v, alloc in buckets.items():
+            members.setdefault(alloc, set()).add(v)
+        out[name] = column_of([pad_label(buckets[v]) if len(members[buckets[v]]) > 1
+                               else v for v in values])
+    return out
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -433,6 +466,10 @@ class SettingsTable:
         statics = self._group_statics[g[0]]
         aux = tuple(statics[name] for name in self._cls.static_names())
         leaves = [self._columns[name][idx] for name in self._cls.tunable_names()]
+        # a padded field of a padded group: one int32 value per member (after the tunables)
+        leaves += [self._columns[name][idx].astype(np.int32)
+                   for name, f in self._cls.fields().items()
+                   if f.pad_to is not None and pad_alloc(statics[name]) is not None]
         return self._cls._tree_unflatten(aux, leaves)
 
     # ------------------------------------------------------------ settings

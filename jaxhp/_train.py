@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxhp import _masking
 from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
 from jaxhp._hparams import HParams
 from jaxhp._model import (
@@ -232,6 +233,7 @@ def rowwise_mean(fn, part):
 def start(model: Model, hp: HParams, key: jax.Array):
     """The carry of a run before its first step: ``(TrainState, dead_at=-1)`` (pure)."""
     params, model_state = init_fn(model, jax.random.fold_in(key, INIT), hp)
+    params = _masking.apply(_masking.masks(model, hp, params), params)  # padded: zeros
     state = TrainState(jnp.asarray(0, jnp.int32), params, model.optimizer(hp).init(params),
                        model_state)
     return state, jnp.asarray(-1, jnp.int32)
@@ -272,7 +274,10 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
             (loss, _), grads = jax.value_and_grad(
                 lambda p: loss_fn(model, p, batch, hp, k), has_aux=True)(state.params)
             model_state = None
+        mask = _masking.masks(model, hp, state.params)  # padded group: its padded entries
+        grads = _masking.apply(mask, grads)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        updates = _masking.apply(mask, updates)
         new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                          opt_state, model_state)
         live = dead_at < 0  # healthy, and (padded steps) before the member's own end
@@ -395,6 +400,7 @@ def validate(model: Model, hp: HParams, split: Split, data_checked: bool = False
         check_split(split)
         check_model_data(model, split)
     one = hp[0] if hp.batch_shape else hp
+    _masking.check_padding(model, one)
     batch = abstract_batch(split.train)
     key = (model, jax.tree_util.tree_structure(one),
            tuple(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
