@@ -23,8 +23,13 @@ def check_padding(model: Model, hp: HParams) -> None:
     declare padding support (``Model(param_mask=...)``)."""
     if not is_padded(hp) or model.param_mask is not None:
         return
+    # a padded `steps` is the training loop's (members stop after their own steps,
+    # jaxhp._train.make_step): it allocates no array of the model's
     pads = {n: padded_size(hp, n) for n in type(hp).static_names()
-            if type(hp).fields()[n].pad_to is not None and not _plain(getattr(hp, n))}
+            if type(hp).fields()[n].pad_to is not None and not _plain(getattr(hp, n))
+            and n != "steps"}
+    if not pads:
+        return
     listed = ", ".join(f"`{n}` (padded to {a})" for n, a in pads.items())
     raise ModelError(
         f"model {model.name!r} does not declare padding support, but {listed} of "

@@ -20,7 +20,7 @@ import optax
 
 from jaxhp import _masking
 from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
-from jaxhp._hparams import HParams
+from jaxhp._hparams import HParams, padded_size
 from jaxhp._model import (
     Model,
     abstract_batch,
@@ -149,6 +149,25 @@ def own_steps(hp: HParams) -> jax.Array | None:
     if v is None or isinstance(v, (int, np.integer)):
         return None
     return jnp.asarray(v, jnp.int32)
+
+
+def check_member_steps(hp: HParams, steps, rows, eval_every: int | None) -> None:
+    """The loop's rule on each member's own step count in a group that pads ``steps``
+    (``steps``: the group's column, ``rows``: those rows in the space): ``eval_every``
+    must not exceed any member's steps, as :func:`resolve_loop` requires of one run.
+    A member's evaluations after its own last step are NaN, so ``eval_every`` need
+    not divide its steps (its curve holds the evaluations up to them, as its solo run's)."""
+    if own_steps(hp) is None or not eval_every:
+        return
+    steps = np.asarray(steps)
+    bad = np.flatnonzero(steps < eval_every)
+    if bad.size:
+        i, alloc = int(bad[0]), padded_size(hp, "steps")
+        raise ValueError(f"`eval_every`={eval_every} exceeds `steps`={int(steps[i])} of "
+                         f"setting {int(rows[i])} (steps padded to {alloc}: a member is "
+                         "evaluated after every eval_every of its own steps, as "
+                         f"jaxhp.train evaluates one run); use eval_every <= "
+                         f"{int(steps.min())}")
 
 
 def refuse_padded_steps(hp: HParams, caller: str, statics: dict) -> None:
@@ -363,7 +382,9 @@ def resolve_loop(hp: HParams, n_train: int, eval_every: int | None,
     if "steps" not in names or not names["steps"].is_static:
         raise ValueError(f"{type(hp).__name__} needs a static `steps` field "
                          "(jaxhp.static(...)): the number of training steps")
-    steps = hp.steps
+    # padded (a per-member int32 leaf): the loop runs the group's allocation, each
+    # member stopping after its own steps (make_step); check_member_steps checks those
+    steps = hp.steps if own_steps(hp) is None else padded_size(hp, "steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"`steps`={steps!r}: must be an integer >= 1")
     batch_size = getattr(hp, "batch_size", None)

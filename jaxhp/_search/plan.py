@@ -25,7 +25,7 @@ from jaxhp._data import Folds, Split, check_split
 from jaxhp._folds import check_folds
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
-from jaxhp._train import refuse_padded_steps, resolve_loop
+from jaxhp._train import check_member_steps, refuse_padded_steps, resolve_loop
 
 
 class GroupPlan(NamedTuple):
@@ -124,6 +124,8 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
         statics = dict(table.group_statics[gi])
         if search == "sweep":
             cfg = resolve_loop(first, n_train, eval_every, loss_every)
+            rows = table.rows(gi)
+            check_member_steps(first, table.columns["steps"][rows], rows, eval_every)
             per = engine.member_bytes(model, first, cfg,
                                       engine.count_metrics(model, first, split.val),
                                       keep_params)

@@ -30,7 +30,7 @@ from jaxhp._model import Model, model_fingerprint
 from jaxhp._padded import check_padded_folds
 from jaxhp._record import ChunkRecord
 from jaxhp._result import SweepResult, resolve_direction
-from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
+from jaxhp._train import LoopConfig, check_key, check_member_steps, eval_steps, resolve_loop
 
 __all__ = ["SweepWarning", "sweep"]
 
@@ -155,6 +155,8 @@ def sweep(
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
     cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
+    for idx, first in zip(groups, firsts):  # a group that pads `steps`: each member's own
+        check_member_steps(first, table.columns["steps"][idx], idx, eval_every)
     failures, errors = engine.validate_groups(model, firsts, data, on_error)
     parts = (data.train, data.val) if folds is None else folds.stacked()
     if folds is not None:
