@@ -96,21 +96,22 @@ def test_mixed_steps_compile_once_and_each_member_equals_its_solo_run(mixed):
 
 
 def test_diverging_members_in_a_mixed_steps_group():
-    # plain SGD on the full batch: lr 1e3 diverges at step 6, lr 1e8 at step 3 (solo);
+    # plain SGD on the full batch: alone, lr 1e4 diverges at step 5 and lr 1e8 at step 3;
     # a member whose own steps end before that step stays healthy, as its solo run does
-    space = jaxhp.grid(steps=STEPS, learning_rate=[0.05, 1e3, 1e8])
+    # (steps=5, lr=1e4: the step that would diverge is the member's first masked one)
+    space = jaxhp.grid(steps=[5, 8], learning_rate=[0.05, 1e4, 1e8])
     result = jaxhp.sweep(MODEL, space, SPLIT, key=KEY, base=StepsHP(), **LOOP)
     assert len(result.groups) == 1
     dead = []
-    for i in range(9):
+    for i in range(6):
         own = int(result.table.columns["steps"][i])
         run = _solo(i, result, 0)
         _assert_member_is_solo(result, i, 0, run, own)
         dead.append(int(run.diverged_at))
-    # (steps, lr) in grid order: (3, 0.05), (3, 1e3), (3, 1e8), (5, 0.05), ...
-    assert dead == [-1, -1, -1, -1, -1, 3, -1, 6, 3]
-    status = result.status[:, 0].tolist()
-    assert [status[i] for i in (5, 7, 8)] == ["diverged"] * 3
+    # (steps, lr) in grid order: (5, 0.05), (5, 1e4), (5, 1e8), (8, 0.05), ...
+    assert dead == [-1, -1, 3, -1, 5, 3]
+    assert result.status[:, 0].tolist() == ["ok", "ok", "diverged", "ok", "diverged",
+                                            "diverged"]
     assert result.best("mse").setting.learning_rate == pytest.approx(0.05)
 
 
@@ -161,4 +162,21 @@ def test_refused_before_compiling():
                        max_steps=8)
         with pytest.raises(ValueError, match=r"pbt\(\): `steps` is padded .*unpadded"):
             jaxhp.pbt(MODEL, SPACE, SPLIT, key=KEY, base=StepsHP(), steps=8, ready_every=4)
+    assert c.count == 0
+
+
+class AutoHP(LinearHP):
+    steps: int = jaxhp.static(8, low=1, integer=True, pad_to="auto")
+
+
+def test_adaptive_searches_run_auto_padded_steps_made_equal():
+    # max_steps= (pbt: steps=) gives every setting one count: the "auto" group is unpadded
+    result = jaxhp.successive_halving(MODEL, SPACE, SPLIT, key=KEY, base=AutoHP(),
+                                      min_steps=2, max_steps=4, eta=2)
+    assert result.groups[0].statics["steps"] == 4 and result.compile_count == 2
+    assert sorted(r.steps for r in result.rungs) == [2, 4]
+    with count_compiles() as c:  # past the padding check: the next check is the metric's
+        with pytest.raises(jaxhp.SelectionError, match="unknown validation metric 'nope'"):
+            jaxhp.pbt(MODEL, SPACE, SPLIT, key=KEY, base=AutoHP(), steps=8, ready_every=4,
+                      metric="nope")
     assert c.count == 0
