@@ -20,7 +20,7 @@ import optax
 
 from jaxhp import _masking
 from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
-from jaxhp._hparams import HParams, padded_size
+from jaxhp._hparams import HParams, is_padded, padded_size
 from jaxhp._model import (
     Model,
     abstract_batch,
@@ -146,7 +146,7 @@ def own_steps(hp: HParams) -> jax.Array | None:
     In a padded group the loop runs the group's allocation (``LoopConfig.steps``)
     and a member stops updating after its own last step (:func:`make_step`)."""
     v = getattr(hp, "steps", None)
-    if v is None or isinstance(v, (int, np.integer)):
+    if not is_padded(hp) or v is None or isinstance(v, (int, np.integer)):
         return None
     return jnp.asarray(v, jnp.int32)
 
