@@ -8,7 +8,9 @@ frozen); its curves after that step are NaN; everything else equals its solo
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import count_compiles
 
@@ -180,3 +182,39 @@ def test_adaptive_searches_run_auto_padded_steps_made_equal():
             jaxhp.pbt(MODEL, SPACE, SPLIT, key=KEY, base=AutoHP(), steps=8, ready_every=4,
                       metric="nope")
     assert c.count == 0
+
+
+def _counting_model() -> jaxhp.Model:
+    """Linear regression whose model state counts the steps it trained (`seen`)."""
+
+    def init(key, hp):
+        del key, hp
+        return {"w": jnp.zeros((4,)), "b": jnp.zeros(())}, {"n": jnp.zeros((), jnp.int32)}
+
+    def loss(params, state, batch, hp, key=None):
+        mse = jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
+        return mse, ({}, {"n": state["n"] + 1})
+
+    def metrics(params, state, batch, hp):
+        mse = jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
+        return {"mse": mse, "seen": state["n"].astype(mse.dtype)}
+
+    return jaxhp.Model(init, loss, lambda hp: optax.sgd(hp.learning_rate), metrics, LinearHP,
+                       "counting", directions={"mse": "min", "seen": "max"}, has_state=True)
+
+
+def test_model_state_is_frozen_after_the_members_own_steps():
+    model = _counting_model()
+    space = jaxhp.grid(steps=[3, 5], learning_rate=[0.1])
+    result = jaxhp.sweep(model, space, SPLIT, key=KEY, base=StepsHP(batch_size=16),
+                         keep_params=True)
+    assert result.compile_count == 1
+    assert result.val["seen"][:, 0].tolist() == [3.0, 5.0]
+    hp = LinearHP(steps=3, learning_rate=0.1, batch_size=16)
+    run = jaxhp.train(model, hp, SPLIT, key=jax.random.fold_in(KEY, 0))
+    params, state = result.params(0)
+    assert int(state["n"]) == 3 == int(run.state.model_state["n"])
+    for a, b in zip(jax.tree_util.tree_leaves(params),
+                    jax.tree_util.tree_leaves(run.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.val["mse"][0, 0], run.val["mse"], rtol=1e-5)
