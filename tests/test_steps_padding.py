@@ -120,7 +120,10 @@ def test_diverging_members_in_a_mixed_steps_group():
 def test_resume_from_checkpoint_is_bit_identical(mixed, tmp_path):
     result, _ = mixed
 
+    reported = []
+
     def stop_after_first(record):
+        reported.append((record.step, record.settings["steps"].tolist()))
         if record.chunk == 1:
             raise RuntimeError("stopped after the first chunk")
 
@@ -129,6 +132,7 @@ def test_resume_from_checkpoint_is_bit_identical(mixed, tmp_path):
                     **SWEEP)
     resumed = jaxhp.sweep(MODEL, SPACE, SPLIT, checkpoint_dir=tmp_path, **SWEEP)
     assert c.count == 0  # the fixture's program
+    assert reported == [(8, [3, 3]), (8, [5, 5])]  # the steps the program ran; own counts
     assert resumed.groups[0].chunks_loaded == 1
     for name in ("train_loss", "loss_curve", "diverged_at"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(result, name))
