@@ -22,6 +22,7 @@ from jaxhp._hparams import (
     class_from_declaration,
     column_of,
     did_you_mean,
+    pad_alloc,
 )
 from jaxhp._io import (
     RESULT_FORMAT_VERSION,
@@ -705,7 +706,8 @@ class SweepResult:
         are in :attr:`TestReport.params`.
         """
         if self._params is not None and self._params[index] is not None:
-            return jax.tree_util.tree_map(lambda a: a[seed], self._params[index])
+            tree = jax.tree_util.tree_map(lambda a: a[seed], self._params[index])
+            return self._own_shapes(index, tree, model)
         saved = self._saved_params
         if saved is not None and saved[2][index]:
             model = model if model is not None else self._model
@@ -724,6 +726,20 @@ class SweepResult:
         if self.cv:  # column `seed` is that seed on its fold
             split = split.split(int(self.fold_ids[seed]))
         return member_params(model, self.setting(index), split, key, self.seed_ids[seed])
+
+    def _own_shapes(self, index: int, tree, model):
+        """Kept parameters of a padded group (allocated at the group's size) cut to the
+        setting's own shapes: the leading block of every axis, which is what the
+        unpadded model holds (padded units come last and are zero)."""
+        g = int(self.group_of[index]) if self.group_of is not None else -1
+        if g < 0 or not any(pad_alloc(v) is not None for v in self.groups[g].statics.values()):
+            return tree
+        model = model if model is not None else self._model
+        if model is None:
+            return tree
+        own = learned_shapes(model, self.setting(index))
+        return jax.tree_util.tree_map(
+            lambda a, s: a[tuple(slice(0, d) for d in s.shape)], tree, own)
 
     def _context(self, model, split):
         model = model if model is not None else self._model

@@ -22,7 +22,7 @@ def require(module: str, adapter: str):
 
 
 def check_args(adapter: str, factory, loss, optimizer, metrics, input,
-               has_state=False) -> None:
+               has_state=False, param_mask=None) -> None:
     """Refuses arguments of the wrong kind, naming them, before anything is traced."""
     for name, fn in (("factory", factory), ("loss", loss), ("optimizer", optimizer)):
         if not callable(fn):
@@ -31,6 +31,9 @@ def check_args(adapter: str, factory, loss, optimizer, metrics, input,
     if metrics is not None and not callable(metrics):
         raise TypeError(f"jaxhp.interop.{adapter}: `metrics` must be callable or None, "
                         f"got {type(metrics).__name__}")
+    if param_mask is not None and not callable(param_mask):
+        raise TypeError(f"jaxhp.interop.{adapter}: `param_mask` must be callable or None, "
+                        f"got {type(param_mask).__name__}")
     if not isinstance(input, str):
         raise TypeError(f"jaxhp.interop.{adapter}: `input` names the batch entry that "
                         f"holds the module's input (a str such as 'x'), got {input!r}")
@@ -56,7 +59,8 @@ def default_name(adapter: str, factory) -> str:
 
 def build_model(adapter: str, *, init: Callable, forward: Callable, loss: Callable,
                 optimizer: Callable, metrics: Callable | None, input: str, hparams,
-                directions, name: str | None, factory, has_state: bool) -> Model:
+                directions, name: str | None, factory, has_state: bool,
+                param_mask: Callable | None = None) -> Model:
     """A :class:`jaxhp.Model` from ``init(key, hp) -> params`` (``(params, state)``
     when ``has_state``) and ``forward(params, state, x, hp, key) -> (out, new_state)``
     (``state`` None when stateless; ``key`` None: evaluation mode, state unchanged)."""
@@ -95,7 +99,7 @@ def build_model(adapter: str, *, init: Callable, forward: Callable, loss: Callab
     return Model(init, model_loss, optimizer,
                  None if metrics is None else model_metrics, hparams,
                  name or default_name(adapter, factory), directions=directions,
-                 check_data=check_data, has_state=has_state)
+                 check_data=check_data, has_state=has_state, param_mask=param_mask)
 
 
 def state_error(adapter: str, what: str) -> ModelError:

@@ -51,6 +51,7 @@ def from_equinox(
     hparams: type | None = None,
     directions=None,
     name: str | None = None,
+    param_mask: Callable | None = None,
 ) -> Model:
     """A :class:`jaxhp.Model` from an Equinox module factory ``(hp, key) -> module``.
 
@@ -90,6 +91,17 @@ def from_equinox(
         The factory returns the module itself (not ``eqx.nn.make_with_state``'s
         pair): the adapter collects its state. Without ``has_state`` a module
         with state is refused.
+      param_mask: declares padding support (a field declared
+        ``jaxhp.static(..., pad_to=...)``), as ``jaxhp.Model(param_mask=...)``:
+        ``param_mask(hp, params) -> masks`` over this adapter's parameters
+        (the module with its untrained arrays None). The module sizes its layers with
+        ``jaxhp.padded_size(hp, name)`` and masks its padded units with
+        ``jaxhp.unit_mask(hp, name)``.
+        The library's initialisers and dropout draw over the allocated shape
+        (and scale by its fan-in), so a padded member equals its unpadded run
+        only with an initialisation and dropout whose real units draw what the
+        unpadded module draws (see the README, "Widths and step counts in one
+        program").
       hparams, directions, name: as in :class:`jaxhp.Model` (``name`` defaults
         to ``from_equinox(<factory>)``).
 
@@ -110,7 +122,8 @@ def from_equinox(
       ...     optimizer=lambda hp: optax.adam(hp.learning_rate), hparams=MyHP)
     """
     eqx = require("equinox", "from_equinox")
-    check_args("from_equinox", factory, loss, optimizer, metrics, input, has_state)
+    check_args("from_equinox", factory, loss, optimizer, metrics, input, has_state,
+               param_mask)
 
     is_index = lambda x: isinstance(x, eqx.nn.StateIndex)
 
@@ -187,4 +200,4 @@ def from_equinox(
     return build_model("from_equinox", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
                        directions=directions, name=name, factory=factory,
-                       has_state=has_state)
+                       has_state=has_state, param_mask=param_mask)

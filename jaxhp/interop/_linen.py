@@ -46,6 +46,7 @@ def from_linen(
     hparams: type | None = None,
     directions=None,
     name: str | None = None,
+    param_mask: Callable | None = None,
 ) -> Model:
     """A :class:`jaxhp.Model` from a Flax Linen module factory ``hp -> module``.
 
@@ -79,6 +80,16 @@ def from_linen(
         state (``jaxhp.Model(has_state=True)``), mutable in training (the new
         statistics are carried to the next step) and read at evaluation.
         Without it such a module is refused, naming the collections.
+      param_mask: declares padding support (a field declared
+        ``jaxhp.static(..., pad_to=...)``), as ``jaxhp.Model(param_mask=...)``:
+        ``param_mask(hp, params) -> masks`` over this adapter's parameters
+        (the ``"params"`` collection). The module sizes its layers with ``jaxhp.padded_size(hp,
+        name)`` and masks its padded units with ``jaxhp.unit_mask(hp, name)``.
+        The library's initialisers and dropout draw over the allocated shape
+        (and scale by its fan-in), so a padded member equals its unpadded run
+        only with an initialisation and dropout whose real units draw what the
+        unpadded module draws (see the README, "Widths and step counts in one
+        program").
       hparams, directions, name: as in :class:`jaxhp.Model` (``name`` defaults
         to ``from_linen(<factory>)``).
 
@@ -98,7 +109,8 @@ def from_linen(
       ...     optimizer=lambda hp: optax.adam(hp.learning_rate), hparams=MyHP)
     """
     nn = require("flax.linen", "from_linen")
-    check_args("from_linen", factory, loss, optimizer, metrics, input, has_state)
+    check_args("from_linen", factory, loss, optimizer, metrics, input, has_state,
+               param_mask)
     x0 = _example_input(example)
     if isinstance(rngs, str) or not all(isinstance(r, str) for r in rngs):
         raise TypeError("jaxhp.interop.from_linen: `rngs` is a sequence of stream names "
@@ -138,4 +150,4 @@ def from_linen(
     return build_model("from_linen", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
                        directions=directions, name=name, factory=factory,
-                       has_state=has_state)
+                       has_state=has_state, param_mask=param_mask)

@@ -21,6 +21,7 @@ def from_nnx(
     hparams: type | None = None,
     directions=None,
     name: str | None = None,
+    param_mask: Callable | None = None,
 ) -> Model:
     """A :class:`jaxhp.Model` from a Flax NNX module factory ``(hp, rngs) -> module``.
 
@@ -64,6 +65,17 @@ def from_nnx(
         running statistics): they are the model's non-trained state
         (``jaxhp.Model(has_state=True)``), updated in training and read at
         evaluation. Without it such a module is refused.
+      param_mask: declares padding support (a field declared
+        ``jaxhp.static(..., pad_to=...)``), as ``jaxhp.Model(param_mask=...)``:
+        ``param_mask(hp, params) -> masks`` over this adapter's parameters
+        (the nested dict of ``nnx.Param`` values). The module sizes its layers with
+        ``jaxhp.padded_size(hp, name)`` and masks its padded units with
+        ``jaxhp.unit_mask(hp, name)``.
+        The library's initialisers and dropout draw over the allocated shape
+        (and scale by its fan-in), so a padded member equals its unpadded run
+        only with an initialisation and dropout whose real units draw what the
+        unpadded module draws (see the README, "Widths and step counts in one
+        program").
       hparams, directions, name: as in :class:`jaxhp.Model` (``name`` defaults
         to ``from_nnx(<factory>)``).
 
@@ -83,7 +95,8 @@ def from_nnx(
       ...     optimizer=lambda hp: optax.adam(hp.learning_rate), hparams=MyHP)
     """
     nnx = require("flax.nnx", "from_nnx")
-    check_args("from_nnx", factory, loss, optimizer, metrics, input, has_state)
+    check_args("from_nnx", factory, loss, optimizer, metrics, input, has_state,
+               param_mask)
 
     def make(hp, key):
         module = factory(hp, nnx.Rngs(key))
@@ -126,4 +139,4 @@ def from_nnx(
     return build_model("from_nnx", init=init, forward=forward, loss=loss,
                        optimizer=optimizer, metrics=metrics, input=input, hparams=hparams,
                        directions=directions, name=name, factory=factory,
-                       has_state=has_state)
+                       has_state=has_state, param_mask=param_mask)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from jaxhp._data import DataError
-from jaxhp._hparams import HParams, static, tunable
+from jaxhp._hparams import HParams, padded_size, static, tunable, unit_mask
 from jaxhp._model import Model
 
 __all__ = [
@@ -274,21 +274,18 @@ def mlp_classifier(n_features: int, n_classes: int, *, batch_norm: bool = False,
         return _mlp_bn(n_features, n_classes, bn_momentum, bn_eps)
 
     def init(key, hp):
-        sizes = [n_features] + [hp.width] * hp.depth + [n_classes]
         layers = []
-        for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-            w = jax.random.normal(jax.random.fold_in(key, i), (m, n))  # default float
-            layers.append({"w": w * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,), w.dtype)})
+        for i, (m, n) in enumerate(_layer_sizes(n_features, n_classes, hp)):
+            w = _he_normal(jax.random.fold_in(key, i), m, n)  # default float
+            layers.append({"w": w, "b": jnp.zeros((n[1],), w.dtype)})
         return layers
 
     def logits(params, x, hp, key):
         act = _ACTIVATIONS[hp.activation]
         for i, layer in enumerate(params[:-1]):
-            x = act(x @ layer["w"] + layer["b"])
+            x = _hidden(act(x @ layer["w"] + layer["b"]), hp)
             if key is not None:
-                keep = 1.0 - hp.dropout
-                u = jax.random.uniform(jax.random.fold_in(key, i), x.shape)
-                x = jnp.where(u < keep, x / keep, 0.0)
+                x = _dropout(x, hp, jax.random.fold_in(key, i))
         return x @ params[-1]["w"] + params[-1]["b"]
 
     def loss(params, batch, hp, key=None):
@@ -304,7 +301,7 @@ def mlp_classifier(n_features: int, n_classes: int, *, batch_norm: bool = False,
                               weight_decay=hp.weight_decay)
 
     return Model(init, loss, optimizer, metrics, MLPHP, "mlp_classifier",
-                 directions=CLASSIFIER_DIRECTIONS,
+                 directions=CLASSIFIER_DIRECTIONS, param_mask=_mlp_mask,
                  check_data=_classifier_check(
                      n_features, n_classes,
                      f"mlp_classifier(n_features={n_features}, n_classes={n_classes})"))
@@ -321,17 +318,16 @@ def _mlp_bn(n_features: int, n_classes: int, momentum, eps) -> Model:
     momentum, eps = float(momentum), float(eps)
 
     def init(key, hp):
-        sizes = [n_features] + [hp.width] * hp.depth + [n_classes]
         params, state = [], []
-        for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-            w = jax.random.normal(jax.random.fold_in(key, i), (m, n)) * jnp.sqrt(2.0 / m)
+        for i, (m, n) in enumerate(_layer_sizes(n_features, n_classes, hp)):
+            w = _he_normal(jax.random.fold_in(key, i), m, n)
             if i < hp.depth:
-                params.append({"w": w, "scale": jnp.ones((n,), w.dtype),
-                               "shift": jnp.zeros((n,), w.dtype)})
-                state.append({"mean": jnp.zeros((n,), w.dtype),
-                              "var": jnp.ones((n,), w.dtype)})
+                params.append({"w": w, "scale": jnp.ones((n[1],), w.dtype),
+                               "shift": jnp.zeros((n[1],), w.dtype)})
+                state.append({"mean": jnp.zeros((n[1],), w.dtype),
+                              "var": jnp.ones((n[1],), w.dtype)})
             else:
-                params.append({"w": w, "b": jnp.zeros((n,), w.dtype)})
+                params.append({"w": w, "b": jnp.zeros((n[1],), w.dtype)})
         return params, state
 
     def logits(params, state, x, hp, key):
@@ -349,11 +345,9 @@ def _mlp_bn(n_features: int, n_classes: int, momentum, eps) -> Model:
                     "mean": momentum * stats["mean"] + (1 - momentum) * mean,
                     "var": momentum * stats["var"] + (1 - momentum) * var})
             h = (h - mean) * jax.lax.rsqrt(var + eps) * layer["scale"] + layer["shift"]
-            x = act(h)
+            x = _hidden(act(h), hp)
             if key is not None:
-                keep = 1.0 - hp.dropout
-                u = jax.random.uniform(jax.random.fold_in(key, i), x.shape)
-                x = jnp.where(u < keep, x / keep, 0.0)
+                x = _dropout(x, hp, jax.random.fold_in(key, i))
         return x @ params[-1]["w"] + params[-1]["b"], new_state
 
     def loss(params, state, batch, hp, key=None):
@@ -372,8 +366,76 @@ def _mlp_bn(n_features: int, n_classes: int, momentum, eps) -> Model:
 
     desc = f"mlp_classifier(n_features={n_features}, n_classes={n_classes}, batch_norm=True)"
     return Model(init, loss, optimizer, metrics, MLPHP, "mlp_classifier_bn",
-                 directions=CLASSIFIER_DIRECTIONS,
+                 directions=CLASSIFIER_DIRECTIONS, param_mask=_mlp_mask,
                  check_data=_classifier_check(n_features, n_classes, desc), has_state=True)
+
+
+# ------------------------------------------------------- padded width (MLPHP.width)
+# A padded group (a subclass of MLPHP declaring width with pad_to) allocates every
+# hidden layer at padded_size(hp, "width") and masks the units past the member's own
+# hp.width (a traced int32 there). The random numbers a real unit sees are those of
+# the unpadded model: a (m, n) draw is read from one flat draw of m_alloc * n_alloc
+# numbers at position i * n + j, as jax.random draws (m, n) (checked by the tests), so
+# an unpadded model (every size a Python int) draws exactly as before padding existed.
+
+def _layer_sizes(n_features: int, n_classes: int, hp) -> list:
+    """Per layer ``((m, m_alloc), (n, n_alloc))``: its real and allocated fan-in and
+    fan-out (the real hidden size is ``hp.width``, traced in a padded group)."""
+    width = (hp.width, padded_size(hp, "width"))
+    sizes = [(n_features, n_features)] + [width] * hp.depth + [(n_classes, n_classes)]
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+def _is_padded(*sizes) -> bool:
+    return any(real is not alloc and not isinstance(real, int) for real, alloc in sizes)
+
+
+def _flat_draw(draw, key, rows, cols):
+    """``draw(key, (r, c))`` for the real ``(r, c)`` of an allocated ``(r_alloc,
+    c_alloc)`` block (``rows``, ``cols``: ``(real, alloc)``), zero outside it."""
+    (r, ra), (c, ca) = rows, cols
+    if not _is_padded(rows, cols):
+        return draw(key, (r, c))
+    flat = draw(key, (ra * ca,))
+    i, j = jnp.arange(ra)[:, None], jnp.arange(ca)[None, :]
+    real = (i < r) & (j < c)
+    return jnp.where(real, flat[jnp.where(real, i * c + j, 0)], 0.0)
+
+
+def _he_normal(key, m, n):
+    """He-initialised weights ``(m, n)``: standard normal times ``sqrt(2 / fan-in)``
+    (the real fan-in)."""
+    w = _flat_draw(jax.random.normal, key, m, n)
+    return w * jnp.sqrt(2.0 / m[0])
+
+
+def _hidden(x, hp):
+    """Hidden activations with the padded units (past ``hp.width``) set to zero."""
+    if not _is_padded((hp.width, padded_size(hp, "width"))):
+        return x
+    return jnp.where(unit_mask(hp, "width"), x, 0.0)
+
+
+def _dropout(x, hp, key):
+    """Inverted dropout of hidden units ``(batch, width)``: a real unit draws what it
+    draws in the unpadded model."""
+    keep = 1.0 - hp.dropout
+    u = _flat_draw(jax.random.uniform, key, (x.shape[0], x.shape[0]),
+                   (hp.width, padded_size(hp, "width")))
+    return jnp.where(u < keep, x / keep, 0.0)
+
+
+def _mlp_mask(hp, params):
+    """The MLP's real parameter entries in a padded group (``Model.param_mask``)."""
+    units = unit_mask(hp, "width")
+    out = []
+    for i, layer in enumerate(params):
+        rows = None if i == 0 else units[:, None]
+        cols = None if i == len(params) - 1 else units[None, :]
+        w = cols if rows is None else rows if cols is None else rows & cols
+        out.append({k: (w if k == "w" else None if cols is None else cols[0])
+                    for k in layer})
+    return out
 
 
 def _check_dim(name: str, v, low: int = 1) -> None:
