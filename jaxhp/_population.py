@@ -162,4 +162,5 @@ def replace_tunables(hp: HParams, **columns) -> HParams:
         raise ValueError(f"replace_tunables(): {sorted(unknown)} are not tunable fields of "
                          f"{type(hp).__name__}; tunables are {list(names)}")
     leaves = [columns.get(n, getattr(hp, n)) for n in names]
+    leaves += jax.tree_util.tree_leaves(hp)[len(names):]  # a padded group's sizes
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(hp), leaves)

@@ -207,3 +207,4 @@ def test_adaptive_searches_accept_auto_padded_steps_made_equal():
             with pytest.raises(jaxhp.SelectionError, match="unknown validation metric"):
                 search(MODEL, SPACE, SPLIT, key=KEY, base=AutoHP(), metric="nope", **args)
     assert c.count == 0
+
