@@ -32,6 +32,7 @@ from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
+from jaxhp._member_steps import refuse_padded_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import ChunkRecord, Rung
 from jaxhp._result import SweepResult, resolve_direction
@@ -42,7 +43,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, refuse_padded_steps, resolve_loop
+from jaxhp._train import check_key, resolve_loop
 
 
 class HalvingResult(SweepResult):

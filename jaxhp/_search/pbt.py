@@ -31,6 +31,7 @@ from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
+from jaxhp._member_steps import refuse_padded_steps
 from jaxhp._model import model_fingerprint
 from jaxhp._record import ChunkRecord, StackedParams
 from jaxhp._refit import test_metrics
@@ -42,7 +43,7 @@ from jaxhp._search.common import (
     group_firsts,
     replace_columns,
 )
-from jaxhp._train import check_key, learned, refuse_padded_steps, resolve_loop
+from jaxhp._train import check_key, learned, resolve_loop
 
 # The exploit/explore decisions draw from fold_in(key, _STREAM): a stream no seed uses
 # (seed ids are < 2**32 - 1 in practice), so the members' keys stay those of a sweep.

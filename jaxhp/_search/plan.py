@@ -23,9 +23,10 @@ import numpy as np
 from jaxhp import _engine as engine
 from jaxhp._data import Folds, Split, check_split
 from jaxhp._folds import check_folds
+from jaxhp._member_steps import check_member_steps, refuse_padded_steps
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
-from jaxhp._train import check_member_steps, refuse_padded_steps, resolve_loop
+from jaxhp._train import resolve_loop
 
 
 class GroupPlan(NamedTuple):

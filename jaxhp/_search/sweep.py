@@ -26,11 +26,12 @@ from jaxhp._engine import SweepWarning
 from jaxhp._folds import check_folds
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
+from jaxhp._member_steps import check_member_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._padded import check_padded_folds
 from jaxhp._record import ChunkRecord
 from jaxhp._result import SweepResult, resolve_direction
-from jaxhp._train import LoopConfig, check_key, check_member_steps, eval_steps, resolve_loop
+from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
 
 __all__ = ["SweepWarning", "sweep"]
 
