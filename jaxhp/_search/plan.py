@@ -41,7 +41,8 @@ class GroupPlan(NamedTuple):
       compiles: programs compiled for it in a fresh process.
       member_bytes: the estimated device bytes of one member (setting x seed).
       device_bytes: the estimated bytes of one chunk on each device.
-      member_steps: training steps summed over its members (settings x seeds).
+      member_steps: training steps summed over its members (settings x seeds; a
+        group that pads ``steps`` runs its allocation for every member).
     """
 
     statics: dict
