@@ -182,7 +182,9 @@ def test_refused_before_compiling():
     with count_compiles() as c:
         with pytest.raises(ValueError, match=r"`eval_every`=4 exceeds `steps`=3 of setting "
                                              r"0 \(steps padded to 8"):
-            jaxhp.sweep(MODEL, SPACE, SPLIT, key=KEY, base=StepsHP(), eval_every=4)
+            # pad_to=8 allocates 8 steps even though every count here is smaller
+            jaxhp.sweep(MODEL, jaxhp.grid(steps=[3, 5]), SPLIT, key=KEY, base=StepsHP(),
+                        eval_every=4)
         for search in (jaxhp.successive_halving, jaxhp.hyperband):
             with pytest.raises(ValueError, match=rf"{search.__name__}\(\): `steps` is "
                                                  r"padded .*'steps': 'padded to 8'"):
