@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxhp._hparams import did_you_mean
+from jaxhp._hparams import did_you_mean, is_padded
 
 DIRECTIONS = ("min", "max")
 
@@ -491,7 +491,8 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
     gradient in the parameters (so custom differentiation rules count);
     ``metrics``; ``optimizer(hp).init`` and ``.update``. A stateful model's
     ``loss`` and ``metrics`` are traced with its state, and ``has_state`` is
-    recorded with the names.
+    recorded with the names. For the settings of padded groups, ``param_mask`` is
+    traced too (``"model.param_mask"``, its name recorded; absent otherwise).
 
     Returns:
       ``{"model": {"name", "init", "loss", "optimizer", "metrics": qualified
@@ -538,6 +539,16 @@ def model_fingerprint(model: Model, hps: Sequence, batch: Any) -> dict[str, Any]
     for f in FINGERPRINTED:
         out[f"model.{f}"] = (None if getattr(model, f) is None
                              else hashes[f].hexdigest())
+    padded = [hp for hp in hps if is_padded(hp)]
+    if model.param_mask is not None and padded:  # else absent: fingerprints unchanged
+        fn = model.param_mask
+        names["param_mask"] = f"{getattr(fn, '__module__', '?')}.{_qualname(fn)}"
+        h = hashlib.sha256()
+        for hp in padded:
+            params = jax.eval_shape(lambda k, h_: init_fn(model, k, h_), key, hp)[0]
+            _hash_jaxpr(h, make(lambda h_, p: jax.tree_util.tree_map(
+                lambda m: m, fn(h_, p), is_leaf=lambda m: m is None))(hp, params))
+        out["model.param_mask"] = h.hexdigest()
     return out
 
 

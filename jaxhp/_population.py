@@ -161,6 +161,7 @@ def replace_tunables(hp: HParams, **columns) -> HParams:
     if unknown:
         raise ValueError(f"replace_tunables(): {sorted(unknown)} are not tunable fields of "
                          f"{type(hp).__name__}; tunables are {list(names)}")
+    old, treedef = jax.tree_util.tree_flatten(hp)
     leaves = [columns.get(n, getattr(hp, n)) for n in names]
-    leaves += jax.tree_util.tree_leaves(hp)[len(names):]  # a padded group's sizes
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(hp), leaves)
+    # a padded group's per-member sizes follow the tunables: kept
+    return jax.tree_util.tree_unflatten(treedef, leaves + old[len(names):])

@@ -737,9 +737,11 @@ class SweepResult:
         model = model if model is not None else self._model
         if model is None:
             return tree
-        own = learned_shapes(model, self.setting(index))
-        return jax.tree_util.tree_map(
-            lambda a, s: a[tuple(slice(0, d) for d in s.shape)], tree, own)
+        own_leaves, own_def = jax.tree_util.tree_flatten(
+            learned_shapes(model, self.setting(index)))
+        return jax.tree_util.tree_unflatten(own_def, [  # own treedef: a module's sizes
+            a[tuple(slice(0, d) for d in s.shape)]
+            for a, s in zip(jax.tree_util.tree_leaves(tree), own_leaves)])
 
     def _context(self, model, split):
         model = model if model is not None else self._model

@@ -182,3 +182,93 @@ def test_user_model_masks_declared_by_param_mask():
     solo = jaxhp.train(model, result.setting(0), split, key=jax.random.fold_in(KEY, 0))
     np.testing.assert_allclose(result.val["loss"][0, 0], solo.val["loss"], rtol=1e-5)
     np.testing.assert_allclose(result.params(0)["w1"], solo.state.params["w1"], rtol=1e-5)
+
+
+def _adapter(kind):
+    """A one-hidden-layer module of padded width through an adapter, with its masks."""
+    mse = lambda out, batch, hp: jnp.mean((out[:, 0] - batch["y"]) ** 2)
+    opt = lambda hp: __import__("optax").adam(hp.learning_rate)
+    units = lambda hp: jaxhp.unit_mask(hp, "width")
+    if kind == "linen":
+        import flax.linen as nn
+
+        class Net(nn.Module):
+            hp: ToyHP
+
+            @nn.compact
+            def __call__(self, x):
+                h = nn.tanh(nn.Dense(jaxhp.padded_size(self.hp, "width"))(x))
+                return nn.Dense(1)(h * jaxhp.unit_mask(self.hp, "width", h.dtype))
+
+        mask = lambda hp, p: {"Dense_0": {"kernel": units(hp)[None], "bias": units(hp)},
+                              "Dense_1": {"kernel": units(hp)[:, None], "bias": None}}
+        return jaxhp.interop.from_linen(Net, (1, 3), loss=mse, optimizer=opt,
+                                        hparams=ToyHP, param_mask=mask)
+    if kind == "nnx":
+        from flax import nnx
+
+        class Mod(nnx.Module):
+            def __init__(self, hp, rngs):
+                n, self.hp = jaxhp.padded_size(hp, "width"), nnx.data(hp)
+                self.l1, self.l2 = nnx.Linear(3, n, rngs=rngs), nnx.Linear(n, 1, rngs=rngs)
+
+            def __call__(self, x):
+                return self.l2(jnp.tanh(self.l1(x))
+                               * jaxhp.unit_mask(self.hp, "width", x.dtype))
+
+        mask = lambda hp, p: {"l1": {"kernel": units(hp)[None], "bias": units(hp)},
+                              "l2": {"kernel": units(hp)[:, None], "bias": None}}
+        return jaxhp.interop.from_nnx(Mod, loss=mse, optimizer=opt, hparams=ToyHP,
+                                      param_mask=mask)
+    import equinox as eqx
+
+    class Eq(eqx.Module):
+        l1: eqx.nn.Linear
+        l2: eqx.nn.Linear
+        hp: ToyHP
+
+        def __init__(self, hp, key):
+            n, (k1, k2) = jaxhp.padded_size(hp, "width"), jax.random.split(key)
+            self.l1, self.l2 = eqx.nn.Linear(3, n, key=k1), eqx.nn.Linear(n, 1, key=k2)
+            self.hp = hp
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.l1(x)) * jaxhp.unit_mask(self.hp, "width", x.dtype))
+
+    def mask(hp, params):
+        empty = jax.tree_util.tree_map(lambda _: None, params)
+        return eqx.tree_at(lambda m: (m.l1.weight, m.l1.bias, m.l2.weight), empty,
+                           (units(hp)[:, None], units(hp), units(hp)[None, :]),
+                           is_leaf=lambda v: v is None)
+
+    return jaxhp.interop.from_equinox(Eq, loss=mse, optimizer=opt, hparams=ToyHP,
+                                      param_mask=mask)
+
+
+@pytest.mark.parametrize("kind", ["equinox"])  # linen, nnx: the same path (next test)
+def test_adapters_run_a_padded_group_in_one_program(kind):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 3)).astype(np.float32)
+    part = {"x": x, "y": np.sin(x.sum(1)).astype(np.float32)}
+    split = jaxhp.Split(part, part, part)
+    model = _adapter(kind)
+    base = ToyHP(steps=2)
+    result = jaxhp.sweep(model, jaxhp.grid(width=[2, 5, 8]), split, key=KEY, base=base,
+                         keep_params=True)
+    assert result.compile_count == 1 and np.isfinite(result.val["loss"]).all()
+    shapes = sorted(np.shape(a) for a in jax.tree_util.tree_leaves(result.params(1)))
+    assert shapes == sorted([(1,), (5,), (3, 5), (5, 1)]) or \
+        shapes == sorted([(1,), (5,), (5, 3), (1, 5)])  # Equinox: (out, in)
+    with pytest.raises(jaxhp.ModelError, match=r"does not declare padding support"):
+        jaxhp.sweep(model._replace(param_mask=None), jaxhp.grid(width=[2, 5]), split,
+                    key=KEY, base=base)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx", "equinox"])
+def test_adapters_pass_param_mask_to_the_model(kind):
+    model = _adapter(kind)
+    assert callable(model.param_mask)
+    assert model._replace(param_mask=None).param_mask is None
+    with pytest.raises(TypeError, match=r"`param_mask` must be callable or None, got int"):
+        jaxhp.interop.from_nnx(lambda hp, rngs: None, loss=len, optimizer=len,
+                               param_mask=1)

@@ -120,8 +120,8 @@ def from_coords(hp: HParams, z: dict[str, jax.Array]) -> HParams:
             new.append(jnp.asarray(v))  # z's dtype: the tunable dtype, from to_coords
         else:
             new.append(leaf)
-    new += leaves[len(new):]  # a padded group's per-member sizes (after the tunables)
-    return jax.tree_util.tree_unflatten(treedef, new)
+    # a padded group's per-member sizes follow the tunables: kept
+    return jax.tree_util.tree_unflatten(treedef, new + leaves[len(new):])
 
 
 # ---------------------------------------------------------------- validation

@@ -30,7 +30,7 @@ from jaxhp import _population as population
 from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._hosts import open_checkpoint
-from jaxhp._hparams import HParams, did_you_mean, tunable_dtype
+from jaxhp._hparams import HParams, did_you_mean, pad_alloc, tunable_dtype
 from jaxhp._member_steps import refuse_padded_steps
 from jaxhp._model import model_fingerprint
 from jaxhp._record import ChunkRecord, StackedParams
@@ -344,10 +344,18 @@ def pbt(
     if small:
         raise ValueError(f"pbt(): a population (a static group) has {small[0]} setting; "
                          "exploit needs at least 2 per static group")
-    spec, factors = _explore_spec(table.cls, fields, perturb)
     firsts = group_firsts(table)
-    for gi, first in enumerate(firsts):
+    for gi, first in enumerate(firsts):  # a padded `steps` first: PBT sets the steps itself
         refuse_padded_steps(first, "pbt", dict(table.group_statics[gi]))
+    padded = sorted({n for st in table.group_statics for n, v in st.items()
+                     if pad_alloc(v) is not None and table.cls.fields()[n].pad_to is not None})
+    if padded:
+        raise ValueError(
+            f"pbt(): {padded} padded (static(..., pad_to=...)): exploit copies a member's "
+            "parameters, and in a padded group their size is the member's own value, "
+            "which PBT's record (the tunables of every ready point) does not follow; "
+            "declare the field without pad_to (one population per value)")
+    spec, factors = _explore_spec(table.cls, fields, perturb)
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:
