@@ -309,7 +309,7 @@ def static(
     Example:
       >>> class MLP(HParams):
       ...     width: int = static(128, low=1, integer=True)
-      ...     depth: int = static(2, low=1, integer=True, pad_to=None)
+      ...     heads: int = static(8, low=1, integer=True, pad_to=16)  # 1..16: one program
     """
     _check_rule_args("static", default, low, high, False, integer, choices)
     _check_pad_to(default, low, integer, choices, pad_to)

@@ -272,3 +272,15 @@ def test_adapters_pass_param_mask_to_the_model(kind):
     with pytest.raises(TypeError, match=r"`param_mask` must be callable or None, got int"):
         jaxhp.interop.from_nnx(lambda hp, rngs: None, loss=len, optimizer=len,
                                param_mask=1)
+
+
+def test_pbt_refuses_a_padded_field_before_compiling():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    part = {"x": x, "y": x.sum(1)}
+    with count_compiles() as c:
+        with pytest.raises(ValueError, match=r"pbt\(\): \['width'\] padded \(static\(\.\.\., "
+                           r"pad_to=\.\.\.\)\): exploit copies a member's parameters"):
+            jaxhp.pbt(_toy_model(), jaxhp.grid(width=[2, 5], learning_rate=[0.1, 0.2]),
+                      jaxhp.Split(part, part, part), key=KEY, ready_every=2)
+    assert c.count == 0
