@@ -23,7 +23,12 @@ def check_padding(model: Model, hp: HParams) -> None:
     declare padding support (``Model(param_mask=...)``)."""
     if not is_padded(hp) or model.param_mask is not None:
         return
-    listed = ", ".join(f"`{n}` (padded to {a})" for n, a in padded_fields(hp).items())
+    # a padded `steps` is the training loop's (members stop after their own steps,
+    # jaxhp._train.make_step): it allocates no array of the model's
+    pads = {n: a for n, a in padded_fields(hp).items() if n != "steps"}
+    if not pads:
+        return
+    listed = ", ".join(f"`{n}` (padded to {a})" for n, a in pads.items())
     raise ModelError(
         f"model {model.name!r} does not declare padding support, but {listed} of "
         f"{type(hp).__name__} is padded: settings of several values share one program "

@@ -39,8 +39,9 @@ class GroupInfo:
         the sweep measured chunk sizes); n_chunks: compiled calls.
       chunk_trials: ``[[size, seconds per setting], ...]`` of the chunk sizes a sweep
         tried on this machine before choosing ``chunk_size`` (empty: none tried).
-      steps: training steps of its settings; eval_steps: when the validation
-        curve was recorded.
+      steps: training steps of its settings (a group that pads ``steps``: the
+        steps its program ran, each member stopping after its own ``steps``);
+        eval_steps: when the validation curve was recorded.
       compile_s, run_s: seconds spent compiling and in the compiled calls.
       compiled: programs compiled for it (0 when all were cached).
       chunks_computed, chunks_loaded: chunks trained, and loaded from a checkpoint.
@@ -104,8 +105,9 @@ class ChunkRecord:
         (``0 .. n_chunks - 1``); for an adaptive search a counter over the
         group's segments in this call.
       step: the steps every member has trained at the end of the chunk (a
-        sweep: the settings' ``steps``; halving: the rung's budget; PBT: the end
-        of the interval).
+        sweep: the settings' ``steps``, in a group that pads them the steps the
+        program ran, a member's own in ``settings["steps"]``; halving: the
+        rung's budget; PBT: the end of the interval).
       rows: ``(m,)`` the settings' rows in the search's result
         (``result.setting(rows[j])``).
       settings: ``{field: (m,) column}`` the settings as the search trained

@@ -20,7 +20,8 @@ import optax
 
 from jaxhp import _masking
 from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
-from jaxhp._hparams import HParams
+from jaxhp._hparams import HParams, padded_size
+from jaxhp._member_steps import own_steps, own_windows
 from jaxhp._model import (
     Model,
     abstract_batch,
@@ -87,8 +88,11 @@ class Run(NamedTuple):
       train_loss: the objective on the whole training part at the end.
       val: the validation metrics at the end (a dict of scalars).
       loss_curve: the training loss per step (or per window of ``loss_every``
-        steps, averaged); NaN from the step a run diverged.
-      val_curve: validation metrics after every ``eval_every`` steps.
+        steps, averaged); NaN from the step a run diverged. In a group that pads
+        ``steps``, a member's curve has the group's length: NaN after its own
+        last step (a window straddling it averages the member's steps only).
+      val_curve: validation metrics after every ``eval_every`` steps (in a group
+        that pads ``steps``: NaN after the member's own last step).
       diverged_at: the step at which the loss or parameters became non-finite,
         ``-1`` for a healthy run.
     """
@@ -135,11 +139,15 @@ def _all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
-def _downsample(losses: jax.Array, every: int | None) -> jax.Array:
+def _downsample(losses: jax.Array, every: int | None, stop=None) -> jax.Array:
+    """Windows of ``every`` steps averaged (``stop``: a member's own step count in a
+    group that pads ``steps``, see :func:`jaxhp._member_steps.own_windows`)."""
     if not every:
         return jnp.zeros((0,), losses.dtype)
     if every == 1:
-        return losses
+        return losses  # entries from `stop` on are NaN already (make_step)
+    if stop is not None:
+        return own_windows(losses, every, stop)
     n = losses.shape[0]
     pad = (-n) % every
     padded = jnp.concatenate([losses, jnp.full((pad,), jnp.nan, losses.dtype)])
@@ -203,12 +211,16 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
     stateful model's state is threaded through the steps (the loss's new state).
     A member whose loss, parameters or model state become non-finite is frozen
     at its last finite state (parameters, optimizer state and model state),
-    ``dead_at`` records the step and later losses are NaN.
+    ``dead_at`` records the step and later losses are NaN. In a group that pads
+    ``steps`` (:func:`own_steps`), a member is frozen the same way from its own
+    step count on: steps ``t >= hp.steps`` change nothing (state, health) and
+    output NaN.
     ``want_loss=False``: the step outputs ``None`` instead of the loss (no
     per-step output at all; the loss is still computed, for the health check).
     """
     data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
+    stop = own_steps(hp)
 
     def step(carry, t):
         state, dead_at = carry
@@ -232,13 +244,15 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         updates = _masking.apply(mask, updates)
         new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                          opt_state, model_state)
-        healthy = dead_at < 0
+        live = dead_at < 0  # healthy, and (padded steps) before the member's own end
+        if stop is not None:
+            live = live & (t < stop)
         ok = jnp.isfinite(loss) & _all_finite(new.params)
         if model.has_state:
             ok = ok & _all_finite(model_state)
-        keep = healthy & ok
+        keep = live & ok
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
-        dead_at = jnp.where(healthy & ~ok, t, dead_at)
+        dead_at = jnp.where(live & ~ok, t, dead_at)
         return (state, dead_at), (jnp.where(keep, loss, jnp.nan) if want_loss else None)
 
     return step
@@ -292,13 +306,18 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         carry, losses = _steps(step, carry, 0, cfg.steps, cfg.remat)
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.zeros((0,), v.dtype), jax.eval_shape(evaluate, carry[0]))
+    stop = own_steps(hp)
+    if stop is not None:  # evaluations after the member's own last step: NaN
+        at = jnp.asarray(eval_steps(cfg))
+        val_curve = jax.tree_util.tree_map(
+            lambda v: jnp.where(at <= stop, v, jnp.nan), val_curve)
     state, dead_at = carry
     train_loss = rowwise_mean(
         lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:
         losses = jnp.zeros((0,), train_loss.dtype)
     return Run(state, train_loss, evaluate(state),
-               _downsample(losses, cfg.loss_every), val_curve, dead_at)
+               _downsample(losses, cfg.loss_every, stop), val_curve, dead_at)
 
 
 def resolve_loop(hp: HParams, n_train: int, eval_every: int | None,
@@ -308,7 +327,9 @@ def resolve_loop(hp: HParams, n_train: int, eval_every: int | None,
     if "steps" not in names or not names["steps"].is_static:
         raise ValueError(f"{type(hp).__name__} needs a static `steps` field "
                          "(jaxhp.static(...)): the number of training steps")
-    steps = hp.steps
+    # padded (a per-member int32 leaf): the loop runs the group's allocation, each
+    # member stopping after its own steps (make_step); check_member_steps checks those
+    steps = hp.steps if own_steps(hp) is None else padded_size(hp, "steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"`steps`={steps!r}: must be an integer >= 1")
     batch_size = getattr(hp, "batch_size", None)

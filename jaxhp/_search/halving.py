@@ -32,6 +32,7 @@ from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
+from jaxhp._member_steps import refuse_padded_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._record import ChunkRecord, Rung
 from jaxhp._result import SweepResult, resolve_direction
@@ -189,6 +190,8 @@ def _prepare(model, space, split, base, seeds, max_steps, min_steps, eta, metric
                          "train longer than the last")
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = group_firsts(table)
+    for gi, first in enumerate(firsts):
+        refuse_padded_steps(first, who, dict(table.group_statics[gi]))
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:

@@ -31,6 +31,7 @@ from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams, did_you_mean, pad_alloc, tunable_dtype
+from jaxhp._member_steps import refuse_padded_steps
 from jaxhp._model import model_fingerprint
 from jaxhp._record import ChunkRecord, StackedParams
 from jaxhp._refit import test_metrics
@@ -343,6 +344,9 @@ def pbt(
     if small:
         raise ValueError(f"pbt(): a population (a static group) has {small[0]} setting; "
                          "exploit needs at least 2 per static group")
+    firsts = group_firsts(table)
+    for gi, first in enumerate(firsts):  # a padded `steps` first: PBT sets the steps itself
+        refuse_padded_steps(first, "pbt", dict(table.group_statics[gi]))
     padded = sorted({n for st in table.group_statics for n, v in st.items()
                      if pad_alloc(v) is not None and table.cls.fields()[n].pad_to is not None})
     if padded:
@@ -352,7 +356,6 @@ def pbt(
             "which PBT's record (the tunables of every ready point) does not follow; "
             "declare the field without pad_to (one population per value)")
     spec, factors = _explore_spec(table.cls, fields, perturb)
-    firsts = group_firsts(table)
     failures, errors = engine.validate_groups(model, firsts, split, on_error)
     healthy = [gi for gi in range(len(groups)) if gi not in failures]
     if healthy:

@@ -23,6 +23,7 @@ import numpy as np
 from jaxhp import _engine as engine
 from jaxhp._data import Folds, Split, check_split
 from jaxhp._folds import check_folds
+from jaxhp._member_steps import check_member_steps, refuse_padded_steps
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
 from jaxhp._train import resolve_loop
@@ -40,7 +41,8 @@ class GroupPlan(NamedTuple):
       compiles: programs compiled for it in a fresh process.
       member_bytes: the estimated device bytes of one member (setting x seed).
       device_bytes: the estimated bytes of one chunk on each device.
-      member_steps: training steps summed over its members (settings x seeds).
+      member_steps: training steps summed over its members (settings x seeds; a
+        group that pads ``steps`` runs its allocation for every member).
     """
 
     statics: dict
@@ -114,12 +116,18 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
             steps = int(np.unique(table.columns["steps"])[0])
         table = replace_columns(table, steps=np.full(len(table), steps))
     firsts = group_firsts(table)
+    if search in ("halving", "hyperband", "pbt"):
+        who = {"halving": "successive_halving"}.get(search, search)
+        for gi, first in enumerate(firsts):
+            refuse_padded_steps(first, who, dict(table.group_statics[gi]))
     out = []
     for gi, first in enumerate(firsts):
         n = len(table.rows(gi))
         statics = dict(table.group_statics[gi])
         if search == "sweep":
             cfg = resolve_loop(first, n_train, eval_every, loss_every)
+            rows = table.rows(gi)
+            check_member_steps(first, table.columns["steps"][rows], rows, eval_every)
             per = engine.member_bytes(model, first, cfg,
                                       engine.count_metrics(model, first, split.val),
                                       keep_params)

@@ -26,6 +26,7 @@ from jaxhp._engine import SweepWarning
 from jaxhp._folds import check_folds
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import HParams
+from jaxhp._member_steps import check_member_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._padded import check_padded_folds
 from jaxhp._record import ChunkRecord
@@ -155,6 +156,8 @@ def sweep(
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
     cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
+    for idx, first in zip(groups, firsts):  # a group that pads `steps`: each member's own
+        check_member_steps(first, table.columns["steps"][idx], idx, eval_every)
     failures, errors = engine.validate_groups(model, firsts, data, on_error)
     parts = (data.train, data.val) if folds is None else folds.stacked()
     if folds is not None:
