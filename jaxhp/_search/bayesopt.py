@@ -87,8 +87,8 @@ class BayesOptResult(RoundsResult):
         if not (isinstance(group, int) and 0 <= group < len(self._observed)):
             raise ValueError(f"surrogate(): `group`={group!r}: must be an int in "
                              f"[0, {len(self._observed) - 1}]")
-        x, z, key = self._observed[group]
-        return gp.GPSurrogate.fit(x, z, key=key)
+        x, z, seed = self._observed[group]
+        return gp.GPSurrogate.fit(x, z, key=jax.random.key(seed))
 
 
 class _Dim:
@@ -188,9 +188,11 @@ def _fit(x, y, mask, key, rnd, group):
 
 
 @jax.jit
-def _fit_and_draw(x, y, mask, sobol, key, rnd, group, n_draws_like):
+def _fit_and_draw(x, y, mask, sobol, seed, rnd, group, n_draws_like):
     """Fits the group's GP, then draws ``len(n_draws_like)`` joint posterior samples over
-    the candidates: ``sobol`` and perturbations of the best observed settings."""
+    the candidates (``sobol`` and perturbations of the best observed settings), the
+    first replaced by the posterior mean."""
+    key = jax.random.key(seed)
     hyper = _fit(x, y, mask, key, rnd, group)
     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), rnd), group)
     k_local, k_draw = jax.random.split(k)
@@ -202,11 +204,17 @@ def _fit_and_draw(x, y, mask, sobol, key, rnd, group, n_draws_like):
     noise = jax.random.normal(k_local, centre.shape, x.dtype) * scale[:, None]
     cands = jnp.concatenate([sobol, jnp.clip(centre + noise, 0.0, 1.0)])
     draws = gp.joint_samples(hyper, x, y, mask, cands, k_draw, n_draws_like.shape[0])
-    return cands, draws
+    mean, _ = gp.posterior(hyper, x, y, mask, cands)
+    return cands, draws.at[0].set(mean)  # slot 0 exploits: the posterior mean's argmin
 
 
-def _padded(x: np.ndarray, z: np.ndarray, dtype):
-    cap = max(8, 1 << (len(z) - 1).bit_length())
+def _capacity(rounds: int, batch: int) -> int:
+    """Observations a group's GP is padded to: its most (``batch`` per model round but
+    the last) rounded up to a power of two, so one program serves the whole search."""
+    return max(16, 1 << (batch * max(rounds - 1, 1) - 1).bit_length())
+
+
+def _padded(x: np.ndarray, z: np.ndarray, dtype, cap: int):
     xp = np.zeros((cap, x.shape[1]), dtype)
     zp = np.zeros(cap, dtype)
     xp[:len(z)], zp[:len(z)] = x, z
@@ -225,6 +233,7 @@ def bayesopt(
     base: HParams | None = None,
     metric: str = "loss",
     mode: str | None = None,
+    seed: int = 0,
     candidates: int = 512,
     **sweep_options,
 ) -> BayesOptResult:
@@ -248,13 +257,16 @@ def bayesopt(
         Static fields: ``choice``/``intrange``/``fixed``: one GP per combination
         of their values (at most ``batch`` combinations).
       split: the data (a :class:`~jaxhp.Split`, or :func:`jaxhp.kfold` folds).
-      key, seeds: as in :func:`jaxhp.sweep` (a setting's value does not depend on
-        its round or batch-mates); ``key`` also seeds the proposals.
+      key, seeds: the training key and seeds, as in :func:`jaxhp.sweep` (a setting's
+        value does not depend on its round or batch-mates).
       rounds: rounds to run (round 0 is quasi-random).
       batch: settings proposed (and trained together) per round.
       base: the setting whose values fill the fields ``space`` leaves unset.
       metric: the validation metric minimised or maximised (mean over seeds).
       mode: ``"min"``/``"max"`` for a metric the model declares no direction for.
+      seed: a non-negative integer seeding the proposals: round 0's scramble
+        (``jaxhp.quasirandom(..., seed=seed)``), the GP fits' starts, the candidates
+        and the Thompson draws.
       candidates: the size of the candidate set of the Thompson draws.
       **sweep_options: ``eval_every``, ``loss_every``, ``chunk_size``,
         ``memory_budget``, ``max_chunk``, ``devices``, ``keep_params``,
@@ -283,6 +295,7 @@ def bayesopt(
     rounds = check_int("rounds", rounds, 1)
     batch = check_int("batch", batch, 1)
     candidates = check_int("candidates", candidates, 2)
+    seed = check_int("seed", seed, 0, 2**31 - 1)
     key = check_key(key)
     cls = hparams_class(FN, model, base)
     checked = check_params(FN, "space", space, cls, base)
@@ -311,11 +324,12 @@ def bayesopt(
         ok_any = any(any(o) for o in obs_ok)
         if not ok_any:
             quasi_rounds.append(r)
-            new = _quasirandom_round(groups, tunable_dists, batch, r, cls, base)
+            new = _quasirandom_round(groups, tunable_dists, batch, seed + r, cls, base)
             new = [(g, hp) for g, hp in new if ident(g, hp) not in seen]
         else:
             new = _model_round(groups, consts, dims, obs_x, obs_v, obs_ok, mode, batch,
-                               candidates, key, r, dtype, make, seen, ident)
+                               candidates, seed, r, dtype, make, seen, ident,
+                               _capacity(rounds, batch))
         if not new:
             break
         part = sweep(model, [hp for _, hp in new], split, key=key, seeds=seeds,
@@ -336,11 +350,11 @@ def bayesopt(
               "groups": groups, "quasirandom_rounds": quasi_rounds}
     out = rounds_result(BayesOptResult, parts, search,
                         rounds=np.asarray(rows_round, np.int64))
-    out._observed = _observations(obs_x, obs_v, obs_ok, mode, key)
+    out._observed = _observations(obs_x, obs_v, obs_ok, mode, seed)
     return out
 
 
-def _observations(obs_x, obs_v, obs_ok, mode, key):
+def _observations(obs_x, obs_v, obs_ok, mode, seed):
     """Per group ``(unit x, targets, fit key)``: what :meth:`BayesOptResult.surrogate`
     fits."""
     v = np.concatenate([np.asarray(o, np.float64) for o in obs_v])
@@ -351,39 +365,40 @@ def _observations(obs_x, obs_v, obs_ok, mode, key):
     out, start = [], 0
     for xs in obs_x:
         n = len(xs)
-        out.append((np.stack(xs) if n else np.zeros((0, 0)), z[start:start + n], key))
+        out.append((np.stack(xs) if n else np.zeros((0, 0)), z[start:start + n], seed))
         start += n
     return out
 
 
-def _quasirandom_round(groups, tunable_dists, batch, r, cls, base):
+def _quasirandom_round(groups, tunable_dists, batch, seed, cls, base):
     """``batch`` quasi-random settings shared out between the static groups (a
-    scramble per round and group)."""
+    scramble per ``seed`` and group)."""
     out = []
     for g, statics in enumerate(groups):
         k = batch // len(groups) + (g < batch % len(groups))
         if k == 0:
             continue
         space = grid(**{n: [v] for n, v in statics.items()}) * quasirandom(
-            k, tunable_dists, seed=r * len(groups) + g)
+            k, tunable_dists, seed=seed * len(groups) + g)
         out += [(g, hp) for hp in space.settings(cls, base)]
     return out
 
 
 def _model_round(groups, consts, dims, obs_x, obs_v, obs_ok, mode, batch, candidates,
-                 key, r, dtype, make, seen, ident):
+                 seed, r, dtype, make, seen, ident, cap):
     """The round's settings: Thompson draws of every group's GP, one argmin per draw."""
     v = np.concatenate([np.asarray(o, np.float64) for o in obs_v])
     ok = np.concatenate([np.asarray(o, bool) for o in obs_ok])
     z = _targets(v if mode == "min" else -v, ok)
-    sobol = _qmc.sobol(candidates // 2, len(dims), r).astype(dtype)
+    sobol = _qmc.sobol(candidates // 2, len(dims), seed * 1009 + r).astype(dtype)
     like = np.zeros(batch, dtype)
     draws, cands, start = [], [], 0
     for g in range(len(groups)):
         n = len(obs_x[g])
-        xp, zp, mask = _padded(np.stack(obs_x[g]), z[start:start + n], dtype)
+        xp, zp, mask = _padded(np.stack(obs_x[g]), z[start:start + n], dtype, cap)
         start += n
-        c, d = _fit_and_draw(xp, zp, mask, sobol, key, np.int32(r), np.int32(g), like)
+        c, d = _fit_and_draw(xp, zp, mask, sobol, np.int32(seed), np.int32(r),
+                             np.int32(g), like)
         cands.append(np.asarray(c, np.float64))
         draws.append(np.asarray(d, np.float64))
     order = [np.argsort(d, axis=1) for d in draws]

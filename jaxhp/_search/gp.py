@@ -138,7 +138,7 @@ def _fit(x, y, mask, key, starts: int, steps: int):
     rand = jax.random.uniform(key, (starts - 1, d + 3), x.dtype, -2.0, 2.0)
     rand = rand.at[:, -1].set(0.0)  # the mean starts at the data's (standardised) 0
     u0 = jnp.concatenate([jnp.asarray(first, x.dtype)[None], rand])
-    opt = optax.adam(0.05)
+    opt = optax.adam(0.08)
 
     def loss(u):
         return neg_log_likelihood(_to_hyper(u, x.dtype), x, y, mask)
@@ -158,7 +158,7 @@ def _fit(x, y, mask, key, starts: int, steps: int):
     return _to_hyper(us[jnp.argmin(losses)], x.dtype), jnp.min(losses)
 
 
-def fit(x, y, mask, key, starts: int = 8, steps: int = 200) -> tuple[Hyper, jax.Array]:
+def fit(x, y, mask, key, starts: int = 8, steps: int = 120) -> tuple[Hyper, jax.Array]:
     """Hyperparameters maximising the marginal likelihood, and the minimal ``-log p``.
 
     Start 0 is a fixed, moderate model (lengthscales 0.3, signal 1, noise 0.01, mean
@@ -230,7 +230,7 @@ class GPSurrogate:
         object.__setattr__(self, "lengthscales", ls)
 
     @classmethod
-    def fit(cls, x, y, *, key: jax.Array, starts: int = 8, steps: int = 200) -> GPSurrogate:
+    def fit(cls, x, y, *, key: jax.Array, starts: int = 8, steps: int = 120) -> GPSurrogate:
         """The GP whose hyperparameters maximise the log marginal likelihood of ``y``.
 
         Lengthscales, signal and noise variances are searched in the box
