@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -169,16 +170,20 @@ def _plan(params: Mapping, cls: type[HParams]):
 
 
 def _targets(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """The GP's outputs: lower is better, robustly standardised, the bad tail compressed,
-    failed/diverged settings at the worst observed value plus a margin."""
+    """The GP's outputs (lower is better): the healthy values by rank through the normal
+    quantile function (a copula transform: a loss that spans orders of magnitude near a
+    divergence does not squash the good settings together), failed/diverged/NaN
+    settings at the worst value plus a margin, then standardised."""
     f = values[ok]
-    med = np.median(f)
-    q25, q75 = np.percentile(f, [25, 75])
-    scale = (q75 - q25) / 1.349 or np.std(f) or 1.0
-    z = np.where(ok, (np.where(ok, values, med) - med) / scale, 0.0)
-    z = np.where(z > 1.0, 1.0 + np.log1p(np.maximum(z - 1.0, 0.0)), z)
+    ranks = np.empty(len(f))
+    ranks[np.argsort(f, kind="stable")] = np.arange(len(f))
+    for v in np.unique(f):  # ties share their mean rank
+        ranks[f == v] = ranks[f == v].mean()
+    normal = statistics.NormalDist()
+    z = np.zeros(len(values))
+    z[ok] = [normal.inv_cdf((q + 0.5) / len(f)) for q in ranks]
     worst, best = z[ok].max(), z[ok].min()
-    z = np.where(ok, z, worst + (0.25 * (worst - best) if worst > best else 1.0))
+    z[~ok] = worst + (0.25 * (worst - best) if worst > best else 1.0)
     return (z - z.mean()) / (z.std() or 1.0)
 
 
