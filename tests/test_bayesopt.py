@@ -2,7 +2,7 @@
 
 The GP is checked against scikit-learn's ``GaussianProcessRegressor`` (posterior and
 log marginal likelihood at fixed hyperparameters in float64; the fit against its
-optimised likelihood). One search (ridge on diabetes, 3 rounds of 4, 2 seeds, a
+optimised likelihood). One search (ridge on diabetes, 3 rounds of 8, 2 seeds, a
 step-size range that reaches divergence) runs once for the module; the tests check its
 values against plain sweeps, its compiles, its rounds, how it handles diverged
 settings, and the errors raised before anything compiles.
@@ -23,14 +23,15 @@ kernels = pytest.importorskip("sklearn.gaussian_process.kernels")
 
 KEY = jax.random.key(5)
 SEEDS = 2
-BATCH = 4
+BATCH = 8
 ROUNDS = 3
-BASE = LinearHP(steps=20)
-# sgd at 20 steps: diverges above a step size of about 2.5 (mse 1e20 at 1)
-SPACE = {"learning_rate": jaxhp.loguniform(1e-2, 100.0), "l2": jaxhp.loguniform(1e-5, 1.0)}
+CANDIDATES = 128  # a small candidate set: a cheaper GP program
+BASE = LinearHP(steps=200)
+# full-batch sgd for 200 steps diverges above a step size of about 1
+SPACE = {"learning_rate": jaxhp.loguniform(1e-3, 3.0), "l2": jaxhp.loguniform(1e-5, 1.0)}
 
 
-def _toy(n=24, d=2, seed=0):
+def _toy(n=32, d=2, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.random((n, d))
     y = np.sin(5 * x[:, 0]) + 0.5 * x[:, 1] ** 2 + 0.05 * rng.standard_normal(n)
@@ -78,7 +79,8 @@ def searched(diabetes):
     model = linear_regression(10)  # its own instance: nothing compiled for it yet
     with count_compiles() as c:
         result = jaxhp.bayesopt(model, SPACE, diabetes, key=KEY, rounds=ROUNDS,
-                                batch=BATCH, seeds=SEEDS, base=BASE, metric="mse")
+                                batch=BATCH, seeds=SEEDS, base=BASE, metric="mse",
+                                candidates=CANDIDATES)
     return model, result, c.count
 
 
@@ -125,13 +127,20 @@ def test_diverged_settings_enter_the_model_at_the_worst_value_plus_a_margin(sear
     assert (np.diff(gp.y[~bad][order]) >= 0).all()
 
 
-def test_model_rounds_beat_quasirandom_at_equal_budget(searched, diabetes):
-    model, result, _ = searched
-    qr = jaxhp.quasirandom(ROUNDS * BATCH, SPACE).settings(LinearHP, BASE)
-    best_qr = min(
-        np.nanmin(jaxhp.sweep(model, qr[i:i + BATCH], diabetes, key=KEY, seeds=SEEDS)
-                  .aggregate("mse")[0]) for i in range(0, len(qr), BATCH))
-    assert result.best("mse").value < best_qr
+@pytest.mark.slow  # its own GP program (32 points, 512 candidates): about 10 s on 2 cores
+def test_model_rounds_beat_quasirandom_at_equal_budget(diabetes):
+    """The ridge problem of bench/bench_bayesopt.py (4 rounds of 8 against 32 quasi-random
+    settings) over the search seeds 0, 1, 2: bayesopt's median best is the lower (the
+    bench: a lower regret in 9 of 10 seeds)."""
+    model, base, key = linear_regression(10), LinearHP(steps=200), jax.random.key(0)
+    space = {"learning_rate": jaxhp.loguniform(1e-3, 1.0), "l2": jaxhp.loguniform(1e-5, 1.0)}
+    bo, qr = [], []
+    for seed in range(3):
+        bo.append(jaxhp.bayesopt(model, space, diabetes, key=key, rounds=4, batch=8,
+                                 base=base, metric="mse", seed=seed).best("mse").value)
+        qr.append(jaxhp.sweep(model, jaxhp.quasirandom(32, space, seed=seed), diabetes,
+                              key=key, base=base).best("mse").value)
+    assert np.median(bo) < np.median(qr)
 
 
 def test_result_saves_and_loads_its_rounds(searched, tmp_path):
@@ -157,12 +166,12 @@ def test_all_diverged_rounds_fall_back_to_quasirandom(searched, diabetes):
 
 def test_static_groups_share_the_batch(searched, diabetes):
     space = {**SPACE, "optimizer": jaxhp.choice(["sgd", "adam"])}
-    result = jaxhp.bayesopt(searched[0], space, diabetes, key=KEY, rounds=2, batch=2,
-                            base=BASE, metric="mse", chunk_size=1)
+    result = jaxhp.bayesopt(searched[0], space, diabetes, key=KEY, rounds=2, batch=BATCH,
+                            base=BASE, metric="mse", chunk_size=1, candidates=CANDIDATES)
     assert result.meta["search"]["groups"] == [{"optimizer": "sgd"}, {"optimizer": "adam"}]
     opts = [h.optimizer for h in result.settings]
-    assert opts[:2] == ["sgd", "adam"]  # round 0: every group once
-    assert len(opts) == 4 and list(result.rounds) == [0, 0, 1, 1]
+    assert opts[:BATCH] == ["sgd"] * (BATCH // 2) + ["adam"] * (BATCH // 2)  # shared out
+    assert len(opts) == 2 * BATCH and list(result.rounds) == [0] * BATCH + [1] * BATCH
     assert {g.statics["optimizer"] for g in result.groups} == {"sgd", "adam"}
     assert all(g.compiled == 1 for g in result.groups)
 

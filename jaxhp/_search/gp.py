@@ -251,9 +251,17 @@ class GPSurrogate:
         """
         x = _array(x, "x", 2)
         y = _array(y, "y", 1)
-        xs, ys = jnp.asarray(x), jnp.asarray(y)
-        hyper, _ = fit(xs, ys.astype(xs.dtype), jnp.ones(len(y), bool), key,
-                       starts=int(starts), steps=int(steps))
+        if len(y) != len(x) or not len(y):
+            raise ValueError(f"GPSurrogate.fit: `x` has {len(x)} rows and `y` {len(y)} "
+                             "values: need as many, at least one")
+        # padded (masked) to a power of two: one program for many sizes of data
+        cap = max(16, 1 << (len(y) - 1).bit_length())
+        dtype = jax.dtypes.canonicalize_dtype(np.float64)
+        xs = np.zeros((cap, x.shape[1]), dtype)
+        ys = np.zeros(cap, dtype)
+        xs[:len(y)], ys[:len(y)] = x, y
+        hyper, _ = fit(xs, ys, np.arange(cap) < len(y), key, starts=int(starts),
+                       steps=int(steps))
         return cls.from_hyper(x, y, hyper)
 
     @classmethod
