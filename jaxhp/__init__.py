@@ -52,6 +52,9 @@ from jaxhp._result import Selection as Selection
 from jaxhp._result import SelectionError as SelectionError
 from jaxhp._result import SweepResult as SweepResult
 from jaxhp._result import TestReport as TestReport
+from jaxhp._search.bayesopt import BayesOptResult as BayesOptResult
+from jaxhp._search.bayesopt import bayesopt as bayesopt
+from jaxhp._search.gp import GPSurrogate as GPSurrogate
 from jaxhp._search.halving import HalvingResult as HalvingResult
 from jaxhp._search.halving import hyperband as hyperband
 from jaxhp._search.halving import hyperband_brackets as hyperband_brackets
@@ -79,6 +82,7 @@ from jaxhp._train import train as train
 from jaxhp._version import __version__ as __version__
 
 __all__ = [
+    "BayesOptResult",
     "CallbackError",
     "CheckpointLocked",
     "CheckpointMismatch",
@@ -88,6 +92,7 @@ __all__ = [
     "Distribution",
     "Field",
     "FoldWarning",
+    "GPSurrogate",
     "Folds",
     "FormatError",
     "GroupInfo",
@@ -113,6 +118,7 @@ __all__ = [
     "TestReport",
     "TrainState",
     "TuneResult",
+    "bayesopt",
     "check_split",
     "choice",
     "chunk_defaults",

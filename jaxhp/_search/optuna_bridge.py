@@ -20,26 +20,31 @@ import jax
 import numpy as np
 
 from jaxhp._data import Folds
-from jaxhp._distributions import Distribution, SpaceError
+from jaxhp._distributions import Distribution
 from jaxhp._export import import_optuna, optuna_distributions
 from jaxhp._folds import check_folds
 from jaxhp._hparams import HParams, HParamsError
 from jaxhp._model import Model
-from jaxhp._result import SweepResult, resolve_direction
+from jaxhp._result import SweepResult
 from jaxhp._search.common import check_int, check_metric
+from jaxhp._search.rounds import (
+    RoundsResult,
+    check_mode,
+    check_params,
+    check_sweep_options,
+    hparams_class,
+    rounds_result,
+)
 from jaxhp._search.sweep import sweep
-from jaxhp._space import random as random_space
 
 __all__ = ["OptunaResult", "optuna_search"]
 
-_SWEEP_OPTIONS = ("eval_every", "loss_every", "chunk_size", "memory_budget", "max_chunk",
-                  "devices", "keep_params", "on_error", "progress", "on_chunk")
 ROUND_ATTR = "jaxhp_round"
 STALE = ("left RUNNING by an optuna_search call that stopped before telling it (the "
          "process was killed or interrupted); told FAIL by the next optuna_search call")
 
 
-class OptunaResult(SweepResult):
+class OptunaResult(RoundsResult):
     """A :class:`~jaxhp.SweepResult` of the settings an :func:`optuna_search` trained.
 
     One row per distinct setting trained by this call, in the order they were asked.
@@ -60,7 +65,6 @@ class OptunaResult(SweepResult):
         """:meth:`SweepResult.cv_results`, plus ``round`` and ``trial_number`` per setting
         (also columns of :meth:`~SweepResult.to_pandas`)."""
         out = super().cv_results(directions)
-        out["round"] = np.asarray(self.rounds, np.int64)
         out["trial_number"] = np.asarray(self.trial_numbers, np.int64)
         return out
 
@@ -76,20 +80,6 @@ def _check_study(optuna, study) -> str:
             f"{len(study.directions)} objectives; optuna_search tells one value per "
             "trial (one validation metric): create a single-objective study")
     return "min" if study.direction == optuna.study.StudyDirection.MINIMIZE else "max"
-
-
-def _check_params(params, cls: type[HParams], base: HParams | None):
-    """The searched fields, validated against the hyperparameter class (a SpaceError)."""
-    if not isinstance(params, Mapping) or not params:
-        raise SpaceError(f"optuna_search(): `params` must be a non-empty dict of field "
-                         f"name -> jaxhp distribution, got {params!r}")
-    bad = [f"`{n}`={d!r}: not a jaxhp distribution (uniform, loguniform, intrange, "
-           "choice, fixed)" for n, d in params.items() if not isinstance(d, Distribution)]
-    if bad:
-        raise SpaceError(bad, header="optuna_search() params")
-    space = random_space(1, dict(params))
-    space.validate(cls, base)
-    return space
 
 
 def _reason(result: SweepResult, row: int, status: str, metric: str) -> str:
@@ -186,24 +176,15 @@ def optuna_search(
       >>> study.best_params, result.best("mse").setting
     """
     optuna = import_optuna("optuna_search()")
-    unknown = sorted(set(sweep_options) - set(_SWEEP_OPTIONS))
-    if unknown:
-        raise TypeError(f"optuna_search(): unknown keyword(s) {unknown}; the sweep "
-                        f"options it passes on are {list(_SWEEP_OPTIONS)}")
+    check_sweep_options("optuna_search()", sweep_options)
     rounds = check_int("rounds", rounds, 1)
     batch = check_int("batch", batch, 1)
     direction = _check_study(optuna, study)
-    cls = type(base) if base is not None else model.hparams
-    if cls is None:
-        raise ValueError("optuna_search(): the model has no `hparams` class; pass `base=`")
-    space = _check_params(params, cls, base)
+    cls = hparams_class("optuna_search()", model, base)
+    space = check_params("optuna_search()", "params", params, cls, base)
     data = check_folds(split) if isinstance(split, Folds) else split
     name = check_metric(model, space.settings(cls, base)[0], data, metric)
-    declared = dict(model.directions or {}).get(name)
-    if mode is not None and declared is not None and mode != declared:
-        raise ValueError(f"optuna_search(): `mode`={mode!r} contradicts the direction "
-                         f"{declared!r} the model declares for {name!r}; drop `mode=`")
-    mode = resolve_direction(model.directions or {}, name, mode)
+    mode = check_mode("optuna_search()", model, name, mode)
     if mode != direction:
         word = {"min": "minimize", "max": "maximize"}
         why = (f"mode={mode!r}" if name not in (model.directions or {})
@@ -258,21 +239,13 @@ def optuna_search(
     if not parts:
         raise ValueError("optuna_search(): no asked setting was valid; see the trials' "
                          "`reason` user attributes")
-    merged = parts[0] if len(parts) == 1 else SweepResult.merge(parts)
-    merged.meta["search"] = {"method": "optuna", "metric": name, "mode": mode,
-                             "study": study.study_name,
-                             "sampler": type(study.sampler).__name__,
-                             "rounds": [first_round, first_round + rounds - 1],
-                             "batch": batch, "stale_trials_failed": stale}
-    out = OptunaResult(
-        settings=merged.table, seed_ids=merged.seed_ids, status=merged.status,
-        diverged_at=merged.diverged_at, train_loss=merged.train_loss, val=merged.val,
-        loss_curve=merged.loss_curve, val_curve=merged.val_curve, errors=merged.errors,
-        groups=merged.groups, meta=merged.meta, params=merged._params,
-        model=merged._model, split=merged._split, key=merged._key,
-        group_of=merged.group_of, fold_of=merged.fold_of,
-        rounds=np.asarray(rows_round, np.int64),
-        trial_numbers=np.asarray(rows_trial, np.int64))
+    search = {"method": "optuna", "metric": name, "mode": mode,
+              "study": study.study_name, "sampler": type(study.sampler).__name__,
+              "rounds": [first_round, first_round + rounds - 1], "batch": batch,
+              "stale_trials_failed": stale}
+    out = rounds_result(OptunaResult, parts, search,
+                        rounds=np.asarray(rows_round, np.int64),
+                        trial_numbers=np.asarray(rows_trial, np.int64))
     out.study = study
     return out
 
