@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 def _run_bench(out: Path, *extra: str) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-2dev",
-                           "--out", str(out), *extra],
+                           "--tasks", "ridge", "--out", str(out), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     print(proc.stdout)  # shown by pytest -s, or on failure
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,7 +39,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert key in res["machine"]
     assert res["machine"]["versions"]["jax"]
     assert res["peak"]["matmul_gflops"] > 0 and res["peak"]["copy_gbs"] > 0
-    for task in ("ridge", "mlp"):
+    for task in ("ridge",):  # the MLP task runs the same code on other data (25 s more)
         assert res[task]["flops_per_setting"] > 0
         for n, comps in res[task]["by_n"].items():
             for key in ("jaxhp", "jax_vmap", "jax_step_loop", "jax_scan_loop", "sklearn",
@@ -56,7 +56,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert "optuna" in next(iter(ridge.values()))
     assert res["memory"]["process_max_rss"] > 0
     for name in ("ridge_vs_hand_vmap", "ridge_vs_jax_step_loop", "ridge_compile_flat",
-                 "ridge_memory_gib", "mlp_peak_fraction", "mlp_vs_sklearn"):
+                 "ridge_memory_gib"):
         assert set(res["targets"][name]) == {"value", "target", "met", "note"}
     assert "Targets:" in stdout and "ridge: settings/s by N" in stdout
 
