@@ -31,7 +31,6 @@ Usage: python bench/bench_bayesopt.py [--out bench/results/bayesopt.json] [--rep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -202,7 +201,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run one problem (by name)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import machine_info
+    from common import machine_info, write_json
 
     t0 = time.perf_counter()
     rows = [run_problem(*p, args.reps, args.rounds, args.batch) for p in problems()
@@ -215,11 +214,7 @@ def main() -> None:
            "target_met": all(r["bayesopt_beats_quasirandom"] for r in rows)}
     print(f"target (bayesopt's median regret below quasi-random's on every problem): "
           f"{'met' if out['target_met'] else 'NOT met'}; total {out['total_s']:.0f} s")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, default=float)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

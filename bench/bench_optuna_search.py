@@ -21,7 +21,6 @@ Usage: python bench/bench_optuna_search.py [--out bench/results/optuna_search.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -92,15 +91,11 @@ def main() -> None:
         print(f"{r['method']:38s} {r['trials']:6d} {r['compile_s']:9.2f} "
               f"{r['steady_s']:9.2f} {r['wall_s']:7.2f} {r['best_val']:9.4f}")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import machine_info
+    from common import machine_info, write_json
 
     out = {"machine": machine_info(), "task": f"ridge on diabetes, {args.steps} steps, 1 seed",
            "rounds": args.rounds, "batch": args.batch, "rows": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, default=float)
-    os.replace(tmp, args.out)
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

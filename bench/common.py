@@ -190,6 +190,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    import json
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
 def fmt_rate(x: float | None) -> str:
     if x is None or x != x:
         return "-"
