@@ -132,6 +132,7 @@ def _merged_groups(results: Sequence[SweepResult]) -> tuple[list[GroupInfo], np.
                 m.compiled += g.compiled
                 m.chunks_computed += g.chunks_computed
                 m.chunks_loaded += g.chunks_loaded
+                m.rechecked += g.rechecked
                 m.error = m.error or g.error
             mapping[gi] = index[name]
         group_of.append(mapping[np.asarray(r.group_of, np.int64)])

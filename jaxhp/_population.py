@@ -76,16 +76,19 @@ def init(model: Model, hp: HParams, keys: jax.Array):
     return over_members(lambda h, k: start(model, h, k), 0, 0)(hp, keys)
 
 
-def run(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False) -> Callable:
+def run(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False,
+        checked: bool = True) -> Callable:
     """The whole-run program ``(hp, train, val, keys) -> Run`` of a plain sweep.
 
     ``folds``: ``train`` and ``val`` hold every fold's part on a leading fold axis
     (``jaxhp.Folds.stacked``); the outputs' replica axis is folds x seeds
-    (:func:`fold_replicas`).
+    (:func:`fold_replicas`). ``checked=False``: the unchecked run
+    (:func:`jaxhp._train.run_pure`); the settings :func:`suspects` names must then
+    be run again checked, and :func:`replace_settings` puts them in place.
     """
 
     def one(h, train_part, val_part, k):
-        out = run_pure(model, cfg, h, train_part, val_part, k)
+        out = run_pure(model, cfg, h, train_part, val_part, k, checked)
         return out if keep_params else out._replace(state=None)
 
     if not folds:
@@ -140,6 +143,27 @@ def score(val, dead_at, mode: str, xp=jnp):
     ok = xp.all(xp.asarray(dead_at) < 0, axis=0) & xp.all(xp.isfinite(v), axis=0)
     mean = xp.mean(xp.where(ok[None], v, 0.0), axis=0)
     return xp.where(ok, mean if mode == "min" else -mean, xp.inf)
+
+
+def suspects(diverged_at) -> np.ndarray:
+    """Host side, after an unchecked run: the settings (positions along axis 1 of
+    ``diverged_at``, ``(replicas, settings)``) with a suspect replica, to run again
+    with the checked program. A setting is run again whole (every seed and fold),
+    so its replicas all come from one program."""
+    return np.flatnonzero(np.any(np.asarray(diverged_at) >= 0, axis=0))
+
+
+def replace_settings(out, idx, checked):
+    """Host side: the outputs ``out`` (numpy leaves ``(replicas, settings, ...)``) with
+    settings ``idx`` replaced by the first ``len(idx)`` settings of ``checked``."""
+    k = len(idx)
+
+    def one(a, b):
+        a = np.array(a)  # a writable copy (device_get may hand back read-only views)
+        a[:, idx] = np.asarray(b)[:, :k]
+        return a
+
+    return jax.tree_util.tree_map(one, out, checked)
 
 
 def take(carry, idx):

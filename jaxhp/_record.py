@@ -45,6 +45,9 @@ class GroupInfo:
       compile_s, run_s: seconds spent compiling and in the compiled calls.
       compiled: programs compiled for it (0 when all were cached).
       chunks_computed, chunks_loaded: chunks trained, and loaded from a checkpoint.
+      rechecked: settings trained a second time by the checked program (a sweep
+        runs the program without the per-step health check first; a setting with
+        a non-finite loss or final state runs again checked, see the README).
       error: the message of the error that failed the group, else ``None``.
     """
 
@@ -60,6 +63,7 @@ class GroupInfo:
     compiled: int = 0
     chunks_computed: int = 0
     chunks_loaded: int = 0
+    rechecked: int = 0
     error: str | None = None
 
 

@@ -204,7 +204,7 @@ def start(model: Model, hp: HParams, key: jax.Array):
 
 
 def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array,
-              want_loss: bool = True):
+              want_loss: bool = True, checked: bool = True):
     """The training step ``step((state, dead_at), t) -> ((state, dead_at), loss)`` (pure).
 
     Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only. A
@@ -217,10 +217,19 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
     output NaN.
     ``want_loss=False``: the step outputs ``None`` instead of the loss (no
     per-step output at all; the loss is still computed, for the health check).
+
+    ``checked=False`` (the unchecked step, see :func:`run_pure`): no check of the
+    parameters and no freezing; ``dead_at`` records the first step whose loss is
+    non-finite and the run goes on. Up to that step both steps compute the same
+    thing. Not for a group that pads ``steps`` (its members stop by the same
+    select that freezes).
     """
     data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
     stop = own_steps(hp)
+    if not checked and stop is not None:
+        raise ValueError("make_step(checked=False): a group that pads `steps` needs the "
+                         "checked step (members stop by its select)")
 
     def step(carry, t):
         state, dead_at = carry
@@ -244,6 +253,9 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         updates = _masking.apply(mask, updates)
         new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                          opt_state, model_state)
+        if not checked:  # the first non-finite loss only; the run goes on
+            dead_at = jnp.where((dead_at < 0) & ~jnp.isfinite(loss), t, dead_at)
+            return (new, dead_at), (loss if want_loss else None)
         live = dead_at < 0  # healthy, and (padded steps) before the member's own end
         if stop is not None:
             live = live & (t < stop)
@@ -278,10 +290,24 @@ def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: 
 
 
 def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
-             key: jax.Array) -> Run:
-    """One training run as a pure function (no validation; see :func:`train`)."""
+             key: jax.Array, checked: bool = True) -> Run:
+    """One training run as a pure function (no validation; see :func:`train`).
+
+    ``checked=False``: the unchecked run (:func:`make_step`), for a population
+    whose members rarely diverge. Its ``diverged_at`` is ``-1`` for a member
+    whose every loss and final state (parameters, model state) are finite:
+    then every step kept its update, as the checked run's would, and the two
+    runs are the same computation. Otherwise it is ``>= 0`` (the first
+    non-finite loss, or ``steps`` for a non-finite final state), the member is
+    *suspect* and its outputs mean nothing: the caller runs it again checked
+    (:func:`jaxhp._population.suspects`). A state cannot turn non-finite and
+    back without an operation that discards NaN/Inf (a ``where`` or clip on
+    the parameters themselves) and a finite loss meanwhile; such a member would
+    count as healthy here.
+    """
     # loss_every 0/None: the steps output nothing (no (steps,) buffer per member)
-    step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every))
+    step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every),
+                     checked=checked)
 
     def evaluate(state):
         return rowwise_mean(lambda b: metrics_fn(model, state.params, b, hp, state.model_state),
@@ -312,6 +338,9 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.where(at <= stop, v, jnp.nan), val_curve)
     state, dead_at = carry
+    if not checked:  # suspect: a non-finite loss, or a non-finite final state
+        finite = _all_finite(state.params) & _all_finite(state.model_state)
+        dead_at = jnp.where((dead_at < 0) & ~finite, cfg.steps, dead_at)
     train_loss = rowwise_mean(
         lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:

@@ -108,6 +108,54 @@ def test_chunking_and_order_do_not_change_results(diabetes):
         np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
 
 
+def test_diverged_settings_run_again_checked_and_equal_solo_runs(diabetes):
+    # The sweep runs the program without the per-step health check; the settings with
+    # a non-finite loss run again with the checked one (a batch of 2 here): every
+    # member, the diverged ones included, equals its (checked) solo run.
+    model = models.linear_regression(10)  # its own: compiles are counted
+    settings = ridge_settings(6, steps=60, batch_size=32)
+    settings[1] = settings[1].replace(learning_rate=50.0)
+    settings[4] = settings[4].replace(learning_rate=80.0)
+    with count_compiles() as c:
+        res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=6,
+                          keep_params=True)
+    assert list(res.setting_status()) == ["ok", "diverged", "ok", "ok", "diverged", "ok"]
+    assert res.groups[0].rechecked == 2
+    assert c.count == 2 == res.compile_count  # unchecked (6 settings), checked (2)
+    for i in range(6):
+        for s in range(2):
+            run = jaxhp.train(model, settings[i], diabetes, key=jax.random.fold_in(KEY, s))
+            assert int(res.diverged_at[i, s]) == int(run.diverged_at)
+            np.testing.assert_allclose(res.loss_curve[i, s], run.loss_curve, rtol=1e-5,
+                                       atol=1e-7)  # NaN from the divergence on
+            params = res.params(i, seed=s)
+            np.testing.assert_allclose(params["w"], run.state.params["w"], rtol=1e-5,
+                                       atol=1e-7)  # frozen at the last finite state
+    # the same sweep again: the two programs are reused
+    with count_compiles() as c:
+        again = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=6,
+                            keep_params=True)
+    assert c.count == 0
+    np.testing.assert_array_equal(again.val["mse"], res.val["mse"])
+
+
+def test_a_mostly_diverged_chunk_switches_its_group_to_the_checked_program(diabetes):
+    model = models.linear_regression(10)
+    settings = ridge_settings(8, steps=40)
+    for i in (0, 1, 6):  # chunk 0: 2 of 4 diverge (more than a quarter)
+        settings[i] = settings[i].replace(learning_rate=60.0)
+    with count_compiles() as c:
+        res = jaxhp.sweep(model, settings, diabetes, key=KEY, chunk_size=4)
+    assert list(np.flatnonzero(res.setting_status() == "diverged")) == [0, 1, 6]
+    # chunk 0 unchecked, its 2 suspects again checked; chunk 1 checked directly
+    assert res.groups[0].rechecked == 2
+    assert c.count == 3  # unchecked (4), checked (2), checked (4)
+    for i in (5, 6):
+        run = jaxhp.train(model, settings[i], diabetes, key=jax.random.fold_in(KEY, 0))
+        np.testing.assert_allclose(res.val["mse"][i, 0], run.val["mse"], rtol=1e-5)
+        assert int(res.diverged_at[i, 0]) == int(run.diverged_at)
+
+
 def test_diverging_member_is_flagged_and_others_untouched(diabetes):
     model = RIDGE
     settings = ridge_settings(4, steps=100)

@@ -25,7 +25,7 @@ from jaxhp._data import Folds, Split, check_split
 from jaxhp._engine import SweepWarning
 from jaxhp._folds import check_folds
 from jaxhp._hosts import open_checkpoint
-from jaxhp._hparams import HParams
+from jaxhp._hparams import HParams, padded_fields
 from jaxhp._member_steps import check_member_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._padded import check_padded_folds
@@ -36,8 +36,9 @@ from jaxhp._train import LoopConfig, check_key, eval_steps, resolve_loop
 __all__ = ["SweepWarning", "sweep"]
 
 
-def _program(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False):
-    run = population.run(model, cfg, keep_params, folds)
+def _program(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False,
+             checked: bool = True):
+    run = population.run(model, cfg, keep_params, folds, checked)
 
     def program(hp, train_part, val_part, key, seed_ids):
         return run(hp, train_part, val_part, population.member_keys(key, seed_ids))
@@ -243,9 +244,26 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
     group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
     shared = engine.put((*parts, key, seed_ids), mesh)
-    fn = _program(model, cfg, keep_params, folds)
+    # The unchecked program while divergence is rare: its suspect settings run again
+    # with the checked one (_recheck). A group that pads `steps` needs the checked step.
+    unchecked = "steps" not in padded_fields(table.batch(idx[:1])[0])
+    fns = {False: _program(model, cfg, keep_params, folds, checked=False),
+           True: _program(model, cfg, keep_params, folds, checked=True)}
     structure = None
-    programs: dict[int, tuple] = {}  # chunk size -> (compiled, compile seconds)
+    programs: dict[tuple, tuple] = {}  # (checked, size) -> (compiled, compile seconds)
+
+    def program(checked: bool, args) -> tuple:
+        size = jax.tree_util.tree_leaves(args[0])[0].shape[0]
+        if (checked, size) not in programs:  # looked up once per program and size
+            programs[checked, size] = engine.CACHE.get(
+                ("sweep", model, cfg, keep_params, folds, checked), fns[checked], args, mesh,
+                _SPECS)
+            dt = programs[checked, size][1]
+            info.compile_s += dt
+            info.compiled += int(dt > 0)
+            return programs[checked, size][0], dt
+        return programs[checked, size][0], 0.0
+
     start = ci = 0
     while start < n:
         c = policy.next(n - start)
@@ -256,27 +274,23 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
         m = min(c, n - start)
         if ckpt is not None and ckpt.has(gi, ci):
             if structure is None:  # equal shapes in every chunk: trace once per group
-                structure = jax.eval_shape(fn, *args)
+                structure = jax.eval_shape(fns[True], *args)
             out = ckpt.load(gi, ci, structure)
             info.chunks_loaded += 1
             loaded = True
         else:
-            if c not in programs:  # looked up once per chunk size, not per chunk
-                programs[c] = engine.CACHE.get(("sweep", model, cfg, keep_params, folds), fn,
-                                               args, mesh, _SPECS)
-                dt = programs[c][1]
-            else:
-                dt = 0.0
-            compiled = programs[c][0]
-            info.compile_s += dt
-            info.compiled += int(dt > 0)
+            compiled, dt = program(not unchecked, args)
             t0 = time.perf_counter()
             out = jax.device_get(jax.block_until_ready(compiled(*args)))
             run_s = time.perf_counter() - t0
             info.run_s += run_s
             info.chunks_computed += 1
             policy.observe(c, dt, run_s, m)
+            if unchecked:
+                out = _recheck(out, group_hp, start, m, c, shared, mesh, program, info)
             loaded = False
+        if unchecked and _mostly_diverged(out.diverged_at, m):
+            unchecked = False  # the rest of the group: checked (no second runs)
         rows = idx[start:start + m]
         if reporter:  # before the chunk is saved: a callback error leaves it unsaved
             reporter.report(group=gi, chunk=ci, step=cfg.steps, rows=rows,
@@ -295,3 +309,32 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
     info.n_chunks = ci
     info.chunk_size = policy.chosen or policy.planned
     info.chunk_trials = [[int(c), float(t)] for c, t in policy.record["trials"].items()]
+
+
+def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, info):
+    """The outputs of an unchecked chunk with its suspect settings run again by the
+    checked program (in a batch of a power of two settings, at most the chunk: few
+    distinct sizes, so few compiles)."""
+    bad = population.suspects(out.diverged_at)
+    bad = bad[bad < m]  # padding rows are dropped anyway
+    if not len(bad):
+        return out
+    n_dev = 1 if mesh is None else mesh.devices.size
+    r = max(1 << (len(bad) - 1).bit_length(), n_dev)
+    r = min(c, -(-r // n_dev) * n_dev)  # a device multiple, as c is
+    hp = engine.pad_axis(population.take_settings(group_hp, start + bad), r)
+    if mesh is not None:
+        hp = engine.put(hp, mesh, engine.POP)
+    compiled, _ = program(True, (hp, *shared))
+    t0 = time.perf_counter()
+    again = jax.device_get(jax.block_until_ready(compiled(hp, *shared)))
+    info.run_s += time.perf_counter() - t0
+    info.rechecked += len(bad)
+    return population.replace_settings(out, bad, again)
+
+
+def _mostly_diverged(diverged_at, m: int) -> bool:
+    """Whether more than a quarter of a chunk's settings diverged: the group's
+    following chunks then run the checked program directly. Read from the chunk's
+    final outputs, so a resumed sweep (loaded chunks) decides the same way."""
+    return int(np.any(np.asarray(diverged_at)[:, :m] >= 0, axis=0).sum()) * 4 > m
