@@ -9,7 +9,11 @@ own tasks (``bench/tasks.py``):
 - ``before``: jaxhp's whole-run program (``population.run`` of ``run_pure``)
   built from ``jaxhp/_train.py`` as of git revision ``--baseline`` (default
   ``HEAD``), loaded from git into a module of its own;
-- ``after``: the same program built from the working tree;
+- ``after``: the sweep's program built from the working tree (``run_pure(...,
+  checked=False)``: steps that check the loss only; a suspect member would run again
+  checked, which none of these tasks has: a diverging ridge's loss overflows first);
+- ``handmomentum`` (ridge): the hand-written program with the reference model's
+  optimizer (SGD with a traced momentum, 0 here), i.e. the same work as jaxhp's;
 - ``sweep``: a whole warm ``jaxhp.sweep`` call (settings from the space,
   stacking, transfers, result building), at its default chunking.
 
@@ -31,6 +35,7 @@ Usage: python bench/bench_program.py [--reps 5] [--big] [--baseline HEAD]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -111,6 +116,44 @@ def hand_chunked(task, n: int, c: int, val_only: bool) -> Timed:
     return Timed(lambda: [jax.device_get(compiled(*a)) for a in args], dt)
 
 
+def hand_momentum_chunked(task, n: int, c: int, val_only: bool) -> Timed:
+    """Ridge only: the hand-written program with the reference model's optimizer,
+    ``optax.sgd(lr, momentum=m)`` with ``m`` traced (0 here, as in the sweep), so its
+    momentum buffer is in both programs: the same work, the engine's cost alone."""
+    import jax.numpy as jnp
+    import optax
+
+    tr, va = task.split.train, task.split.val
+    xtr, ytr, xv, yv = (jnp.asarray(a) for a in (tr["x"], tr["y"], va["x"], va["y"]))
+
+    def loss(p, l2):
+        return 0.5 * jnp.mean((xtr @ p[0] + p[1] - ytr) ** 2) + 0.5 * l2 * jnp.sum(p[0] ** 2)
+
+    def run(lr, l2, m):
+        opt = optax.sgd(lr, momentum=m)
+        p0 = (jnp.zeros((xtr.shape[1],), jnp.float32), jnp.zeros((), jnp.float32))
+
+        def body(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(loss)(p, l2)
+            u, s = opt.update(g, s)
+            return (optax.apply_updates(p, u), s), value
+
+        (p, _), losses = jax.lax.scan(body, (p0, opt.init(p0)), None, length=task.steps)
+        val = jnp.mean((xv @ p[0] + p[1] - yv) ** 2)
+        return val if val_only else (losses, val)
+
+    fn = jax.vmap(run)
+    lr, b = task.arrays(n)
+    m = np.zeros_like(lr)
+    args = [tuple(jax.device_put(engine.pad_axis(a[s:s + c], c)) for a in (lr, b, m))
+            for s, _ in _chunks(n, c)]
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args[0]).compile()
+    dt = time.perf_counter() - t0
+    return Timed(lambda: [jax.device_get(compiled(*a)) for a in args], dt)
+
+
 def jaxhp_chunked(task, n: int, c: int, run_pure, loss_every) -> Timed:
     """jaxhp's compiled whole-run program over ``n`` settings in chunks of ``c``, as
     ``_sweep._run_group`` calls it (inputs placed beforehand)."""
@@ -159,6 +202,8 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
         c = n if ch == "all" else default_chunk(task, n, loss_every)
         plan[ch] = c
         cases[f"hand_{ch}"] = hand_chunked(task, n, c, val_only)
+        if task_name == "ridge":
+            cases[f"handmomentum_{ch}"] = hand_momentum_chunked(task, n, c, val_only)
         if val_only:  # jaxhp computes the loss anyway (health): also the hand-written curve
             cases[f"handcurve_{ch}"] = hand_chunked(task, n, c, False)
         if before is not None:
@@ -181,6 +226,9 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
             "ratio_vs_hand": ref / min(t.times),
             "ratio_vs_hand_median": statistics.median(cases[f"hand_{ch}"].times)
             / statistics.median(t.times)}
+        if f"handmomentum_{ch}" in cases:
+            out["cases"][name]["ratio_vs_hand_momentum"] = (
+                min(cases[f"handmomentum_{ch}"].times) / min(t.times))
         if f"handcurve_{ch}" in cases:
             out["cases"][name]["ratio_vs_hand_curve"] = (min(cases[f"handcurve_{ch}"].times)
                                                          / min(t.times))
@@ -197,7 +245,9 @@ def _print(r: dict) -> None:
               f"{c['settings_per_s']:>12,.0f}{c['ratio_vs_hand']:>12.3f}"
               f"{c['ratio_vs_hand_median']:>12.3f}"
               + (f"   hand with loss/x {c['ratio_vs_hand_curve']:.3f}"
-                 if "ratio_vs_hand_curve" in c else ""))
+                 if "ratio_vs_hand_curve" in c else "")
+              + (f"   hand with momentum/x {c['ratio_vs_hand_momentum']:.3f}"
+                 if "ratio_vs_hand_momentum" in c else ""))
 
 
 def main(argv=None) -> int:
@@ -214,6 +264,8 @@ def main(argv=None) -> int:
     from jaxhp import _train
 
     before = _train_module(args.baseline).run_pure if args.baseline else None
+    # the sweep's program: steps that check the loss only (suspects run again checked)
+    after = functools.partial(_train.run_pure, checked=False)
     machine = machine_info()
     print(f"commit {machine['git_commit']} (baseline {args.baseline or '-'}), "
           f"{machine['cpu_model']}, {machine['cores']} cores, devices {machine['devices']}, "
@@ -229,20 +281,20 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
     if "ridge" in wanted:
-        results.append(measure("ridge", 1024, 1, args.reps, before, _train.run_pure))
+        results.append(measure("ridge", 1024, 1, args.reps, before, after))
         _print(results[-1])
         write()
         # loss_every=0 at the same size: no per-step loss output (this change)
-        results.append(measure("ridge", 1024, 0, args.reps, before, _train.run_pure,
+        results.append(measure("ridge", 1024, 0, args.reps, before, after,
                                chunkings=("default",)))
         _print(results[-1])
         write()
     if "mlp" in wanted:
-        results.append(measure("mlp", 256, 1, max(3, args.reps - 2), before, _train.run_pure))
+        results.append(measure("mlp", 256, 1, max(3, args.reps - 2), before, after))
         _print(results[-1])
         write()
     if args.big:
-        results.append(measure("ridge", 100_000, 0, 3, before, _train.run_pure,
+        results.append(measure("ridge", 100_000, 0, 3, before, after,
                                chunkings=("default",)))
         _print(results[-1])
         write()

@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, loss_fn, metrics_fn
-from jaxhp._train import LoopConfig, make_step, run_pure, start
+from jaxhp._train import SUSPECT, LoopConfig, make_step, run_pure, start
 
 
 def member_keys(key: jax.Array, seed_ids) -> jax.Array:
@@ -150,7 +150,7 @@ def suspects(diverged_at) -> np.ndarray:
     ``diverged_at``, ``(replicas, settings)``) with a suspect replica, to run again
     with the checked program. A setting is run again whole (every seed and fold),
     so its replicas all come from one program."""
-    return np.flatnonzero(np.any(np.asarray(diverged_at) >= 0, axis=0))
+    return np.flatnonzero(np.any(np.asarray(diverged_at) == SUSPECT, axis=0))
 
 
 def replace_settings(out, idx, checked):

@@ -134,6 +134,9 @@ def eval_steps(cfg: LoopConfig) -> np.ndarray:
     return np.arange(1, cfg.steps // cfg.eval_every + 1, dtype=np.int32) * cfg.eval_every
 
 
+SUSPECT = -2  # ``diverged_at`` of a member an unchecked run cannot vouch for (run_pure)
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
@@ -218,18 +221,14 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
     ``want_loss=False``: the step outputs ``None`` instead of the loss (no
     per-step output at all; the loss is still computed, for the health check).
 
-    ``checked=False`` (the unchecked step, see :func:`run_pure`): no check of the
-    parameters and no freezing; ``dead_at`` records the first step whose loss is
-    non-finite and the run goes on. Up to that step both steps compute the same
-    thing. Not for a group that pads ``steps`` (its members stop by the same
-    select that freezes).
+    ``checked=False`` (see :func:`run_pure`): the health check reads the loss
+    only (a scalar per member), not the parameters nor the model state, and a
+    member is frozen at its first non-finite loss. Where that loss came from
+    finite parameters, this is the checked step's outcome.
     """
     data_key, noise_key = (jax.random.fold_in(key, i) for i in (DATA, NOISE))
     opt = model.optimizer(hp)
     stop = own_steps(hp)
-    if not checked and stop is not None:
-        raise ValueError("make_step(checked=False): a group that pads `steps` needs the "
-                         "checked step (members stop by its select)")
 
     def step(carry, t):
         state, dead_at = carry
@@ -253,15 +252,14 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         updates = _masking.apply(mask, updates)
         new = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                          opt_state, model_state)
-        if not checked:  # the first non-finite loss only; the run goes on
-            dead_at = jnp.where((dead_at < 0) & ~jnp.isfinite(loss), t, dead_at)
-            return (new, dead_at), (loss if want_loss else None)
         live = dead_at < 0  # healthy, and (padded steps) before the member's own end
         if stop is not None:
             live = live & (t < stop)
-        ok = jnp.isfinite(loss) & _all_finite(new.params)
-        if model.has_state:
-            ok = ok & _all_finite(model_state)
+        ok = jnp.isfinite(loss)
+        if checked:  # (unchecked: the state once, at the end of the run)
+            ok = ok & _all_finite(new.params)
+            if model.has_state:
+                ok = ok & _all_finite(model_state)
         keep = live & ok
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         dead_at = jnp.where(live & ~ok, t, dead_at)
@@ -293,17 +291,20 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
              key: jax.Array, checked: bool = True) -> Run:
     """One training run as a pure function (no validation; see :func:`train`).
 
-    ``checked=False``: the unchecked run (:func:`make_step`), for a population
-    whose members rarely diverge. Its ``diverged_at`` is ``-1`` for a member
-    whose every loss and final state (parameters, model state) are finite:
-    then every step kept its update, as the checked run's would, and the two
-    runs are the same computation. Otherwise it is ``>= 0`` (the first
-    non-finite loss, or ``steps`` for a non-finite final state), the member is
-    *suspect* and its outputs mean nothing: the caller runs it again checked
-    (:func:`jaxhp._population.suspects`). A state cannot turn non-finite and
-    back without an operation that discards NaN/Inf (a ``where`` or clip on
-    the parameters themselves) and a finite loss meanwhile; such a member would
-    count as healthy here.
+    ``checked=False``: the run whose steps check the loss only (:func:`make_step`;
+    the per-step check of the parameters is a reduction over all of them, 8-16% of
+    the bench's ridge and MLP runs on a CPU: ``bench/bench_program.py``).
+    The state is checked once, at the end: a member whose final (or frozen)
+    parameters or model state are non-finite is *suspect*, ``diverged_at ==
+    SUSPECT``, and its outputs mean nothing: the caller runs it again checked
+    (:func:`jaxhp._population.suspects`). Every other member had finite
+    parameters at every step its loss was finite, so both runs kept the same
+    updates and froze at the same step: the same computation. (A state can only
+    turn non-finite and back to finite through an operation that discards
+    NaN/Inf on the parameters themselves, a ``where`` or clip, with finite
+    losses meanwhile; such a member would count as healthy here.) Divergence
+    usually shows in the loss first (it grows faster than the parameters), so
+    suspects are rare.
     """
     # loss_every 0/None: the steps output nothing (no (steps,) buffer per member)
     step = make_step(model, cfg, hp, train_part, key, want_loss=bool(cfg.loss_every),
@@ -338,9 +339,9 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
         val_curve = jax.tree_util.tree_map(
             lambda v: jnp.where(at <= stop, v, jnp.nan), val_curve)
     state, dead_at = carry
-    if not checked:  # suspect: a non-finite loss, or a non-finite final state
+    if not checked:  # the state, once: non-finite parameters or model state -> suspect
         finite = _all_finite(state.params) & _all_finite(state.model_state)
-        dead_at = jnp.where((dead_at < 0) & ~finite, cfg.steps, dead_at)
+        dead_at = jnp.where(finite, dead_at, SUSPECT)
     train_loss = rowwise_mean(
         lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:

@@ -1,7 +1,9 @@
 """The sweep engine: members equal solo runs, one compile per static group, health."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import count_compiles
 
@@ -108,52 +110,81 @@ def test_chunking_and_order_do_not_change_results(diabetes):
         np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
 
 
-def test_diverged_settings_run_again_checked_and_equal_solo_runs(diabetes):
-    # The sweep runs the program without the per-step health check; the settings with
-    # a non-finite loss run again with the checked one (a batch of 2 here): every
-    # member, the diverged ones included, equals its (checked) solo run.
-    model = models.linear_regression(10)  # its own: compiles are counted
-    settings = ridge_settings(6, steps=60, batch_size=32)
-    settings[1] = settings[1].replace(learning_rate=50.0)
-    settings[4] = settings[4].replace(learning_rate=80.0)
+class GrowHP(jaxhp.HParams):
+    """A ridge whose extra parameter ``s`` (not in the loss) grows every step."""
+
+    learning_rate: float = jaxhp.tunable(0.05, low=0, low_open=True, log=True)
+    growth: float = jaxhp.tunable(0.0, low=0, doc="`s` is multiplied by 1 + lr * growth")
+    steps: int = jaxhp.static(40, low=1, integer=True)
+    batch_size: int = jaxhp.static(None, low=1, integer=True)
+
+
+def grow_model() -> jaxhp.Model:
+    def init(key, hp):
+        del key, hp
+        return {"w": jnp.zeros((10,)), "b": jnp.zeros(()), "s": jnp.ones(())}
+
+    def mse(params, batch):
+        return jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
+
+    def loss(params, batch, hp, key=None):
+        return 0.5 * mse(params, batch), {}
+
+    def optimizer(hp):  # gradient descent; `s` (zero gradient) grows by decay < 0
+        grow = optax.masked(optax.add_decayed_weights(-hp.growth),
+                            {"w": False, "b": False, "s": True})
+        return optax.chain(grow, optax.sgd(hp.learning_rate))
+
+    return jaxhp.Model(init, loss, optimizer, lambda p, b, hp: {"mse": mse(p, b)},
+                       hparams=GrowHP, directions={"mse": "min"})
+
+
+def test_a_state_gone_non_finite_before_the_loss_runs_again_checked(diabetes):
+    # The sweep's steps check the loss only; here `s` overflows at step 13 while the
+    # loss stays finite. Its final state is non-finite: the setting runs again with the
+    # checked program, which freezes it at step 13 like its solo run.
+    model = grow_model()
+    settings = [GrowHP(learning_rate=lr, growth=g)
+                for lr, g in [(0.05, 0.0), (0.05, 1e4), (0.1, 0.0), (0.02, 0.0),
+                              (0.05, 2e4)]]
     with count_compiles() as c:
-        res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=6,
-                          keep_params=True)
-    assert list(res.setting_status()) == ["ok", "diverged", "ok", "ok", "diverged", "ok"]
-    assert res.groups[0].rechecked == 2
-    assert c.count == 2 == res.compile_count  # unchecked (6 settings), checked (2)
-    for i in range(6):
+        res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, keep_params=True)
+    assert list(res.setting_status()) == ["ok", "diverged", "ok", "ok", "diverged"]
+    assert res.groups[0].rechecked == 2  # settings 1 and 4, every seed
+    assert c.count == 2 == res.compile_count  # loss-checked (5 settings), checked (2)
+    for i in range(5):
         for s in range(2):
             run = jaxhp.train(model, settings[i], diabetes, key=jax.random.fold_in(KEY, s))
             assert int(res.diverged_at[i, s]) == int(run.diverged_at)
             np.testing.assert_allclose(res.loss_curve[i, s], run.loss_curve, rtol=1e-5,
                                        atol=1e-7)  # NaN from the divergence on
-            params = res.params(i, seed=s)
-            np.testing.assert_allclose(params["w"], run.state.params["w"], rtol=1e-5,
-                                       atol=1e-7)  # frozen at the last finite state
-    # the same sweep again: the two programs are reused
+            kept = res.params(i, seed=s)
+            for name in ("w", "s"):  # frozen at the last finite state
+                np.testing.assert_allclose(kept[name], run.state.params[name], rtol=1e-5,
+                                           atol=1e-7)
+    assert int(res.diverged_at[1, 0]) == 13 and np.isfinite(res.params(1)["s"])
+    # the same sweep again: both programs are reused
     with count_compiles() as c:
-        again = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, chunk_size=6,
-                            keep_params=True)
+        again = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, keep_params=True)
     assert c.count == 0
     np.testing.assert_array_equal(again.val["mse"], res.val["mse"])
 
 
-def test_a_mostly_diverged_chunk_switches_its_group_to_the_checked_program(diabetes):
+def test_a_loss_gone_non_finite_freezes_without_a_second_run(diabetes):
+    # a diverging ridge: its loss overflows before its parameters do, so the
+    # loss-checked program's outcome is the checked one (no second run, no compile)
     model = models.linear_regression(10)
-    settings = ridge_settings(8, steps=40)
-    for i in (0, 1, 6):  # chunk 0: 2 of 4 diverge (more than a quarter)
-        settings[i] = settings[i].replace(learning_rate=60.0)
+    settings = ridge_settings(6, steps=60, batch_size=32)
+    settings[1] = settings[1].replace(learning_rate=50.0)
     with count_compiles() as c:
-        res = jaxhp.sweep(model, settings, diabetes, key=KEY, chunk_size=4)
-    assert list(np.flatnonzero(res.setting_status() == "diverged")) == [0, 1, 6]
-    # chunk 0 unchecked, its 2 suspects again checked; chunk 1 checked directly
-    assert res.groups[0].rechecked == 2
-    assert c.count == 3  # unchecked (4), checked (2), checked (4)
-    for i in (5, 6):
-        run = jaxhp.train(model, settings[i], diabetes, key=jax.random.fold_in(KEY, 0))
-        np.testing.assert_allclose(res.val["mse"][i, 0], run.val["mse"], rtol=1e-5)
-        assert int(res.diverged_at[i, 0]) == int(run.diverged_at)
+        res = jaxhp.sweep(model, settings, diabetes, key=KEY, seeds=2, keep_params=True)
+    assert c.count == 1 and res.groups[0].rechecked == 0
+    assert list(res.setting_status()) == ["ok", "diverged", "ok", "ok", "ok", "ok"]
+    for s in range(2):
+        run = jaxhp.train(model, settings[1], diabetes, key=jax.random.fold_in(KEY, s))
+        assert int(res.diverged_at[1, s]) == int(run.diverged_at) >= 0
+        np.testing.assert_allclose(res.params(1, seed=s)["w"], run.state.params["w"],
+                                   rtol=1e-5, atol=1e-7)
 
 
 def test_diverging_member_is_flagged_and_others_untouched(diabetes):

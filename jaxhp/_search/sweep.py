@@ -25,7 +25,7 @@ from jaxhp._data import Folds, Split, check_split
 from jaxhp._engine import SweepWarning
 from jaxhp._folds import check_folds
 from jaxhp._hosts import open_checkpoint
-from jaxhp._hparams import HParams, padded_fields
+from jaxhp._hparams import HParams
 from jaxhp._member_steps import check_member_steps
 from jaxhp._model import Model, model_fingerprint
 from jaxhp._padded import check_padded_folds
@@ -244,9 +244,8 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
     group_hp = table.batch(idx)  # straight from the columns
     n = len(idx)
     shared = engine.put((*parts, key, seed_ids), mesh)
-    # The unchecked program while divergence is rare: its suspect settings run again
-    # with the checked one (_recheck). A group that pads `steps` needs the checked step.
-    unchecked = "steps" not in padded_fields(table.batch(idx[:1])[0])
+    # The program whose steps check the loss only; its suspect settings (a non-finite
+    # final state) run again with the checked one (_recheck).
     fns = {False: _program(model, cfg, keep_params, folds, checked=False),
            True: _program(model, cfg, keep_params, folds, checked=True)}
     structure = None
@@ -279,18 +278,15 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
             info.chunks_loaded += 1
             loaded = True
         else:
-            compiled, dt = program(not unchecked, args)
+            compiled, dt = program(False, args)
             t0 = time.perf_counter()
             out = jax.device_get(jax.block_until_ready(compiled(*args)))
             run_s = time.perf_counter() - t0
             info.run_s += run_s
             info.chunks_computed += 1
             policy.observe(c, dt, run_s, m)
-            if unchecked:
-                out = _recheck(out, group_hp, start, m, c, shared, mesh, program, info)
+            out = _recheck(out, group_hp, start, m, c, shared, mesh, program, info)
             loaded = False
-        if unchecked and _mostly_diverged(out.diverged_at, m):
-            unchecked = False  # the rest of the group: checked (no second runs)
         rows = idx[start:start + m]
         if reporter:  # before the chunk is saved: a callback error leaves it unsaved
             reporter.report(group=gi, chunk=ci, step=cfg.steps, rows=rows,
@@ -312,9 +308,9 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
 
 
 def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, info):
-    """The outputs of an unchecked chunk with its suspect settings run again by the
-    checked program (in a batch of a power of two settings, at most the chunk: few
-    distinct sizes, so few compiles)."""
+    """The outputs of a chunk with its suspect settings (``population.suspects``) run
+    again by the checked program, in a batch of a power of two settings (at most the
+    chunk): few distinct sizes, so few compiles, and only when a suspect exists."""
     bad = population.suspects(out.diverged_at)
     bad = bad[bad < m]  # padding rows are dropped anyway
     if not len(bad):
@@ -332,9 +328,3 @@ def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, i
     info.rechecked += len(bad)
     return population.replace_settings(out, bad, again)
 
-
-def _mostly_diverged(diverged_at, m: int) -> bool:
-    """Whether more than a quarter of a chunk's settings diverged: the group's
-    following chunks then run the checked program directly. Read from the chunk's
-    final outputs, so a resumed sweep (loaded chunks) decides the same way."""
-    return int(np.any(np.asarray(diverged_at)[:, :m] >= 0, axis=0).sum()) * 4 > m
