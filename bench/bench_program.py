@@ -177,8 +177,11 @@ def whole_sweep(task, n: int, loss_every, chunk_size=None) -> Timed:
     kw = dict(key=jax.random.key(0), base=task.base, progress=False,
               loss_every=loss_every, chunk_size=chunk_size)
     first = jaxhp.sweep(task.model, space, task.split, **kw)
-    return Timed(lambda: jaxhp.sweep(task.model, space, task.split, **kw),
-                 first.compile_seconds)
+    timed = Timed(lambda: jaxhp.sweep(task.model, space, task.split, **kw),
+                  first.compile_seconds)
+    timed.health = {"diverged_settings": int((first.diverged_at >= 0).any(axis=1).sum()),
+                    "rechecked_settings": sum(g.rechecked for g in first.groups)}
+    return timed
 
 
 def default_chunk(task, n: int, loss_every) -> int:
@@ -226,6 +229,8 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
             "ratio_vs_hand": ref / min(t.times),
             "ratio_vs_hand_median": statistics.median(cases[f"hand_{ch}"].times)
             / statistics.median(t.times)}
+        if hasattr(t, "health"):  # the sweep: how many diverged, how many ran twice
+            out["cases"][name].update(t.health)
         if f"handmomentum_{ch}" in cases:
             out["cases"][name]["ratio_vs_hand_momentum"] = (
                 min(cases[f"handmomentum_{ch}"].times) / min(t.times))

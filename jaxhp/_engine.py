@@ -609,8 +609,15 @@ def _init_program(model: Model):
     return program
 
 
-def _segment_program(model: Model, cfg: LoopConfig, length: int):
-    advance = population.advance(model, cfg, length)
+def recheck_size(k: int, chunk: int, n_devices: int) -> int:
+    """Settings in the batch that runs ``k`` suspect settings again checked: a power of
+    two (few distinct sizes, so few compiles), a device multiple, at most the chunk."""
+    r = max(1 << (k - 1).bit_length(), n_devices)
+    return min(chunk, -(-r // n_devices) * n_devices)
+
+
+def _segment_program(model: Model, cfg: LoopConfig, length: int, checked: bool = True):
+    advance = population.advance(model, cfg, length, checked)
     evaluate = population.evaluate(model)
 
     def program(hp, carry, train_part, val_part, s0, s1, key, seed_ids):
@@ -661,15 +668,38 @@ class Runner:
         self.train_loss = np.full((s, n), np.nan, np.float32)
         self.trained = np.zeros(n, np.int64)
 
-    def _call(self, name, fn, specs, args):
+    def _call(self, name, fn, specs, args, chunk: bool = True):
         compiled, dt = CACHE.get(name, fn, args, self.ctx["mesh"], specs)
         self.info.compile_s += dt
         self.info.compiled += int(dt > 0)
         t0 = time.perf_counter()
         out = jax.device_get(jax.block_until_ready(compiled(*args)))
         self.info.run_s += time.perf_counter() - t0
-        self.info.chunks_computed += 1
+        self.info.chunks_computed += int(chunk)
         return out
+
+    def _segment(self, checked: bool, hp, carry, s0: int, s1: int):
+        """One segment program's call (steps that check the loss only, or every step)."""
+        model, mesh, shared = self.ctx["model"], self.ctx["mesh"], self.ctx["shared"]
+        args = (put(hp, mesh, POP), put(carry, mesh, MEMBERS), shared["train"],
+                shared["val"], np.int32(s0), np.int32(s1), shared["key"], shared["seed_ids"])
+        return self._call(("population-segment", model, self.cfg, self.length, checked),
+                          _segment_program(model, self.cfg, self.length, checked),
+                          _SEGMENT_SPECS, args, chunk=not checked)
+
+    def _recheck(self, out, hp, carry, m: int, s0: int, s1: int):
+        """``out`` with its suspect settings (a non-finite state after the segment)
+        trained again over the segment, from the same carry, by the checked program."""
+        bad = population.suspects(out[0][1])
+        bad = bad[bad < m]  # padding rows are dropped anyway
+        if not len(bad):
+            return out
+        mesh = self.ctx["mesh"]
+        r = recheck_size(len(bad), self.c, 1 if mesh is None else mesh.devices.size)
+        again = self._segment(True, pad_axis(population.take_settings(hp, bad), r),
+                              pad_axis(population.take(carry, bad), r, axis=1), s0, s1)
+        self.info.rechecked += len(bad)
+        return population.replace_settings(out, bad, again)
 
     def run(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
         """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;
@@ -681,21 +711,19 @@ class Runner:
         for start in range(0, len(alive), c):
             rows = np.asarray(alive[start:start + c])
             m = len(rows)
-            hp = put(pad_axis(population.take_settings(self.hp, rows), c), mesh, POP)
+            hp = pad_axis(population.take_settings(self.hp, rows), c)
             if self.carry is None or s0 == 0:
                 carry = self._call(("population-init", model, self.cfg), _init_program(model),
-                                   _INIT_SPECS, (hp, shared["key"], shared["seed_ids"]))
+                                   _INIT_SPECS, (put(hp, mesh, POP), shared["key"],
+                                                 shared["seed_ids"]))
                 if self.carry is None:
                     self.carry = jax.tree_util.tree_map(
                         lambda a: np.zeros(a.shape[:1] + self.shape[:1] + a.shape[2:],
                                            a.dtype), carry)
             else:
                 carry = pad_axis(population.take(self.carry, rows), c, axis=1)
-            args = (hp, put(carry, mesh, MEMBERS), shared["train"], shared["val"],
-                    np.int32(s0), np.int32(s1), shared["key"], shared["seed_ids"])
-            carry, losses, val, train_loss = self._call(
-                ("population-segment", model, self.cfg, self.length),
-                _segment_program(model, self.cfg, self.length), _SEGMENT_SPECS, args)
+            out = self._segment(False, hp, carry, s0, s1)
+            carry, losses, val, train_loss = self._recheck(out, hp, carry, m, s0, s1)
             for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
                                 jax.tree_util.tree_leaves(carry)):
                 dst[:, rows] = src[:, :m]

@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxhp._hparams import HParams
 from jaxhp._model import Model, loss_fn, metrics_fn
-from jaxhp._train import SUSPECT, LoopConfig, make_step, run_pure, start
+from jaxhp._train import SUSPECT, LoopConfig, make_step, mark_suspect, run_pure, start
 
 
 def member_keys(key: jax.Array, seed_ids) -> jax.Array:
@@ -97,7 +97,7 @@ def run(model: Model, cfg: LoopConfig, keep_params: bool, folds: bool = False,
     return lambda hp, train, val, keys: fold_replicas(every(hp, train, val, keys))
 
 
-def advance(model: Model, cfg: LoopConfig, length: int) -> Callable:
+def advance(model: Model, cfg: LoopConfig, length: int, checked: bool = True) -> Callable:
     """``(hp, carry, train, start, stop, keys) -> (carry, losses)``: steps ``start..stop-1``.
 
     ``start`` and ``stop`` are traced (shared by every member), so one compiled
@@ -105,10 +105,13 @@ def advance(model: Model, cfg: LoopConfig, length: int) -> Callable:
     successive halving, the intervals of PBT. ``losses`` has a fixed
     ``(seeds, settings, length)`` shape; entries past ``stop - start`` are NaN.
     A segment continues bit for bit where the previous one stopped.
+    ``checked=False``: steps that check the loss only, and the state once at the
+    segment's end (as :func:`run`); :func:`suspects` names the settings to run
+    again, from the segment's start, checked.
     """
 
     def one(h, carry, train_part, s0, s1, k):
-        step = make_step(model, cfg, h, train_part, k)
+        step = make_step(model, cfg, h, train_part, k, checked=checked)
         buf = jnp.full((length,), jnp.nan, jnp.float32)
 
         def body(i, c):
@@ -116,7 +119,10 @@ def advance(model: Model, cfg: LoopConfig, length: int) -> Callable:
             carry, loss = step(carry, s0 + i)
             return carry, buf.at[i].set(loss.astype(buf.dtype))
 
-        return jax.lax.fori_loop(0, s1 - s0, body, (carry, buf))
+        (state, dead_at), buf = jax.lax.fori_loop(0, s1 - s0, body, (carry, buf))
+        if not checked:
+            dead_at = mark_suspect(state, dead_at)
+        return (state, dead_at), buf
 
     return over_members(one, 1, 3)
 
@@ -150,7 +156,10 @@ def suspects(diverged_at) -> np.ndarray:
     ``diverged_at``, ``(replicas, settings)``) with a suspect replica, to run again
     with the checked program. A setting is run again whole (every seed and fold),
     so its replicas all come from one program."""
-    return np.flatnonzero(np.any(np.asarray(diverged_at) == SUSPECT, axis=0))
+    d = np.asarray(diverged_at)
+    if d.size == 0 or d.min() > SUSPECT:  # the usual case, cheaply (-2 is the least value)
+        return np.zeros((0,), np.int64)
+    return np.flatnonzero(np.any(d == SUSPECT, axis=0))
 
 
 def replace_settings(out, idx, checked):

@@ -142,6 +142,13 @@ def _all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
+def mark_suspect(state: TrainState, dead_at: jax.Array) -> jax.Array:
+    """``dead_at`` after steps that checked the loss only (``make_step(checked=False)``):
+    ``SUSPECT`` where the state (parameters, model state) is not finite."""
+    finite = _all_finite(state.params) & _all_finite(state.model_state)
+    return jnp.where(finite, dead_at, SUSPECT)
+
+
 def _downsample(losses: jax.Array, every: int | None, stop=None) -> jax.Array:
     """Windows of ``every`` steps averaged (``stop``: a member's own step count in a
     group that pads ``steps``, see :func:`jaxhp._member_steps.own_windows`)."""
@@ -340,8 +347,7 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
             lambda v: jnp.where(at <= stop, v, jnp.nan), val_curve)
     state, dead_at = carry
     if not checked:  # the state, once: non-finite parameters or model state -> suspect
-        finite = _all_finite(state.params) & _all_finite(state.model_state)
-        dead_at = jnp.where(finite, dead_at, SUSPECT)
+        dead_at = mark_suspect(state, dead_at)
     train_loss = rowwise_mean(
         lambda b: loss_fn(model, state.params, b, hp, state=state.model_state)[0], train_part)
     if losses is None:

@@ -13,7 +13,11 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+import jaxhp
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -119,3 +123,34 @@ def interrupt_after(k: int):
         if count == k:
             raise KeyboardInterrupt
     return callback
+
+
+# A model whose parameters go non-finite before its loss does (the loss-checked steps'
+# suspects: tests/test_sweep.py, tests/test_adaptive.py).
+class GrowHP(jaxhp.HParams):
+    """A ridge whose extra parameter ``s`` (not in the loss) grows every step."""
+
+    learning_rate: float = jaxhp.tunable(0.05, low=0, low_open=True, log=True)
+    growth: float = jaxhp.tunable(0.0, low=0, doc="`s` is multiplied by 1 + lr * growth")
+    steps: int = jaxhp.static(40, low=1, integer=True)
+    batch_size: int = jaxhp.static(None, low=1, integer=True)
+
+
+def grow_model() -> jaxhp.Model:
+    def init(key, hp):
+        del key, hp
+        return {"w": jnp.zeros((10,)), "b": jnp.zeros(()), "s": jnp.ones(())}
+
+    def mse(params, batch):
+        return jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
+
+    def loss(params, batch, hp, key=None):
+        return 0.5 * mse(params, batch), {}
+
+    def optimizer(hp):  # gradient descent; `s` (zero gradient) grows by decay < 0
+        grow = optax.masked(optax.add_decayed_weights(-hp.growth),
+                            {"w": False, "b": False, "s": True})
+        return optax.chain(grow, optax.sgd(hp.learning_rate))
+
+    return jaxhp.Model(init, loss, optimizer, lambda p, b, hp: {"mse": mse(p, b)},
+                       hparams=GrowHP, directions={"mse": "min"})

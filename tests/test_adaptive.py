@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from helpers import assert_trees_equal, count_compiles
+from helpers import GrowHP, assert_trees_equal, count_compiles, grow_model
 
 import jaxhp
 from jaxhp import hyperband, hyperband_brackets, pbt, rung_budgets, successive_halving
@@ -184,6 +184,31 @@ def test_hyperband_compiles_two_programs_for_every_bracket_and_rung(diabetes):
         hyperband(model, _space(17, seed=5), diabetes, key=KEY, min_steps=10,
                   max_steps=90, metric="mse", base=BASE)
     assert c.count == 0
+
+
+def test_a_state_gone_non_finite_in_a_rung_runs_it_again_checked(diabetes):
+    """Segments check the loss only and the state at their end. Setting 0 (the best
+    learning rate) survives rung 0; in rung 1 its extra parameter `s` overflows at step
+    14 while its loss stays finite: the rung runs it again, from its carried state,
+    with the checked program, which freezes it at step 14 like its solo run."""
+    model = grow_model()  # its own: compiles are counted
+    settings = [GrowHP(learning_rate=0.05, growth=7280.0)] + \
+        [GrowHP(learning_rate=lr) for lr in (0.02, 0.005, 0.002)]
+    with count_compiles() as c:
+        r = successive_halving(model, settings, diabetes, key=KEY, seeds=2, min_steps=10,
+                               max_steps=40, eta=2, metric="mse", progress=False)
+    assert c.count == r.compile_count == 3  # init; segment; the checked segment (1 setting)
+    assert r.groups[0].rechecked == 1
+    assert r.setting_status()[0] == "diverged" and r.steps_trained[0] == 20
+    assert 0 not in r.rungs[1].promoted
+    for i in (0, 1):
+        for s in range(2):
+            run = jaxhp.train(model, r.settings[i], diabetes, key=jax.random.fold_in(KEY, s))
+            assert int(r.diverged_at[i, s]) == int(run.diverged_at)
+            np.testing.assert_allclose(r.val["mse"][i, s], run.val["mse"], rtol=1e-5)
+            np.testing.assert_allclose(r.loss_curve[i, s, :r.steps_trained[i]],
+                                       run.loss_curve, rtol=1e-5, atol=1e-7)
+    assert int(r.diverged_at[0, 0]) == 14
 
 
 def test_halving_does_not_depend_on_chunking(diabetes, halving):

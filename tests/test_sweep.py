@@ -1,11 +1,9 @@
 """The sweep engine: members equal solo runs, one compile per static group, health."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from helpers import count_compiles
+from helpers import GrowHP, count_compiles, grow_model
 
 import jaxhp
 from jaxhp import models
@@ -108,35 +106,6 @@ def test_chunking_and_order_do_not_change_results(diabetes):
         shuf = jaxhp.sweep(model, [settings[i] for i in perm], diabetes, key=KEY, seeds=2,
                            chunk_size=chunk_size)
         np.testing.assert_allclose(shuf.val["mse"], ref.val["mse"][perm], rtol=1e-5)
-
-
-class GrowHP(jaxhp.HParams):
-    """A ridge whose extra parameter ``s`` (not in the loss) grows every step."""
-
-    learning_rate: float = jaxhp.tunable(0.05, low=0, low_open=True, log=True)
-    growth: float = jaxhp.tunable(0.0, low=0, doc="`s` is multiplied by 1 + lr * growth")
-    steps: int = jaxhp.static(40, low=1, integer=True)
-    batch_size: int = jaxhp.static(None, low=1, integer=True)
-
-
-def grow_model() -> jaxhp.Model:
-    def init(key, hp):
-        del key, hp
-        return {"w": jnp.zeros((10,)), "b": jnp.zeros(()), "s": jnp.ones(())}
-
-    def mse(params, batch):
-        return jnp.mean((batch["x"] @ params["w"] + params["b"] - batch["y"]) ** 2)
-
-    def loss(params, batch, hp, key=None):
-        return 0.5 * mse(params, batch), {}
-
-    def optimizer(hp):  # gradient descent; `s` (zero gradient) grows by decay < 0
-        grow = optax.masked(optax.add_decayed_weights(-hp.growth),
-                            {"w": False, "b": False, "s": True})
-        return optax.chain(grow, optax.sgd(hp.learning_rate))
-
-    return jaxhp.Model(init, loss, optimizer, lambda p, b, hp: {"mse": mse(p, b)},
-                       hparams=GrowHP, directions={"mse": "min"})
 
 
 def test_a_state_gone_non_finite_before_the_loss_runs_again_checked(diabetes):

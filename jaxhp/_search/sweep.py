@@ -315,9 +315,7 @@ def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, i
     bad = bad[bad < m]  # padding rows are dropped anyway
     if not len(bad):
         return out
-    n_dev = 1 if mesh is None else mesh.devices.size
-    r = max(1 << (len(bad) - 1).bit_length(), n_dev)
-    r = min(c, -(-r // n_dev) * n_dev)  # a device multiple, as c is
+    r = engine.recheck_size(len(bad), c, 1 if mesh is None else mesh.devices.size)
     hp = engine.pad_axis(population.take_settings(group_hp, start + bad), r)
     if mesh is not None:
         hp = engine.put(hp, mesh, engine.POP)
