@@ -18,7 +18,8 @@
 Every figure comes from this run; the JSON records the machine, the commit (a
 dirty tree is flagged) and every repetition.
 
-Usage: python bench/bench_engine.py [--reps 5] [--huge] [--out bench/results/engine.json]
+Usage: python bench/bench_engine.py [--reps 5] [--huge] [--only host|devices]
+       [--out bench/results/engine.json]
 """
 
 from __future__ import annotations
@@ -141,29 +142,34 @@ def main(argv=None) -> int:
     ap.add_argument("--huge", action="store_true", help="also N=1,000,000 (minutes)")
     ap.add_argument("--mlp-n", type=int, default=81)
     ap.add_argument("--out", default=str(ROOT / "bench/results/engine.json"))
+    ap.add_argument("--only", choices=("host", "devices"),
+                    help="run one section (default: both)")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.job:
         print(json.dumps(run_job(json.loads(args.job))))
         return 0
 
-    from bench.common import machine_info
+    from bench.common import machine_info, write_json
 
     machine = machine_info()
     print(f"commit {machine['git_commit']}, {machine['cpu_model']}, {machine['cores']} cores, "
           f"load {machine['load_average']}", flush=True)
     out: dict = {"machine": machine, "host": [], "targets": {}}
-    for n in (1024, 100_000) + ((1_000_000,) if args.huge else ()):
+    sizes = () if args.only == "devices" else (1024, 100_000) + ((1_000_000,) if args.huge
+                                                                   else ())
+    for n in sizes:
         r = host_per_setting(n, args.reps if n < 1_000_000 else 2)
         out["host"].append(r)
         h = r["host_us_per_setting"]
         print(f"host N={n:>9,}: {h['min']:.2f} / {h['median']:.2f} / {h['max']:.2f} us per "
               f"setting (min/median/max), wall median {r['wall_s']['median']:.3f} s, "
               f"chunks {r['n_chunks']} x {r['chunk_size']}", flush=True)
-    big = out["host"][-1]
-    out["targets"]["host_us_per_setting"] = {
-        "value": big["host_us_per_setting"]["median"], "target": "<= 1",
-        "note": f"median at N={big['n']:,}"}
+    if out["host"]:
+        big = out["host"][-1]
+        out["targets"]["host_us_per_setting"] = {
+            "value": big["host_us_per_setting"]["median"], "target": "<= 1",
+            "note": f"median at N={big['n']:,}"}
     if args.huge:
         m = in_subprocess({"kind": "memory", "n": 1_000_000})
         out["memory"] = m
@@ -171,6 +177,10 @@ def main(argv=None) -> int:
         if "peak_rss_gib" in m:
             out["targets"]["peak_rss_gib_1m"] = {"value": m["peak_rss_gib"],
                                                  "target": "< 2"}
+    if args.only == "host":
+        write_json(args.out, out)
+        print(f"wrote {args.out}")
+        return 0
     dev = {nd: in_subprocess({"kind": "devices", "n": args.mlp_n, "reps": args.reps}, nd)
            for nd in (1, 2)}
     out["devices"] = dev
@@ -184,8 +194,7 @@ def main(argv=None) -> int:
             "hand_speedup": s_hand, "halving_speedup": s_halv}
     else:
         print(f"devices: failed {dev}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    write_json(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

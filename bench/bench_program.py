@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import numpy as np
 
 import jaxhp
 from bench import jax_impls, tasks
-from bench.common import machine_info
+from bench.common import machine_info, write_json
 from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._data import part_size
@@ -281,9 +280,8 @@ def main(argv=None) -> int:
     wanted = args.tasks.split(",")
 
     def write() -> None:  # after every case: a run stopped early keeps what it measured
-        out = {"machine": machine, "baseline": args.baseline, "results": results}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
+        write_json(args.out, {"machine": machine, "baseline": args.baseline,
+                              "results": results})
 
     if "ridge" in wanted:
         results.append(measure("ridge", 1024, 1, args.reps, before, after))
