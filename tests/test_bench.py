@@ -73,3 +73,19 @@ def test_missing_packages_skip_with_a_note(capsys, monkeypatch):
 
     assert "skipped" in run._safe("torch_loop", needs_torch)
     assert "skip torch_loop" in capsys.readouterr().out
+
+
+def test_the_bench_ridge_diverges_through_its_loss():
+    """README (Health): 124 of the bench's 1,024 ridge settings diverge, each through its
+    loss first, so the sweep's loss-checked program is their outcome: none runs twice."""
+    import jax
+
+    import jaxhp
+    from bench import tasks
+
+    task = tasks.get("ridge")
+    assert task.steps == 500
+    r = jaxhp.sweep(task.model, task.space(1024), task.split, key=jax.random.key(0),
+                    base=task.base, progress=False, loss_every=0)
+    assert int((r.diverged_at >= 0).any(axis=1).sum()) == 124
+    assert sum(g.rechecked for g in r.groups) == 0 and r.compile_count == 1
