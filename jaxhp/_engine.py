@@ -616,6 +616,23 @@ def recheck_size(k: int, chunk: int, n_devices: int) -> int:
     return min(chunk, -(-r // n_devices) * n_devices)
 
 
+def recheck(out, dead_at, m: int, chunk: int, mesh: Mesh | None,
+            run_checked: Callable, info: GroupInfo):
+    """A chunk's outputs ``out`` (numpy leaves ``(replicas, settings, ...)``, from the
+    program whose steps check the loss only) with its suspect settings
+    (``population.suspects`` of ``dead_at``, among the ``m`` real ones) replaced by
+    ``run_checked(rows, size)``: the checked program's outputs for those rows, padded
+    to ``size`` settings (:func:`recheck_size`). The one rule for every search."""
+    bad = population.suspects(dead_at)
+    bad = bad[bad < m]  # padding rows are dropped anyway
+    if not len(bad):
+        return out
+    size = recheck_size(len(bad), chunk, 1 if mesh is None else mesh.devices.size)
+    again = run_checked(bad, size)
+    info.rechecked += len(bad)
+    return population.replace_settings(out, bad, again)
+
+
 def _segment_program(model: Model, cfg: LoopConfig, length: int, checked: bool = True):
     advance = population.advance(model, cfg, length, checked)
     evaluate = population.evaluate(model)
@@ -690,16 +707,12 @@ class Runner:
     def _recheck(self, out, hp, carry, m: int, s0: int, s1: int):
         """``out`` with its suspect settings (a non-finite state after the segment)
         trained again over the segment, from the same carry, by the checked program."""
-        bad = population.suspects(out[0][1])
-        bad = bad[bad < m]  # padding rows are dropped anyway
-        if not len(bad):
-            return out
-        mesh = self.ctx["mesh"]
-        r = recheck_size(len(bad), self.c, 1 if mesh is None else mesh.devices.size)
-        again = self._segment(True, pad_axis(population.take_settings(hp, bad), r),
-                              pad_axis(population.take(carry, bad), r, axis=1), s0, s1)
-        self.info.rechecked += len(bad)
-        return population.replace_settings(out, bad, again)
+
+        def run_checked(bad, size):
+            return self._segment(True, pad_axis(population.take_settings(hp, bad), size),
+                                 pad_axis(population.take(carry, bad), size, axis=1), s0, s1)
+
+        return recheck(out, out[0][1], m, self.c, self.ctx["mesh"], run_checked, self.info)
 
     def run(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
         """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;

@@ -45,9 +45,10 @@ class GroupInfo:
       compile_s, run_s: seconds spent compiling and in the compiled calls.
       compiled: programs compiled for it (0 when all were cached).
       chunks_computed, chunks_loaded: chunks trained, and loaded from a checkpoint.
-      rechecked: settings trained a second time by the checked program (a sweep
-        runs the program without the per-step health check first; a setting with
-        a non-finite loss or final state runs again checked, see the README).
+      rechecked: settings trained a second time by the checked program: the
+        steps of a sweep (and of a segment) check the loss only and the state at
+        the end; a setting whose final state is not finite runs again with the
+        program that checks every step (see the README, Health).
       error: the message of the error that failed the group, else ``None``.
     """
 

@@ -299,8 +299,8 @@ def run_pure(model: Model, cfg: LoopConfig, hp: HParams, train_part, val_part,
     """One training run as a pure function (no validation; see :func:`train`).
 
     ``checked=False``: the run whose steps check the loss only (:func:`make_step`;
-    the per-step check of the parameters is a reduction over all of them, 8-16% of
-    the bench's ridge and MLP runs on a CPU: ``bench/bench_program.py``).
+    the per-step check of the parameters is a reduction over all of them, up to a
+    tenth of the bench's ridge and MLP runs on a CPU: ``bench/bench_program.py``).
     The state is checked once, at the end: a member whose final (or frozen)
     parameters or model state are non-finite is *suspect*, ``diverged_at ==
     SUSPECT``, and its outputs mean nothing: the caller runs it again checked

@@ -307,22 +307,19 @@ def _run_group(model, cfg, keep_params, table, idx, policy, parts, key, seed_ids
     info.chunk_trials = [[int(c), float(t)] for c, t in policy.record["trials"].items()]
 
 
-def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, info):
-    """The outputs of a chunk with its suspect settings (``population.suspects``) run
-    again by the checked program, in a batch of a power of two settings (at most the
-    chunk): few distinct sizes, so few compiles, and only when a suspect exists."""
-    bad = population.suspects(out.diverged_at)
-    bad = bad[bad < m]  # padding rows are dropped anyway
-    if not len(bad):
-        return out
-    r = engine.recheck_size(len(bad), c, 1 if mesh is None else mesh.devices.size)
-    hp = engine.pad_axis(population.take_settings(group_hp, start + bad), r)
-    if mesh is not None:
-        hp = engine.put(hp, mesh, engine.POP)
-    compiled, _ = program(True, (hp, *shared))
-    t0 = time.perf_counter()
-    again = jax.device_get(jax.block_until_ready(compiled(hp, *shared)))
-    info.run_s += time.perf_counter() - t0
-    info.rechecked += len(bad)
-    return population.replace_settings(out, bad, again)
 
+def _recheck(out, group_hp, start: int, m: int, c: int, shared, mesh, program, info):
+    """The chunk's outputs with its suspect settings run again, whole, by the checked
+    program (:func:`jaxhp._engine.recheck`)."""
+
+    def run_checked(bad, size):
+        hp = engine.pad_axis(population.take_settings(group_hp, start + bad), size)
+        if mesh is not None:
+            hp = engine.put(hp, mesh, engine.POP)
+        compiled, _ = program(True, (hp, *shared))
+        t0 = time.perf_counter()
+        again = jax.device_get(jax.block_until_ready(compiled(hp, *shared)))
+        info.run_s += time.perf_counter() - t0
+        return again
+
+    return engine.recheck(out, out.diverged_at, m, c, mesh, run_checked, info)
