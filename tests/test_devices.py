@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     import jax, numpy as np
     import jaxhp
     from jaxhp import models
+    sys.path.insert(0, TESTS)
+    from helpers import GrowHP, grow_model
     split = jaxhp.datasets.load("diabetes")
+    grow = grow_model()  # its `s` overflows before the loss for growth > 0: suspects
+    growth = [0.0, 1e4, 0.0, 0.0, 2e4, 0.0, 0.0, 0.0, 0.0, 0.0, 3e4]
 
     def settings(n, steps):
         rng = np.random.default_rng(0)
@@ -39,6 +43,11 @@ SCRIPT = textwrap.dedent("""
                      "hb_mse": h.val["mse"].tolist(), "hb_chunk": h.groups[0].chunk_size,
                      "hb_compiled": h.compile_count,
                      "promoted": [g.promoted.tolist() for g in h.rungs]}
+        g = jaxhp.sweep(grow, [GrowHP(growth=v) for v in growth], split, key=key, seeds=2,
+                        devices=devices)
+        out[name].update(grow_dead=g.diverged_at.tolist(), grow_mse=g.val["mse"].tolist(),
+                         grow_rechecked=g.groups[0].rechecked,
+                         grow_compiled=g.compile_count, grow_chunk=g.groups[0].chunk_size)
     out["device_count"] = jax.device_count()
     print(json.dumps(out))
 """)
@@ -48,7 +57,8 @@ SCRIPT = textwrap.dedent("""
 def runs() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+    script = f"TESTS = {os.path.dirname(os.path.abspath(__file__))!r}\n" + SCRIPT
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -71,3 +81,17 @@ def test_hyperband_on_eight_devices_matches_one(runs):
     assert eight["hb_chunk"] % 8 == 0 and eight["hb_compiled"] <= 2
     assert eight["promoted"] == one["promoted"]
     np.testing.assert_allclose(np.array(eight["hb_mse"]), np.array(one["hb_mse"]), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_suspects_run_again_on_eight_devices_as_on_one(runs):
+    """Three settings whose parameters overflow before their loss: each run again with
+    the checked program in a batch padded to a device multiple; the same outcome."""
+    one, eight = runs["one"], runs["eight"]
+    assert one["grow_rechecked"] == eight["grow_rechecked"] == 3
+    assert eight["grow_chunk"] % 8 == 0 and eight["grow_compiled"] == 2
+    assert eight["grow_dead"] == one["grow_dead"]
+    assert [any(d >= 0 for d in row) for row in one["grow_dead"]] == \
+        [v > 0 for v in (0, 1, 0, 0, 2, 0, 0, 0, 0, 0, 3)]
+    np.testing.assert_allclose(np.array(eight["grow_mse"]), np.array(one["grow_mse"]),
+                               rtol=1e-5)
