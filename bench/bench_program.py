@@ -15,7 +15,9 @@ own tasks (``bench/tasks.py``):
 - ``handmomentum`` (ridge): the hand-written program with the reference model's
   optimizer (SGD with a traced momentum, 0 here), i.e. the same work as jaxhp's;
 - ``sweep``: a whole warm ``jaxhp.sweep`` call (settings from the space,
-  stacking, transfers, result building), at its default chunking.
+  stacking, transfers, result building), at its default chunking;
+- with ``loss_every=0`` also ``end`` and ``sweepend``: the same with
+  ``health="end"`` (no step computes the loss; the final state is checked once).
 
 Each is compiled first (compile time excluded), then all are timed round-robin
 (``--reps`` rounds), every call followed by ``block_until_ready`` and the copy of
@@ -153,11 +155,11 @@ def hand_momentum_chunked(task, n: int, c: int, val_only: bool) -> Timed:
     return Timed(lambda: [jax.device_get(compiled(*a)) for a in args], dt)
 
 
-def jaxhp_chunked(task, n: int, c: int, run_pure, loss_every) -> Timed:
+def jaxhp_chunked(task, n: int, c: int, run_pure, loss_every, health="step") -> Timed:
     """jaxhp's compiled whole-run program over ``n`` settings in chunks of ``c``, as
     ``_sweep._run_group`` calls it (inputs placed beforehand)."""
     settings = task.space(n).settings(type(task.base), base=task.base)
-    cfg = resolve_loop(settings[0], part_size(task.split.train), None, loss_every)
+    cfg = resolve_loop(settings[0], part_size(task.split.train), None, loss_every, health)
     fn = _program(run_pure, task.model, cfg)
     hp = jaxhp.stack(settings)
     shared = jax.device_put((task.split.train, task.split.val, jax.random.key(0),
@@ -171,10 +173,10 @@ def jaxhp_chunked(task, n: int, c: int, run_pure, loss_every) -> Timed:
                           for a in args], dt)
 
 
-def whole_sweep(task, n: int, loss_every, chunk_size=None) -> Timed:
+def whole_sweep(task, n: int, loss_every, chunk_size=None, health="step") -> Timed:
     space = task.space(n)
     kw = dict(key=jax.random.key(0), base=task.base, progress=False,
-              loss_every=loss_every, chunk_size=chunk_size)
+              loss_every=loss_every, chunk_size=chunk_size, health=health)
     first = jaxhp.sweep(task.model, space, task.split, **kw)
     timed = Timed(lambda: jaxhp.sweep(task.model, space, task.split, **kw),
                   first.compile_seconds)
@@ -211,8 +213,12 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
         if before is not None:
             cases[f"before_{ch}"] = jaxhp_chunked(task, n, c, before, loss_every)
         cases[f"after_{ch}"] = jaxhp_chunked(task, n, c, after, loss_every)
+        if val_only:  # health="end": no step computes the loss
+            cases[f"end_{ch}"] = jaxhp_chunked(task, n, c, after, loss_every, "end")
     if sweep:
         cases["sweep"] = whole_sweep(task, n, loss_every)
+        if val_only:
+            cases["sweepend"] = whole_sweep(task, n, loss_every, health="end")
     for _ in range(reps):
         for t in cases.values():
             t.once()
@@ -261,7 +267,8 @@ def main(argv=None) -> int:
                     help="git revision of jaxhp/_train.py for 'before' ('' to skip)")
     ap.add_argument("--big", action="store_true",
                     help="also ridge N=100,000 with loss_every=0 (minutes)")
-    ap.add_argument("--tasks", default="ridge,mlp")
+    ap.add_argument("--tasks", default="ridge,mlp",
+                    help="ridge, ridge0 (its loss_every=0 case alone), mlp")
     ap.add_argument("--out", default=str(ROOT / "bench/results/program-cpu.json"))
     args = ap.parse_args(argv)
 
@@ -287,7 +294,8 @@ def main(argv=None) -> int:
         results.append(measure("ridge", 1024, 1, args.reps, before, after))
         _print(results[-1])
         write()
-        # loss_every=0 at the same size: no per-step loss output (this change)
+    if "ridge" in wanted or "ridge0" in wanted:  # ridge0: this case alone
+        # loss_every=0 at the same size: no per-step loss output
         results.append(measure("ridge", 1024, 0, args.reps, before, after,
                                chunkings=("default",)))
         _print(results[-1])

@@ -30,7 +30,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "intrange", "choice", "fixed")
 _REFERENCE = ("linear_regression", "softmax_regression", "mlp_classifier")
 _SPACE_OPTIONS = ("kind", "n", "seed", "method", "fields")
 _SEARCH_KEYS = {
-    "sweep": ("eval_every", "loss_every", "keep_params"),
+    "sweep": ("eval_every", "loss_every", "health", "keep_params"),
     "halving": ("min_steps", "eta", "max_steps"),
     "hyperband": ("min_steps", "eta", "max_steps"),
     "pbt": ("steps", "ready_every", "fraction", "perturb", "fields"),
@@ -409,6 +409,9 @@ def _resolve_search(s: _Section) -> dict:
     if method == "sweep":
         out["eval_every"] = s.get("eval_every", None, kind="int", low=1)
         out["loss_every"] = s.get("loss_every", 1, kind="int", low=0)
+        out["health"] = s.get("health", "step", kind="str", choices=("step", "end"))
+        if out["health"] == "end" and out["loss_every"]:
+            s.bad("health", "end", "computes no per-step loss: set loss_every = 0 as well")
         out["keep_params"] = s.get("keep_params", False, kind="bool")
     elif method in ("halving", "hyperband"):
         out["min_steps"] = s.get("min_steps", None, kind="int", low=1,

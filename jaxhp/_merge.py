@@ -123,6 +123,12 @@ def _merged_groups(results: Sequence[SweepResult]) -> tuple[list[GroupInfo], np.
                         f"evaluated at steps {list(g.eval_steps)} in results[{i}], and "
                         f"{m.steps} steps at {list(m.eval_steps)} in an earlier part: "
                         "they ran with different `eval_every` or `loss_every`")
+                if g.health != m.health:
+                    raise ValueError(
+                        f"merge(): static group {g.statics} detected divergence with "
+                        f"health={g.health!r} in results[{i}] and health={m.health!r} in an "
+                        "earlier part: their diverged settings mean different things; "
+                        "merge results of the same `health`")
                 m.n_settings += g.n_settings
                 m.chunk_size = max(m.chunk_size, g.chunk_size)
                 m.n_chunks += g.n_chunks

@@ -49,6 +49,10 @@ class GroupInfo:
         steps of a sweep (and of a segment) check the loss only and the state at
         the end; a setting whose final state is not finite runs again with the
         program that checks every step (see the README, Health).
+      health: how its members' divergence was detected: ``"step"`` (every step's
+        loss and state; a diverging member frozen at its last finite state) or
+        ``"end"`` (the final state and training objective only; see
+        :func:`jaxhp.train`).
       error: the message of the error that failed the group, else ``None``.
     """
 
@@ -66,6 +70,7 @@ class GroupInfo:
     chunks_loaded: int = 0
     rechecked: int = 0
     error: str | None = None
+    health: str = "step"
 
 
 @dataclasses.dataclass

@@ -23,14 +23,18 @@ from jaxhp._model import Model
 from jaxhp._train import evaluate, learned, split_learned, train
 
 
-def member_params(model: Model, hp: HParams, split: Split, key: jax.Array, seed: int):
+def member_params(model: Model, hp: HParams, split: Split, key: jax.Array, seed: int,
+                  health: str = "step"):
     """The trained parameters of member ``(hp, seed)``, retrained alone (a stateful
-    model: ``(params, state)``)."""
-    return learned(model, train(model, hp, split, key=jax.random.fold_in(key, int(seed))).state)
+    model: ``(params, state)``) with the search's ``health`` (a diverged member's
+    parameters: frozen at its last finite state, or as its steps left them)."""
+    run = train(model, hp, split, key=jax.random.fold_in(key, int(seed)),
+                loss_every=0 if health == "end" else 1, health=health)
+    return learned(model, run.state)
 
 
 def test_runs(model: Model, hp: HParams, split: Split, key: jax.Array,
-              seed_ids: Sequence[int], refit: bool) -> tuple[dict, list]:
+              seed_ids: Sequence[int], refit: bool, health: str = "step") -> tuple[dict, list]:
     """Trains ``hp`` with every seed (on train, or train + validation when ``refit``)
     and evaluates each on the test part: ``({metric: per-seed array}, params)``."""
     train_part = split.train
@@ -39,7 +43,7 @@ def test_runs(model: Model, hp: HParams, split: Split, key: jax.Array,
             lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), split.train,
             split.val)
     fit_split = Split(train_part, split.val, split.test)
-    params = [member_params(model, hp, fit_split, key, s) for s in seed_ids]
+    params = [member_params(model, hp, fit_split, key, s, health) for s in seed_ids]
     return test_metrics(model, hp, params, split), params
 
 

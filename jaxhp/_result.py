@@ -725,7 +725,13 @@ class SweepResult:
         model, split, key = self._context(model, split)
         if self.cv:  # column `seed` is that seed on its fold
             split = split.split(int(self.fold_ids[seed]))
-        return member_params(model, self.setting(index), split, key, self.seed_ids[seed])
+        return member_params(model, self.setting(index), split, key, self.seed_ids[seed],
+                             self._health(index))
+
+    def _health(self, index: int) -> str:
+        """The health rule of setting ``index``'s group (``"step"`` when unknown)."""
+        g = int(self.group_of[index]) if self.group_of is not None else -1
+        return self.groups[g].health if 0 <= g < len(self.groups) else "step"
 
     def _own_shapes(self, index: int, tree, model):
         """Kept parameters of a padded group (allocated at the group's size) cut to the
@@ -802,11 +808,12 @@ class SweepResult:
         if self.cv:  # one refit per seed on every fold's rows, then the test part
             refit = True
             arrays, params = test_runs(model, self.setting(sel.index), split.refit_split(),
-                                       key, self._distinct_seeds(), False)
+                                       key, self._distinct_seeds(), False,
+                                       self._health(sel.index))
         else:
             refit = bool(refit)
             arrays, params = test_runs(model, self.setting(sel.index), split, key,
-                                       self.seed_ids, refit)
+                                       self.seed_ids, refit, self._health(sel.index))
         report = TestReport(sel, {k: float(v.mean()) for k, v in arrays.items()}, arrays,
                             refit, params)
         self._record_test_read(report)

@@ -59,6 +59,7 @@ def sweep(
     base: HParams | None = None,
     eval_every: int | None = None,
     loss_every: int | None = 1,
+    health: str = "step",
     chunk_size: int | str | None = None,
     memory_budget: int | None = None,
     max_chunk: int | None = None,
@@ -90,6 +91,11 @@ def sweep(
       base: the setting whose values fill the fields the space leaves unset
         (default: the model's hyperparameter class defaults).
       eval_every, loss_every: curve resolution, as in :func:`jaxhp.train`.
+      health: how divergence is detected, as in :func:`jaxhp.train`: ``"step"``
+        (every step; a diverging member is frozen at its last finite state) or
+        ``"end"`` (with ``loss_every=0``: no step computes the loss, the final
+        state and training objective are checked once; see the README, Health).
+        Recorded per group (:attr:`GroupInfo.health`).
       chunk_size: settings per compiled call (each with all seeds); ``None``
         sizes it from ``memory_budget`` (capped at ``max_chunk``), ``"all"``
         runs a group in one call. The last chunk is padded (no recompile).
@@ -156,7 +162,8 @@ def sweep(
     n_train = check_split(data)[0] if folds is None else int(folds.sizes[0].max())
     groups = [table.rows(g) for g in range(table.n_groups)]
     firsts = [table.batch(idx[:1])[0] for idx in groups]  # one HParams per group
-    cfgs = [resolve_loop(first, n_train, eval_every, loss_every) for first in firsts]
+    cfgs = [resolve_loop(first, n_train, eval_every, loss_every, health)
+            for first in firsts]
     for idx, first in zip(groups, firsts):  # a group that pads `steps`: each member's own
         check_member_steps(first, table.columns["steps"][idx], idx, eval_every)
     failures, errors = engine.validate_groups(model, firsts, data, on_error)
@@ -191,6 +198,8 @@ def sweep(
     if checkpoint_dir is not None:
         loop = {"eval_every": eval_every, "loss_every": loss_every,
                 "keep_params": keep_params}
+        if health != "step":  # (the default keeps the fingerprints of earlier checkpoints)
+            loop["health"] = health
         plan = [[len(p[0]), p[2], p[3]] for p in plans]
         try:
             ckpt = open_checkpoint(checkpoint_dir, fingerprint(
@@ -211,6 +220,7 @@ def sweep(
         for gi, (idx, cfg, c, n_chunks, cap) in enumerate(plans):
             info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), c,
                                          n_chunks, cfg.steps, eval_steps(cfg).tolist())
+            info.health = cfg.health
             with engine.failure_policy(
                     info, on_error, errors, ckpt,
                     lambda: f"{len(ckpt.done)} finished chunk(s) are saved in {ckpt.folder}; "
