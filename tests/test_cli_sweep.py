@@ -122,6 +122,10 @@ ERRORS = [
      "[search] `min_steps` is missing: the steps of the first rung"),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'sweep'\n"
      "min_steps = 3", "[search] min_steps = 3: applies to method = \"halving\""),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nhealth = 'end'",
+     "[search] health = \"end\": computes no per-step loss: set loss_every = 0 as well"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nhealth = 'never'",
+     "[search] health = \"never\": must be one of"),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[engine]\nmemory_budget = '12 parsecs'",
      "[engine] memory_budget = \"12 parsecs\": must be a positive number of bytes"),
     ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[select]\nmetric = 'mae'",
@@ -219,7 +223,7 @@ def test_outputs_are_written_and_load(ridge_run):
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model"]["args"] == {"n_features": 10}
     assert cfg["search"] == {"method": "sweep", "seeds": 2, "eval_every": 10,
-                             "loss_every": 1, "keep_params": False}
+                             "loss_every": 1, "health": "step", "keep_params": False}
     assert cfg["hparams"]["optimizer"] == "sgd" and cfg["select"]["mode"] == "min"
     assert cfg["engine"]["max_chunk"] == 2 and cfg["engine"]["devices"] == "all"
 
