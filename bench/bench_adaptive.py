@@ -18,14 +18,18 @@ method, prefixes of it where a method uses fewer), 3 seeds (2 for the MLP).
 "train steps" counts member steps (settings x seeds x steps). Test metrics of
 the selected setting: retrained by ``evaluate_test`` (PBT: its final params).
 
-Usage: python bench/bench_adaptive.py [--out bench/results/adaptive.json]
+Each method runs ``--reps`` times (default 3), each compiling afresh (the engine's
+cache and JAX's caches cleared): wall, compile and run seconds are the median, with
+every repeat's kept in the JSON, and "min-max" the spread of the wall time.
+
+Usage: python bench/bench_adaptive.py [--reps 3] [--out bench/results/adaptive.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
 import sys
 import time
 
@@ -51,18 +55,25 @@ def _task(name):
 
 
 def _row(method, r, metric, steps, t, extra_metric=None):
+    """One method's row; ``t``: the repeats' ``(results, wall seconds)`` (the first's
+    selection and test; times: the median, with every repeat's)."""
+    runs, walls = t
     best = r.best(metric)
     test = r.evaluate_test(metric)
+    med = statistics.median
     out = {"method": method, "settings": r.n_settings, "train_steps": int(steps),
            "best_val": best.value, "chosen": best.setting.to_dict(),
-           "test": test.metrics, "compile_s": r.compile_seconds, "run_s": r.run_seconds,
-           "wall_s": t}
+           "test": test.metrics,
+           "compile_s": med([x.compile_seconds for x in runs]),
+           "run_s": med([x.run_seconds for x in runs]), "wall_s": med(walls),
+           "wall_s_all": walls, "compile_s_all": [x.compile_seconds for x in runs],
+           "run_s_all": [x.run_seconds for x in runs]}
     if extra_metric:
         out["best_val_" + extra_metric] = float(r.aggregate(extra_metric)[0][best.index])
     return out
 
 
-def bench(name):
+def bench(name, reps: int = 1):
     split, model, base, space, seeds, metric, sh, min_alt = _task(name)
     settings = space.settings(type(base), base=base)
     key = jax.random.key(1)
@@ -71,12 +82,17 @@ def bench(name):
     rows = []
 
     def timed(fn):
-        # every method compiles its own programs: the engine's cache starts empty, so
-        # wall time includes compilation as a user's first call would
-        jaxhp._engine.CACHE.clear()
-        t0 = time.perf_counter()
-        r = fn()
-        return r, time.perf_counter() - t0
+        # every method compiles its own programs: the engine's cache and JAX's caches
+        # start empty, so wall time includes compilation as a user's first call would;
+        # ``reps`` times (the spread of compile times on a shared CPU is wide)
+        runs, walls = [], []
+        for _ in range(reps):
+            jaxhp._engine.CACHE.clear()
+            jax.clear_caches()
+            t0 = time.perf_counter()
+            runs.append(fn())
+            walls.append(time.perf_counter() - t0)
+        return runs[0], (runs, walls)
 
     r, t = timed(lambda: jaxhp.sweep(model, settings, split, key=key, seeds=seeds,
                                      progress=False))
@@ -112,27 +128,32 @@ def bench(name):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results/adaptive.json")
+    p.add_argument("--reps", type=int, default=3,
+                   help="runs of each method, every one compiling afresh (median reported)")
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from common import machine_info
+    from common import machine_info, write_json
 
     out = {"machine": machine_info(),
-           "tasks": [bench("diabetes"), bench("digits")]}
+           "reps": args.reps,
+           "tasks": [bench("diabetes", args.reps), bench("digits", args.reps)]}
     for task in out["tasks"]:
         print(f"\n{task['task']} ({task['metric']}, {task['seeds']} seeds, "
               f"{task['steps']} steps); halving rungs (steps, settings): "
               f"{task['halving_rungs']}")
         print(f"{'method':30s} {'train steps':>12s} {'val':>8s} {'test':>8s} "
-              f"{'compile s':>9s} {'run s':>7s} {'wall s':>7s} {'vs sweep':>8s}")
+              f"{'compile s':>9s} {'run s':>7s} {'wall s':>7s} {'min-max':>11s} "
+              f"{'vs sweep':>8s}")
         sweep_wall = task["rows"][0]["wall_s"]
         for r in task["rows"]:
+            lo, hi = min(r["wall_s_all"]), max(r["wall_s_all"])
             print(f"{r['method']:30s} {r['train_steps']:>12,d} {r['best_val']:8.4f} "
                   f"{r['test'][task['metric']]:8.4f} {r['compile_s']:9.2f} {r['run_s']:7.2f}"
-                  f" {r['wall_s']:7.2f} {r['wall_s'] / sweep_wall:8.2f}"
+                  f" {r['wall_s']:7.2f} {lo:5.2f}-{hi:<5.2f}"
+                  f" {r['wall_s'] / sweep_wall:8.2f}"
                   + (f"  acc val {r['best_val_accuracy']:.4f} test "
                      f"{r['test']['accuracy']:.4f}" if 'best_val_accuracy' in r else ""))
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1, default=float)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -313,6 +313,18 @@ def epoch_order(key: jax.Array, n: int, count=None) -> jax.Array:
     return jnp.argsort(sort_keys(key, n, count), stable=True)
 
 
+def _minibatched(part, batch_size: int | None):
+    """``(rows, count, n, per_epoch)`` of a part drawn in minibatches, else ``None``
+    (the whole part is the batch)."""
+    count = None
+    if isinstance(part, Padded):
+        part, count = part.data, part.count
+    n = part_size(part)
+    if batch_size is None or batch_size >= n:
+        return None
+    return part, count, n, (n if count is None else count) // batch_size
+
+
 def sample_batch(part, key: jax.Array, step, batch_size: int | None):
     """The minibatch of a training step, sampled on device (pure, traceable).
 
@@ -327,14 +339,38 @@ def sample_batch(part, key: jax.Array, step, batch_size: int | None):
     never a padded row (``count // batch_size`` batches per epoch; ``count``
     may be traced). Its full batch is the padded part itself (masked by the caller).
     """
-    count = None
-    if isinstance(part, Padded):
-        part, count = part.data, part.count
-    n = part_size(part)
-    if batch_size is None or batch_size >= n:
-        return part if count is None else Padded(part, count)
-    per_epoch = (n if count is None else count) // batch_size
-    epoch, pos = step // per_epoch, step % per_epoch
-    order = epoch_order(jax.random.fold_in(key, epoch), n, count)
-    idx = jax.lax.dynamic_slice_in_dim(order, pos * batch_size, batch_size)
+    return batch_from(part, batch_order(part, key, step, batch_size), step, batch_size)
+
+
+def batch_order(part, key: jax.Array, step, batch_size: int | None):
+    """The order of the rows of ``step``'s epoch (:func:`epoch_order`), ``None`` when
+    the whole part is the batch. Steps of one epoch share it: a loop carries it and
+    renews it with :func:`next_order` (one sort per epoch, not per step)."""
+    mb = _minibatched(part, batch_size)
+    if mb is None:
+        return None
+    _, count, n, per_epoch = mb
+    return epoch_order(jax.random.fold_in(key, step // per_epoch), n, count)
+
+
+def next_order(part, key: jax.Array, step, batch_size: int | None, order):
+    """The order for ``step`` given the order of step ``step - 1``'s epoch: renewed
+    (a ``lax.cond``: only then computed) at the first step of an epoch."""
+    mb = _minibatched(part, batch_size)
+    if mb is None:
+        return None
+    _, count, n, per_epoch = mb
+    return jax.lax.cond(step % per_epoch == 0,
+                        lambda: epoch_order(jax.random.fold_in(key, step // per_epoch), n,
+                                            count),
+                        lambda: order)
+
+
+def batch_from(part, order, step, batch_size: int | None):
+    """``step``'s minibatch given its epoch's ``order`` (:func:`batch_order`); the whole
+    part (a :class:`Padded` one as is) when ``order`` is ``None``."""
+    if order is None:
+        return part
+    part, _, _, per_epoch = _minibatched(part, batch_size)
+    idx = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
     return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), part)

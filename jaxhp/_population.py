@@ -111,15 +111,16 @@ def advance(model: Model, cfg: LoopConfig, length: int, checked: bool = True) ->
     """
 
     def one(h, carry, train_part, s0, s1, k):
-        step = make_step(model, cfg, h, train_part, k, checked=checked)
+        stepper = make_step(model, cfg, h, train_part, k, checked=checked)
         buf = jnp.full((length,), jnp.nan, jnp.float32)
 
         def body(i, c):
             carry, buf = c
-            carry, loss = step(carry, s0 + i)
+            carry, loss = stepper.step(carry, s0 + i)
             return carry, buf.at[i].set(loss.astype(buf.dtype))
 
-        (state, dead_at), buf = jax.lax.fori_loop(0, s1 - s0, body, (carry, buf))
+        ((state, dead_at), _), buf = jax.lax.fori_loop(
+            0, s1 - s0, body, ((carry, stepper.order0(s0)), buf))
         if not checked:
             dead_at = mark_suspect(state, dead_at)
         return (state, dead_at), buf

@@ -19,7 +19,15 @@ import numpy as np
 import optax
 
 from jaxhp import _masking
-from jaxhp._data import Padded, Split, check_split, part_size, sample_batch
+from jaxhp._data import (
+    Padded,
+    Split,
+    batch_from,
+    batch_order,
+    check_split,
+    next_order,
+    part_size,
+)
 from jaxhp._hparams import HParams, padded_size
 from jaxhp._member_steps import own_steps, own_windows
 from jaxhp._model import (
@@ -233,11 +241,27 @@ def start(model: Model, hp: HParams, key: jax.Array):
     return state, jnp.asarray(-1, jnp.int32)
 
 
-def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array,
-              want_loss: bool = True, checked: bool = True, fresh: bool = False):
-    """The training step ``step((state, dead_at), t) -> ((state, dead_at), loss)`` (pure).
+class Stepper(NamedTuple):
+    """A run's training step and what its loop carries besides the run's own carry.
 
-    Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only. A
+    ``step(((state, dead_at), order), t) -> (((state, dead_at), order), loss)``;
+    ``order`` is the row order of step ``t``'s epoch (``None``: full batches),
+    renewed at the first step of each epoch (:func:`jaxhp._data.next_order`), and
+    ``order0(t0)`` is the order a loop starting at step ``t0`` begins with.
+    :func:`_steps` and :func:`jaxhp._population.advance` thread it.
+    """
+
+    step: Any
+    order0: Any
+
+
+def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.Array,
+              want_loss: bool = True, checked: bool = True, fresh: bool = False) -> Stepper:
+    """The training step (pure; a :class:`Stepper`: ``step`` and its loop's ``order0``).
+
+    Step ``t`` draws its minibatch and noise from ``key`` and ``t`` only (its
+    epoch's row order is carried from step to step and sorted once per epoch:
+    the same batches as :func:`jaxhp.sample_batch` of step ``t``). A
     stateful model's state is threaded through the steps (the loss's new state).
     A member whose loss, parameters or model state become non-finite is frozen
     at its last finite state (parameters, optimizer state and model state),
@@ -276,8 +300,9 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         return jax.value_and_grad(fn, has_aux=has_aux)(params)
 
     def step(carry, t):
-        state, dead_at = carry
-        batch = sample_batch(train_part, data_key, t, cfg.batch_size)
+        (state, dead_at), order = carry
+        order = next_order(train_part, data_key, t, cfg.batch_size, order)
+        batch = batch_from(train_part, order, t, cfg.batch_size)
         k = jax.random.fold_in(noise_key, t)
         if model.has_state:
             (loss, (_, model_state)), grads = grad(
@@ -303,7 +328,7 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
                 live = t < stop if live is None else live & (t < stop)
             if live is not None:
                 new = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new, state)
-            return (new, dead_at), None
+            return ((new, dead_at), order), None
         live = dead_at < 0  # healthy, and (padded steps) before the member's own end
         if stop is not None:
             live = live & (t < stop)
@@ -315,16 +340,22 @@ def make_step(model: Model, cfg: LoopConfig, hp: HParams, train_part, key: jax.A
         keep = live & ok
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
         dead_at = jnp.where(live & ~ok, t, dead_at)
-        return (state, dead_at), (jnp.where(keep, loss, jnp.nan) if want_loss else None)
+        return ((state, dead_at), order), (jnp.where(keep, loss, jnp.nan) if want_loss
+                                           else None)
 
-    return step
+    return Stepper(step, lambda t0: batch_order(train_part, data_key, t0, cfg.batch_size))
 
 
-def _steps(step, carry, start_step, length: int, remat: int | None = None):
-    """``lax.scan(step)`` over steps ``start_step .. start_step + length - 1``."""
+def _steps(stepper: Stepper, carry, start_step, length: int, remat: int | None = None):
+    """``lax.scan`` of a :class:`Stepper`'s step over steps ``start_step .. start_step +
+    length - 1``, from and to the run's carry (the epoch order is the loop's own)."""
+    inner = (carry, stepper.order0(start_step))
     if remat and remat < length:
-        return _remat_scan(step, carry, start_step, length, remat)
-    return jax.lax.scan(step, carry, start_step + jnp.arange(length, dtype=jnp.int32))
+        inner, ys = _remat_scan(stepper.step, inner, start_step, length, remat)
+    else:
+        inner, ys = jax.lax.scan(stepper.step, inner,
+                                 start_step + jnp.arange(length, dtype=jnp.int32))
+    return inner[0], ys
 
 
 def advance(model: Model, cfg: LoopConfig, hp: HParams, carry, train_part, key: jax.Array,
@@ -559,7 +590,7 @@ def train(
       health: how divergence is detected. ``"step"`` (default): every step's
         loss and new state; a diverging run is frozen at its last finite state.
         ``"end"``: once, after the last step (the final state and training
-        objective); no step computes the loss (the bench's ridge runs 1.4x
+        objective); no step computes the loss (the bench's ridge runs 1.47x
         faster), and a diverged run keeps its non-finite state. A loss that
         turned NaN/Inf while the state stayed finite goes unnoticed. Needs
         ``loss_every=0``.

@@ -384,3 +384,26 @@ def test_train_takes_one_setting(diabetes):
         jaxhp.train(LINEAR, {"learning_rate": 0.1}, diabetes, key=KEY)
     with pytest.raises(TypeError, match="expected a jaxhp.Split"):
         jaxhp.train(LINEAR, models.LinearHP(), tuple(diabetes), key=KEY)
+
+
+class SumHP(HParams):
+    steps: int = static(10, low=1, integer=True)
+    batch_size: int = static(6, low=1, integer=True)
+
+
+def test_steps_draw_the_batches_of_sample_batch_across_epochs():
+    # loss -mean(x @ w) with SGD(1): w after T steps is the sum of the batches' mean
+    # rows, so it shows every batch the steps drew; 20 rows in batches of 6 = 3 steps
+    # per epoch, 10 steps = 4 epochs (the loop sorts each epoch's order once)
+    x = np.arange(20 * 3, dtype=np.float32).reshape(20, 3) ** 1.5
+    split = jaxhp.Split({"x": x}, {"x": x[:4]}, {"x": x[:4]})
+    model = jaxhp.Model(lambda k, hp: jnp.zeros(3),
+                        lambda w, b, hp, key=None: (-jnp.mean(b["x"] @ w), {}),
+                        lambda hp: optax.sgd(1.0), lambda w, b, hp: {"s": jnp.sum(w)},
+                        hparams=SumHP, directions={"s": "max"})
+    key = jax.random.key(5)
+    run = jaxhp.train(model, SumHP(), split, key=key)
+    data_key = jax.random.fold_in(key, 1)  # the run's data stream
+    want = sum(np.asarray(jaxhp.sample_batch(split.train, data_key, t, 6)["x"]).mean(0)
+               for t in range(10))
+    np.testing.assert_allclose(np.asarray(run.state.params), want, rtol=1e-5)

@@ -23,8 +23,8 @@ from jaxhp._space import random as random_space
 __all__ = ["SWEEP_OPTIONS", "RoundsResult", "check_mode", "check_params",
            "check_sweep_options", "hparams_class", "rounds_result"]
 
-SWEEP_OPTIONS = ("eval_every", "loss_every", "health", "chunk_size", "memory_budget", "max_chunk",
-                 "devices", "keep_params", "on_error", "progress", "on_chunk")
+SWEEP_OPTIONS = ("eval_every", "loss_every", "health", "chunk_size", "memory_budget",
+                 "max_chunk", "devices", "keep_params", "on_error", "progress", "on_chunk")
 
 
 class RoundsResult(SweepResult):
