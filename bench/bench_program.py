@@ -245,6 +245,34 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
     return out
 
 
+def measure_batches(reps: int, before, after, n: int = 1024) -> dict:
+    """jaxhp's program alone, before and after, on the ridge with minibatches of 64 (the
+    epoch's row order: sorted at every step before, once per epoch after). No
+    hand-written case: the bench's hand-written ridge is full batch."""
+    import dataclasses
+
+    from jaxhp.models import LinearHP
+
+    task = tasks.get("ridge")
+    task = dataclasses.replace(task, base=LinearHP(steps=task.steps, optimizer="sgd",
+                                                   batch_size=64))
+    cases = {"before_all": jaxhp_chunked(task, n, n, before, 1),
+             "after_all": jaxhp_chunked(task, n, n, after, 1)}
+    for _ in range(reps):
+        for t in cases.values():
+            t.once()
+    ref = cases["before_all"]
+    out = {"task": "ridge, batch_size=64", "n": n, "loss_every": 1, "reps": reps,
+           "chunk": {"all": n}, "hand": "none (before = 1.0)", "cases": {}}
+    for name, t in cases.items():
+        out["cases"][name] = {
+            "min_s": min(t.times), "median_s": statistics.median(t.times),
+            "max_s": max(t.times), "times_s": t.times, "compile_s": t.compile_s,
+            "settings_per_s": n / min(t.times), "ratio_vs_hand": min(ref.times) / min(t.times),
+            "ratio_vs_hand_median": statistics.median(ref.times) / statistics.median(t.times)}
+    return out
+
+
 def _print(r: dict) -> None:
     print(f"\n{r['task']} N={r['n']:,} loss_every={r['loss_every']} chunks={r['chunk']} "
           f"(hand: {r['hand']}; {r['reps']} rounds)")
@@ -268,7 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--big", action="store_true",
                     help="also ridge N=100,000 with loss_every=0 (minutes)")
     ap.add_argument("--tasks", default="ridge,mlp",
-                    help="ridge, ridge0 (its loss_every=0 case alone), mlp")
+                    help="ridge, ridge0 (its loss_every=0 case alone), mlp, ridgebatch "
+                         "(minibatches of 64: before/after only)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/program-cpu.json"))
     args = ap.parse_args(argv)
 
@@ -298,6 +327,10 @@ def main(argv=None) -> int:
         # loss_every=0 at the same size: no per-step loss output
         results.append(measure("ridge", 1024, 0, args.reps, before, after,
                                chunkings=("default",)))
+        _print(results[-1])
+        write()
+    if "ridgebatch" in wanted and before is not None:
+        results.append(measure_batches(args.reps, before, after))
         _print(results[-1])
         write()
     if "mlp" in wanted:
