@@ -273,7 +273,7 @@ def bayesopt(
         (``jaxhp.quasirandom(..., seed=seed)``), the GP fits' starts, the candidates
         and the Thompson draws.
       candidates: the size of the candidate set of the Thompson draws.
-      **sweep_options: ``eval_every``, ``loss_every``, ``chunk_size``,
+      **sweep_options: ``eval_every``, ``loss_every``, ``health``, ``chunk_size``,
         ``memory_budget``, ``max_chunk``, ``devices``, ``keep_params``,
         ``on_error``, ``progress``, ``on_chunk``, passed to every round's sweep.
 

@@ -149,7 +149,7 @@ def optuna_search(
         (default: the model's hyperparameter class defaults).
       metric: the validation metric told to the study (mean over seeds).
       mode: ``"min"``/``"max"`` for a metric the model declares no direction for.
-      **sweep_options: ``eval_every``, ``loss_every``, ``chunk_size``,
+      **sweep_options: ``eval_every``, ``loss_every``, ``health``, ``chunk_size``,
         ``memory_budget``, ``max_chunk``, ``devices``, ``keep_params``,
         ``on_error``, ``progress``, ``on_chunk``, passed to every round's sweep.
 
