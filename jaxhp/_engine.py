@@ -634,11 +634,21 @@ def recheck(out, dead_at, m: int, chunk: int, mesh: Mesh | None,
 
 
 def _segment_program(model: Model, cfg: LoopConfig, length: int, checked: bool = True):
+    """Steps ``s0 .. s1 - 1`` of a chunk, then its evaluation. A segment from step 0
+    initialises its members first (a ``lax.cond`` on ``s0``: the ``carry`` passed is
+    then a placeholder of the carry's shapes), so one program serves a search's first
+    and later segments: one compile in all."""
     advance = population.advance(model, cfg, length, checked)
     evaluate = population.evaluate(model)
 
     def program(hp, carry, train_part, val_part, s0, s1, key, seed_ids):
         keys = population.member_keys(key, seed_ids)
+
+        def fresh():
+            new = population.init(model, hp, keys)
+            return jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new, carry)
+
+        carry = jax.lax.cond(s0 == 0, fresh, lambda: carry)
         carry, losses = advance(hp, carry, train_part, s0, s1, keys)
         val, train_loss = evaluate(hp, carry, val_part, train_part, keys)
         return carry, losses, val, train_loss
@@ -646,7 +656,6 @@ def _segment_program(model: Model, cfg: LoopConfig, length: int, checked: bool =
     return program
 
 
-_INIT_SPECS = (POP, SHARED, SHARED)
 _SEGMENT_SPECS = (POP, MEMBERS) + (SHARED,) * 6
 
 
@@ -659,9 +668,9 @@ class Runner:
     member did, in dense buffers: its loss at every step, its validation
     metrics after each segment it ran, its last training objective. :meth:`run`
     trains any subset of members over steps ``[s0, s1)`` (from scratch when
-    ``s0 == 0``) with two compiled programs (initialise; train a segment of at
-    most ``length`` steps and evaluate), whatever the subset, the segment or
-    the tunable values; :meth:`outcome` gives what every member did as one
+    ``s0 == 0``) with one compiled program (initialise when ``s0 == 0``, train a
+    segment of at most ``length`` steps, evaluate), whatever the subset, the
+    segment or the tunable values; :meth:`outcome` gives what every member did as one
     ``Run``. :meth:`state` and :meth:`restore` save and resume all of it exactly.
     """
 
@@ -717,24 +726,18 @@ class Runner:
     def run(self, alive: np.ndarray, s0: int, s1: int) -> tuple[dict, np.ndarray]:
         """Trains the members ``alive`` from step ``s0`` to ``s1`` in fixed-size chunks;
         returns their validation metrics and health, ``(seeds, len(alive))``."""
-        ctx, c, model, mesh = self.ctx, self.c, self.ctx["model"], self.ctx["mesh"]
-        shared = ctx["shared"]
+        c = self.c
         val_out: dict = {}
         dead_out = []
         for start in range(0, len(alive), c):
             rows = np.asarray(alive[start:start + c])
             m = len(rows)
             hp = pad_axis(population.take_settings(self.hp, rows), c)
-            if self.carry is None or s0 == 0:
-                carry = self._call(("population-init", model, self.cfg), _init_program(model),
-                                   _INIT_SPECS, (put(hp, mesh, POP), shared["key"],
-                                                 shared["seed_ids"]))
-                if self.carry is None:
-                    self.carry = jax.tree_util.tree_map(
-                        lambda a: np.zeros(a.shape[:1] + self.shape[:1] + a.shape[2:],
-                                           a.dtype), carry)
-            else:
-                carry = pad_axis(population.take(self.carry, rows), c, axis=1)
+            if self.carry is None:  # every member's carry, allocated from its shapes
+                self.carry = self._blank_carry(self.shape[0])
+            # from step 0 the program initialises the members: the carry passed is a
+            # placeholder of the right shapes (this buffer's zeros)
+            carry = pad_axis(population.take(self.carry, rows), c, axis=1)
             out = self._segment(False, hp, carry, s0, s1)
             carry, losses, val, train_loss = self._recheck(out, hp, carry, m, s0, s1)
             for dst, src in zip(jax.tree_util.tree_leaves(self.carry),
@@ -780,14 +783,21 @@ class Runner:
                 "loss": self.loss, "val": dict(self.val), "n_evals": self.n_evals,
                 "train_loss": self.train_loss, "trained": self.trained}
 
-    def restore(self, state: dict) -> None:
-        """Puts back a :meth:`state` (the carry's tree structure is traced, not saved)."""
+    def _blank_carry(self, n: int):
+        """Zeros of every member's carry for ``n`` settings, leaves ``(seeds, n, ...)``
+        (shapes traced with ``jax.eval_shape``: nothing compiles)."""
         model, shared = self.ctx["model"], self.ctx["shared"]
         hp = pad_axis(population.take_settings(self.hp, np.arange(1)), 1)
         structure = jax.eval_shape(_init_program(model), hp, shared["key"],
                                    shared["seed_ids"])
-        self.carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(structure),
-                                                  [np.array(a) for a in state["carry"]])
+        return jax.tree_util.tree_map(
+            lambda a: np.zeros(a.shape[:1] + (n,) + a.shape[2:], a.dtype), structure)
+
+    def restore(self, state: dict) -> None:
+        """Puts back a :meth:`state` (the carry's tree structure is traced, not saved)."""
+        self.carry = jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(self._blank_carry(1)),
+            [np.array(a) for a in state["carry"]])
         self.hp = population.replace_tunables(self.hp, **state["hp"])
         self.loss, self.n_evals = np.array(state["loss"]), np.array(state["n_evals"])
         self.val = {k: np.array(v) for k, v in state["val"].items()}

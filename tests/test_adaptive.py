@@ -172,14 +172,14 @@ def test_halving_runs_each_static_group_and_selects_across(diabetes):
                            max_steps=90, metric="mes")
 
 
-def test_hyperband_compiles_two_programs_for_every_bracket_and_rung(diabetes):
+def test_hyperband_compiles_one_program_for_every_bracket_and_rung(diabetes):
     model = linear_regression(10)  # a new model: nothing cached
     space = _space(17, seed=4)
     with count_compiles() as c:
         r = hyperband(model, space, diabetes, key=KEY, min_steps=10, max_steps=90,
                       metric="mse", base=BASE)
     assert len({rg.bracket for rg in r.rungs}) == 3 and len(r.rungs) == 6
-    assert c.count == r.compile_count == 2  # initialise; train a segment and evaluate
+    assert c.count == r.compile_count == 1  # (initialise,) train a segment, evaluate
     with count_compiles() as c:  # other tunable values: nothing new to compile
         hyperband(model, _space(17, seed=5), diabetes, key=KEY, min_steps=10,
                   max_steps=90, metric="mse", base=BASE)
@@ -197,7 +197,7 @@ def test_a_state_gone_non_finite_in_a_rung_runs_it_again_checked(diabetes):
     with count_compiles() as c:
         r = successive_halving(model, settings, diabetes, key=KEY, seeds=2, min_steps=10,
                                max_steps=40, eta=2, metric="mse", progress=False)
-    assert c.count == r.compile_count == 3  # init; segment; the checked segment (1 setting)
+    assert c.count == r.compile_count == 2  # segment; the checked segment (1 setting)
     assert r.groups[0].rechecked == 1
     assert r.setting_status()[0] == "diverged" and r.steps_trained[0] == 20
     assert 0 not in r.rungs[1].promoted
@@ -328,8 +328,8 @@ def test_pbt_one_compile_and_beats_the_median(diabetes):
     with count_compiles() as c:
         r = pbt(MODEL, settings, diabetes, key=key, seeds=2, steps=60, ready_every=6,
                 metric="mse")
-    # initialise; train a segment and evaluate (the exploit/explore policy runs on the host)
-    assert c.count == 2 and r.compile_count == 2
+    # one program: (initialise,) train a segment, evaluate (exploit/explore: the host)
+    assert c.count == 1 and r.compile_count == 1
     full = jaxhp.sweep(MODEL, settings, diabetes, key=key, seeds=2,
                        base=BASE.replace(steps=60), progress=False)
     median = np.nanmedian(np.where(full.setting_status() == "ok",

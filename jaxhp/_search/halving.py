@@ -12,8 +12,8 @@ trained.
 The mechanism is the engine's: each static group runs its own rungs; a rung's
 survivors run in chunks of one fixed size (padded), sharded over the devices;
 a segment program takes its start and stop steps as traced values, so the
-whole search compiles two programs per static group (initialise; train a
-segment and evaluate), whatever the number of rungs and brackets.
+whole search compiles one program per static group (initialise from step 0,
+train a segment, evaluate), whatever the number of rungs and brackets.
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ def successive_halving(
     best ``max(1, n // eta)`` go on; a setting with a diverged seed never
     does. Settings that differ in a static field form static groups, each
     with its own rungs; selection runs across all of them. Survivors run in
-    chunks of one size, sharded over the devices: two compiled programs per
+    chunks of one size, sharded over the devices: one compiled program per
     static group, whatever the number of rungs.
 
     Args:
@@ -488,8 +488,8 @@ def hyperband(
 
     Bracket ``b`` (see :func:`hyperband_brackets`) takes the next ``n_b``
     settings of the space (of each static group) in order and runs successive
-    halving from its first budget. Every bracket shares the group's two
-    compiled programs (one chunk size, traced segment bounds). The result has
+    halving from its first budget. Every bracket shares the group's one
+    compiled program (one chunk size, traced segment bounds). The result has
     one row per setting used, as for :func:`successive_halving`
     (``result.rungs`` entries name their ``bracket``).
 

@@ -257,7 +257,7 @@ def pbt(
 
     The population (the settings of ``space``, each trained with every seed)
     trains for ``steps`` steps on the engine (chunked, sharded over the devices,
-    two compiled programs per static group). At each ready point
+    one compiled program per static group). At each ready point
     (steps ``ready_every, 2 * ready_every, ...`` before the end) the members
     are ranked by their mean validation ``metric`` over seeds (a diverged
     member ranks last); each of the bottom ``max(1, floor(fraction * n))``
