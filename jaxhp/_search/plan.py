@@ -37,7 +37,7 @@ class GroupPlan(NamedTuple):
       n_settings: the settings it trains.
       chunk_size: settings per compiled call.
       calls: compiled calls (chunks; an adaptive search counts each rung's or
-        interval's chunks and the initialising calls).
+        interval's chunks).
       compiles: programs compiled for it in a fresh process.
       member_bytes: the estimated device bytes of one member (setting x seed).
       device_bytes: the estimated bytes of one chunk on each device.
@@ -151,13 +151,12 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
             flat = [z for zs in sizes for z in zs]
             cap = engine.plan_chunks(max(flat), s, per, n_dev, None, memory_budget, max_chunk)
             c = search_chunk(flat, cap, n_dev, chunk_size)
-            calls = sum(math.ceil(z / c) * (2 if r == 0 else 1)
-                        for zs in sizes for r, z in enumerate(zs))
+            calls = sum(math.ceil(z / c) for zs in sizes for z in zs)
             member_steps = sum(z * s * (b[r] - (b[r - 1] if r else 0))
                                for zs, (_, b) in zip(sizes, brackets)
                                for r, z in enumerate(zs))
             used = sum(m for m, _ in brackets)
-            out.append(GroupPlan(statics, used, c, calls, 2, per, per * s * c // n_dev,
+            out.append(GroupPlan(statics, used, c, calls, 1, per, per * s * c // n_dev,
                                  member_steps))
         elif search == "pbt":
             if n < 2:  # as pbt() refuses it
@@ -167,7 +166,7 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
             per = engine.member_bytes(model, first, cfg, 1, True) + 4 * ready_every
             c = engine.plan_chunks(n, s, per, n_dev, chunk_size, memory_budget, max_chunk)
             segments = math.ceil(steps / ready_every)
-            out.append(GroupPlan(statics, n, c, math.ceil(n / c) * (segments + 1), 2, per,
+            out.append(GroupPlan(statics, n, c, math.ceil(n / c) * segments, 1, per,
                                  per * s * c // n_dev, n * s * steps))
         else:
             raise ValueError(f"`search`={search!r}: must be 'sweep', 'halving', "
