@@ -134,3 +134,22 @@ def test_save_load_keeps_health_and_retrains_with_it(ended, diabetes, tmp_path):
     assert jaxhp.SweepResult.merge([parts[0], parts[2]]).groups[0].health == "end"
     with pytest.raises(ValueError, match=r"health='step' in results\[1\] and health='end'"):
         jaxhp.SweepResult.merge(parts[:2])
+
+
+class _PaddedStepsHP(models.LinearHP):
+    steps: int = jaxhp.static(40, low=1, integer=True, pad_to=40)
+
+
+def test_padded_steps_end_check_at_each_members_own_last_step(diabetes):
+    # one program for 20 and 40 steps; a diverging member is marked at its own last step,
+    # and each member equals its solo end run of its own steps
+    settings = [_PaddedStepsHP(steps=st, learning_rate=lr, batch_size=32)
+                for st, lr in ((20, 0.1), (20, 8.0), (40, 0.1), (40, 8.0))]
+    r = jaxhp.sweep(RIDGE, settings, diabetes, key=KEY, loss_every=0, health="end")
+    assert len(r.groups) == 1
+    np.testing.assert_array_equal(r.diverged_at[:, 0], [-1, 19, -1, 39])
+    for i, hp in enumerate(settings):
+        run = jaxhp.train(RIDGE, hp, diabetes, key=jax.random.fold_in(KEY, 0), loss_every=0,
+                          health="end")
+        assert int(run.diverged_at) == r.diverged_at[i, 0]
+        np.testing.assert_allclose(r.val["mse"][i, 0], float(run.val["mse"]), rtol=1e-5)
