@@ -27,10 +27,13 @@ program). Cases: ridge N=1,024 (curve of every step, as the sweep's default),
 ridge N=1,024 with ``loss_every=0``, MLP N=256, and with ``--big`` ridge
 N=100,000 with ``loss_every=0`` (with ``loss_every=0`` the hand-written program
 has no curve, so XLA drops the loss; ``handcurve``: the hand-written program with the
-loss, which jaxhp computes anyway for its health check). Chunkings: ``"all"``
+loss, which jaxhp computes anyway for its health check); with ``--huge`` ridge
+N=1,000,000 with ``loss_every=0``, the hand-written programs against ``health="end"``
+only (``JAXHP_BENCH_QUICK=1``: 100 steps instead of 500). Chunkings: ``"all"``
 (one call) and the engine's default plan.
 
-Usage: python bench/bench_program.py [--reps 5] [--big] [--baseline HEAD]
+Usage: python bench/bench_program.py [--reps 5] [--big] [--huge] [--tasks ridge,mlp]
+       [--baseline HEAD]
        [--out bench/results/program-cpu.json]
 """
 
@@ -197,7 +200,9 @@ def default_chunk(task, n: int, loss_every) -> int:
 
 
 def measure(task_name: str, n: int, loss_every, reps: int, before, after,
-            chunkings=("all", "default"), sweep=True) -> dict:
+            chunkings=("all", "default"), sweep=True, end_only=False) -> dict:
+    """``end_only`` (``loss_every=0``): the hand-written programs and jaxhp's with
+    ``health="end"`` only (the per-step check's cases are skipped: N=1,000,000)."""
     task = tasks.get(task_name)
     val_only = not loss_every
     cases: dict[str, Timed] = {}
@@ -208,17 +213,18 @@ def measure(task_name: str, n: int, loss_every, reps: int, before, after,
         cases[f"hand_{ch}"] = hand_chunked(task, n, c, val_only)
         if task_name == "ridge":
             cases[f"handmomentum_{ch}"] = hand_momentum_chunked(task, n, c, val_only)
-        if val_only:  # jaxhp computes the loss anyway (health): also the hand-written curve
+        if val_only and not end_only:  # health="step" computes the loss: the hand curve
             cases[f"handcurve_{ch}"] = hand_chunked(task, n, c, False)
-        if before is not None:
+        if before is not None and not end_only:
             cases[f"before_{ch}"] = jaxhp_chunked(task, n, c, before, loss_every)
-        cases[f"after_{ch}"] = jaxhp_chunked(task, n, c, after, loss_every)
+        if not end_only:
+            cases[f"after_{ch}"] = jaxhp_chunked(task, n, c, after, loss_every)
         if val_only:  # health="end": no step computes the loss
             cases[f"end_{ch}"] = jaxhp_chunked(task, n, c, after, loss_every, "end")
-    if sweep:
+    if sweep and not end_only:
         cases["sweep"] = whole_sweep(task, n, loss_every)
-        if val_only:
-            cases["sweepend"] = whole_sweep(task, n, loss_every, health="end")
+    if sweep and val_only:
+        cases["sweepend"] = whole_sweep(task, n, loss_every, health="end")
     for _ in range(reps):
         for t in cases.values():
             t.once()
@@ -295,6 +301,10 @@ def main(argv=None) -> int:
                     help="git revision of jaxhp/_train.py for 'before' ('' to skip)")
     ap.add_argument("--big", action="store_true",
                     help="also ridge N=100,000 with loss_every=0 (minutes)")
+    ap.add_argument("--huge", action="store_true",
+                    help="also ridge N=1,000,000 with loss_every=0, health='end' and the "
+                         "hand-written programs only (3 rounds; with JAXHP_BENCH_QUICK=1 "
+                         "100 steps: about 15 minutes on 2 cores)")
     ap.add_argument("--tasks", default="ridge,mlp",
                     help="ridge, ridge0 (its loss_every=0 case alone), mlp, ridgebatch "
                          "(minibatches of 64: before/after only)")
@@ -340,6 +350,12 @@ def main(argv=None) -> int:
     if args.big:
         results.append(measure("ridge", 100_000, 0, 3, before, after,
                                chunkings=("default",)))
+        _print(results[-1])
+        write()
+    if args.huge:
+        results.append(measure("ridge", 1_000_000, 0, 3, before, after,
+                               chunkings=("default",), end_only=True))
+        results[-1]["steps"] = tasks.RIDGE_STEPS
         _print(results[-1])
         write()
     print(f"\nwrote {args.out}")
