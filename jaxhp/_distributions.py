@@ -126,9 +126,9 @@ class Distribution(abc.ABC):
         u = np.asarray(u, np.float64).reshape(-1)
         return column_of([self.sample_unit(x) for x in u.tolist()])
 
-    def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
+    def column_for(self, f: Field, u: np.ndarray) -> np.ndarray:
         """The values for unit samples ``u``, as a space gives them to field ``f``
-        (:func:`_coerce`, element by element)."""
+        (:func:`_coerce`, element by element). Read by a space's table."""
         return _coerce_column(f, self.sample_units(u))
 
     @abc.abstractmethod
@@ -141,8 +141,9 @@ class Distribution(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _problems(self, name: str, f: Field) -> list[str]:
-        ...
+    def problems(self, name: str, f: Field) -> list[str]:
+        """What breaks field ``f``'s rules among the values this distribution can give
+        to ``name``: one message per problem (none: it fits). Read by a space's check."""
 
 
 def _range_problems(d: Distribution, name: str, f: Field, ends, what: str) -> list[str]:
@@ -214,7 +215,7 @@ class _Uniform(Distribution):
     def to_dict(self) -> dict[str, Any]:
         return {"type": self._kind(), "low": self.low, "high": self.high}
 
-    def _problems(self, name: str, f: Field) -> list[str]:
+    def problems(self, name: str, f: Field) -> list[str]:
         ends = [(f"its low end {self.low!r}", self.low),
                 (f"values just below its high end {self.high!r}", _below(self.high))]
         return _range_problems(self, name, f, ends, "real numbers")
@@ -264,7 +265,7 @@ class _IntRange(Distribution):
     def to_dict(self) -> dict[str, Any]:
         return {"type": "intrange", "low": self.low, "high": self.high, "log": self.log}
 
-    def _problems(self, name: str, f: Field) -> list[str]:
+    def problems(self, name: str, f: Field) -> list[str]:
         ends = [(f"its low end {self.low!r}", self.low), (f"its high end {self.high!r}",
                                                           self.high)]
         return _range_problems(self, name, f, ends, "integers")
@@ -298,13 +299,13 @@ class Choice(Distribution):
     def sample_units(self, u: np.ndarray) -> np.ndarray:
         return column_of(self.values)[self._indices(u)]
 
-    def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
+    def column_for(self, f: Field, u: np.ndarray) -> np.ndarray:
         return value_column(f, self.values)[self._indices(u)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "choice", "values": [_jsonable(v) for v in self.values]}
 
-    def _problems(self, name: str, f: Field) -> list[str]:
+    def problems(self, name: str, f: Field) -> list[str]:
         return _value_problems(self, name, f, self.values)
 
     def __repr__(self) -> str:
@@ -324,13 +325,13 @@ class _Fixed(Distribution):
     def sample_units(self, u: np.ndarray) -> np.ndarray:
         return np.repeat(column_of([self.value]), np.asarray(u).reshape(-1).shape[0])
 
-    def _column(self, f: Field, u: np.ndarray) -> np.ndarray:
+    def column_for(self, f: Field, u: np.ndarray) -> np.ndarray:
         return np.repeat(value_column(f, [self.value]), np.asarray(u).reshape(-1).shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "fixed", "value": _jsonable(self.value)}
 
-    def _problems(self, name: str, f: Field) -> list[str]:
+    def problems(self, name: str, f: Field) -> list[str]:
         return _value_problems(self, name, f, [self.value])
 
     def __repr__(self) -> str:
@@ -500,7 +501,7 @@ def _coerce_column(f: Field, col: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         x = v.astype(dt)
     back = x.astype(np.float64)
-    fix = f._bad_numbers(back) & ~f._bad_numbers(v)
+    fix = f.bad_numbers(back) & ~f.bad_numbers(v)
     if fix.any():
         # Rounding to the tunable dtype reached an open bound the exact value respects:
         # step back in.

@@ -126,7 +126,7 @@ class Field:
         return None
 
     # ------------------------------------------------- vectorised, on columns
-    def _bad_numbers(self, x: np.ndarray) -> np.ndarray:
+    def bad_numbers(self, x: np.ndarray) -> np.ndarray:
         """:meth:`check_number` on a float64 array: where any rule is broken."""
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(x)
@@ -186,7 +186,7 @@ class Field:
         kind = arr.dtype.kind
         if kind in "iuf":
             x = tunable_values(arr)
-            bad = self._bad_numbers(x.astype(np.float64))
+            bad = self.bad_numbers(x.astype(np.float64))
             if self.choices is not None:
                 bad |= ~np.isin(x, np.asarray(self.choices, x.dtype))
             return bad
@@ -200,7 +200,7 @@ class Field:
             if self.low is None and self.high is None and not self.integer \
                     and self.pad_to is None:
                 return np.zeros(arr.shape[0], bool)
-            return self._bad_numbers(arr.astype(np.float64))
+            return self.bad_numbers(arr.astype(np.float64))
         uniques, codes = factorize(arr, exact=True)
         if uniques is None:  # unhashable values: each one as construction checks it
             return np.fromiter((check_static(name, self, v) is not None
@@ -252,7 +252,7 @@ class Field:
         with np.errstate(over="ignore", invalid="ignore"):
             v = np.clip(np.asarray(values, np.float64), lo, hi).astype(dt)
             for _ in range(8):  # rounding may land on an open bound: step inside
-                bad = self._bad_numbers(v.astype(np.float64))
+                bad = self.bad_numbers(v.astype(np.float64))
                 if not bad.any():
                     break
                 up = (v <= self.low) if self.low is not None else np.zeros(v.shape, bool)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxhp._record import GroupInfo, StackedParams
-from jaxhp._result import SweepResult
+from jaxhp._result import SweepResult, trained_from
 from jaxhp._table import SettingsTable
 
 
@@ -148,7 +148,7 @@ def _merged_groups(results: Sequence[SweepResult]) -> tuple[list[GroupInfo], np.
 def _merged_params(results: Sequence[SweepResult], offsets: np.ndarray, n: int):
     parts = []
     for r, off in zip(results, offsets):
-        kept = r._params
+        kept = trained_from(r).params
         if kept is None:
             continue
         if isinstance(kept, StackedParams):
@@ -185,7 +185,7 @@ def merge(results: Sequence[SweepResult]) -> SweepResult:
                                                     "platform", "device_kind",
                                                     "jaxhp_version", "jax_version")}
                         | {"n_settings": r.n_settings} for r in results])
-    models = [r._model for r in results]
+    models = [trained_from(r).model for r in results]
     return SweepResult(
         settings=table, seed_ids=np.asarray(first.seed_ids),
         status=np.concatenate([r.status for r in results]),
@@ -197,5 +197,5 @@ def merge(results: Sequence[SweepResult]) -> SweepResult:
         errors=np.concatenate([np.asarray(r.errors).astype(str) for r in results]),
         groups=groups, meta=meta, params=_merged_params(results, offsets, n),
         model=models[0] if all(m is not None for m in models) else None,
-        split=first._split, key=first._key, test_reads=test_reads, group_of=group_of,
-        fold_of=first.fold_of)
+        split=trained_from(first).split, key=trained_from(first).key, test_reads=test_reads,
+        group_of=group_of, fold_of=first.fold_of)

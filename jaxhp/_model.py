@@ -473,6 +473,15 @@ def _hash_jaxpr(h, closed) -> None:
     h.update(b"\n--\n")
 
 
+def function_hash(fn, *args) -> str:
+    """SHA-256 of what ``fn`` computes on (abstract) ``args``: its jaxpr's text and every
+    constant and literal it captures, as :func:`model_fingerprint` hashes a model's
+    functions (a search fingerprints its own program for a checkpoint this way)."""
+    h = hashlib.sha256()
+    _hash_jaxpr(h, jax.make_jaxpr(fn)(*args))
+    return h.hexdigest()
+
+
 FINGERPRINTED = ("init", "loss", "metrics", "optimizer")
 
 

@@ -15,30 +15,19 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import numpy as np
 
+from jaxhp import _result_io
 from jaxhp._checkpoint import data_hash
 from jaxhp._data import Folds, Split
 from jaxhp._hparams import (
-    HParamsError,
-    class_from_declaration,
-    column_of,
     did_you_mean,
     pad_alloc,
 )
 from jaxhp._io import (
-    RESULT_FORMAT_VERSION,
-    RESULT_FORMAT_VERSIONS,
     FormatError,
-    load_pair,
-    pair_paths,
-    save_pair,
 )
 from jaxhp._record import (
     GroupInfo,
-    RecordError,
     StackedParams,
-    decode,
-    encode,
-    flatten_params,
     group_info,
     unflatten_params,
 )
@@ -247,6 +236,25 @@ def data_fingerprint(split: Split | Folds) -> dict:
                 "sha256": data_hash((split.data, np.asarray(split.fold_of)))}
     return {"train": shapes(split.train), "val": shapes(split.val),
             "sha256": data_hash((split.train, split.val))}
+
+
+class TrainedFrom(NamedTuple):
+    """What a fresh result keeps of its training, besides its numbers: the kept
+    parameters (:class:`~jaxhp._record.StackedParams`, a list, or ``None``), the model,
+    the data and the key (each ``None`` after :meth:`SweepResult.load`). Read by the
+    package's own rebuilding of results (:func:`jaxhp._merge.merge`, the rounds
+    searches); users retrain through :meth:`SweepResult.params` and
+    :meth:`SweepResult.evaluate_test`."""
+
+    params: Any
+    model: Any
+    split: Any
+    key: Any
+
+
+def trained_from(result: SweepResult) -> TrainedFrom:
+    """``result``'s :class:`TrainedFrom`."""
+    return TrainedFrom(result._params, result._model, result._split, result._key)
 
 
 def _masked_param(values: list) -> np.ma.MaskedArray:
@@ -872,32 +880,8 @@ class SweepResult:
         """
         if self.meta.get("n_processes", 1) > 1 and jax.process_index() != 0:
             return
-        arrays = {"seed_ids": self.seed_ids, "status": self.status,
-                  "diverged_at": self.diverged_at, "train_loss": self.train_loss,
-                  "loss_curve": self.loss_curve, "errors": self.errors.astype(str)}
-        for k, v in self.val.items():
-            arrays[f"val/{k}"] = v
-        for k, v in self.val_curve.items():
-            arrays[f"val_curve/{k}"] = v
-        arrays["group_of"] = self.group_of
-        if self.fold_of is not None:
-            arrays["cv_fold_of"] = self.fold_of
-        extras = {name: encode(getattr(self, name), arrays, f"extra/{name}")
-                  for name in self.EXTRAS}
-        params = None
-        if self.SAVES_PARAMS and self._params is not None:
-            paths, stacked, present = flatten_params(self._params)
-            arrays.update({f"params/{p}": v for p, v in stacked.items()})
-            arrays["params_present"] = present
-            params = paths
-        meta = {"result": self.meta, "result_type": type(self).__name__,
-                "groups": encode(self.groups, arrays, "groups"),
-                "settings": self._setting_dicts(), "extras": extras, "params": params,
-                "hparams": self.meta.get("hparams"),
-                "hparams_declaration": self._table.cls.declaration(),
-                "test_reads": self.test_reads}
-        save_pair(path, arrays, meta, "sweep-result", overwrite=overwrite,
-                  version=RESULT_FORMAT_VERSION)
+        _result_io.write(path, self, self._params if self.SAVES_PARAMS else None,
+                         overwrite=overwrite)
 
     @classmethod
     def load(cls, path, hparams: type | None = None) -> SweepResult:
@@ -914,55 +898,8 @@ class SweepResult:
           FormatError: a missing, truncated, tampered or pickled file, or one
             lacking a field (naming the file and the field).
         """
-        arrays, meta = load_pair(path, "sweep-result", RESULT_FORMAT_VERSIONS)
-        npz, js = pair_paths(path)
-
-        def need(where: dict, name: str, file, kind: type):
-            if not isinstance(where, dict) or name not in where:
-                raise FormatError(f"{file}: lacks the field `{name}`; the file is damaged "
-                                  "or was not written by SweepResult.save")
-            if not isinstance(where[name], kind):
-                raise FormatError(f"{file}: field `{name}` is a {type(where[name]).__name__}, "
-                                  f"expected a {kind.__name__}")
-            return where[name]
-
-        for name in ("seed_ids", "status", "diverged_at", "train_loss", "loss_curve",
-                     "errors"):
-            need(arrays, name, npz, np.ndarray)
-        settings = need(meta, "settings", js, list)
-        groups = need(meta, "groups", js, list)
-        result_meta = need(meta, "result", js, dict)
-        test_reads = meta.get("test_reads", []) if isinstance(meta, dict) else []
-        if not isinstance(test_reads, list):
-            raise FormatError(f"{js}: field `test_reads` is a {type(test_reads).__name__}, "
-                              "expected a list")
-        if hparams is None:
-            try:
-                hparams = class_from_declaration(need(meta, "hparams_declaration", js, dict))
-            except ValueError as e:
-                raise FormatError(f"{js}: field `hparams_declaration`: {e}") from e
-        try:
-            names = list(hparams.fields())
-            unknown = sorted({k for d in settings for k in d} - set(names))
-            if unknown:
-                raise ValueError("unknown field(s) " + ", ".join(f"`{k}`" for k in unknown)
-                                 + f"; its fields are {names}")
-            statics = set(hparams.static_names())
-            settings = SettingsTable(hparams, {
-                n: column_of([_tupled(d.get(n)) for d in settings]) if n in statics
-                else [d.get(n) for d in settings]
-                for n in names if any(n in d for d in settings)}, n=len(settings))
-        except (HParamsError, TypeError, ValueError) as e:
-            raise FormatError(f"{js}: a setting does not fit {hparams.__qualname__} "
-                              f"(a field renamed or removed since it was saved?): "
-                              f"{e}") from e
-        val = {k[4:]: v for k, v in arrays.items() if k.startswith("val/")}
-        val_curve = {k[10:]: v for k, v in arrays.items() if k.startswith("val_curve/")}
-        key = None
-        if "key_data" in result_meta:
-            key = jax.random.wrap_key_data(np.asarray(result_meta["key_data"], np.uint32),
-                                           impl=result_meta.get("key_impl"))
-        kind = meta.get("result_type", "SweepResult")
+        saved = _result_io.read(path, hparams)
+        kind, js = saved.kind, saved.file
         rcls = SweepResult._TYPES.get(kind, SweepResult if kind == "SweepResult" else None)
         if rcls is None:
             raise FormatError(f"{js}: holds a {kind}, a result type this jaxhp does not "
@@ -970,25 +907,11 @@ class SweepResult:
         if not issubclass(rcls, cls):
             raise FormatError(f"{js}: holds a {kind}, not a {cls.__name__}; load it with "
                               f"{kind}.load or SweepResult.load")
-        try:
-            groups = decode(groups, arrays)
-            extras = {name: decode(v, arrays)
-                      for name, v in (meta.get("extras") or {}).items()}
-        except RecordError as e:
-            raise FormatError(f"{js}: {e}") from e
-        missing = [n for n in rcls.EXTRAS if n not in extras]
+        missing = [n for n in rcls.EXTRAS if n not in saved.extras]
         if missing:
             raise FormatError(f"{js}: lacks the field(s) {missing} of a {kind}")
-        out = rcls(settings=settings, seed_ids=arrays["seed_ids"], status=arrays["status"],
-                   diverged_at=arrays["diverged_at"], train_loss=arrays["train_loss"],
-                   val=val, loss_curve=arrays["loss_curve"], val_curve=val_curve,
-                   errors=arrays["errors"], groups=groups, meta=result_meta,
-                   key=key, test_reads=test_reads, group_of=arrays.get("group_of"),
-                   fold_of=arrays.get("cv_fold_of"), **{n: extras[n] for n in rcls.EXTRAS})
-        paths = meta.get("params")
-        if paths:
-            out._saved_params = (list(paths), {p: arrays[f"params/{p}"] for p in paths},
-                                 arrays["params_present"])
+        out = rcls(**saved.fields, **{n: saved.extras[n] for n in rcls.EXTRAS})
+        out._saved_params = saved.params
         return out
 
     @classmethod
@@ -1040,7 +963,3 @@ class SweepResult:
                 f"{int(np.sum(st == FAILED))} failed; {len(self.groups)} groups, "
                 f"compile {self.compile_seconds:.2f}s, run {self.run_seconds:.2f}s)")
 
-
-def _tupled(v: Any) -> Any:
-    """A static value read from JSON: lists back to the tuples they were."""
-    return tuple(_tupled(x) for x in v) if isinstance(v, list) else v

@@ -149,7 +149,7 @@ class Space(abc.ABC):
                 problems.append(f"`{name}`: unknown field of {hp_cls.__name__}"
                                 f"{did_you_mean(name, fields)}; fields are {list(fields)}")
             else:
-                problems.extend(d._problems(name, fields[name]))
+                problems.extend(d.problems(name, fields[name]))
         if base is None:
             required = [n for n, f in fields.items() if not f.has_default]
             for branch in sorted(self._branches(), key=sorted):
@@ -332,7 +332,7 @@ class _Sampled(_Leaf):
 
     def _columns(self, fields, fill):
         units = self._units()
-        return {name: d._column(fields[name], units[:, j])
+        return {name: d.column_for(fields[name], units[:, j])
                 for j, (name, d) in enumerate(self.axes)}
 
     def to_dict(self):

@@ -1,5 +1,7 @@
 """Searches sharded over 8 forced CPU devices equal the same searches on 1 device.
 
+(``sweep``, ``hyperband``, the sweep's rechecked suspects and ``tune_gradient``.)
+
 One process with 8 forced CPU devices runs each search twice: over all 8 devices and
 over the first one only (``devices=``), so one interpreter start serves every check.
 """
@@ -48,6 +50,14 @@ SCRIPT = textwrap.dedent("""
         out[name].update(grow_dead=g.diverged_at.tolist(), grow_mse=g.val["mse"].tolist(),
                          grow_rechecked=g.groups[0].rechecked,
                          grow_compiled=g.compile_count, grow_chunk=g.groups[0].chunk_size)
+        t = jaxhp.tune_gradient(model, settings(5, 20), split, key=key, seeds=2, steps=2,
+                                wrt=("learning_rate", "l2"), objective="mse",
+                                devices=devices)
+        out[name].update(tune_mse=t.val["mse"].tolist(),
+                         tune_objective=t.trajectory["objective"].tolist(),
+                         tune_lr=t.table.columns["learning_rate"].tolist(),
+                         tune_chunk=t.groups[0].chunk_size, tune_compiled=t.compile_count,
+                         tune_devices=t.meta["n_devices"])
     out["device_count"] = jax.device_count()
     print(json.dumps(out))
 """)
@@ -95,3 +105,13 @@ def test_suspects_run_again_on_eight_devices_as_on_one(runs):
         [v > 0 for v in (0, 1, 0, 0, 2, 0, 0, 0, 0, 0, 3)]
     np.testing.assert_allclose(np.array(eight["grow_mse"]), np.array(one["grow_mse"]),
                                rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_tune_gradient_on_eight_devices_matches_one(runs):
+    """Five starts, padded to a chunk of 8 and sharded: the same descents."""
+    one, eight = runs["one"], runs["eight"]
+    assert eight["tune_devices"] == 8 and one["tune_devices"] == 1
+    assert eight["tune_chunk"] % 8 == 0 and eight["tune_compiled"] == 1
+    for k in ("tune_mse", "tune_objective", "tune_lr"):
+        np.testing.assert_allclose(np.array(eight[k]), np.array(one[k]), rtol=1e-5)

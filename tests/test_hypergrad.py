@@ -327,8 +327,6 @@ def test_errors_name_the_problem(diabetes):
         hypergradient(model, hp, diabetes, key=KEY, mode="backward")
     with pytest.raises(ValueError, match="did you mean `mse`"):
         hypergradient(model, hp, diabetes, key=KEY, objective="mes")
-    with pytest.raises(ValueError, match="static fields"):
-        tune_gradient(model, [hp, hp.replace(steps=6)], diabetes, key=KEY)
     with pytest.raises(ValueError, match="`remat`"):
         hypergradient(model, hp, diabetes, key=KEY, remat=0)
 

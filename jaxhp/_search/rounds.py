@@ -16,7 +16,7 @@ import numpy as np
 from jaxhp._distributions import Distribution, SpaceError
 from jaxhp._hparams import HParams
 from jaxhp._model import Model
-from jaxhp._result import SweepResult, resolve_direction
+from jaxhp._result import SweepResult, resolve_direction, trained_from
 from jaxhp._space import Space
 from jaxhp._space import random as random_space
 
@@ -96,6 +96,5 @@ def rounds_result(cls: type[RoundsResult], parts: Sequence[SweepResult], search:
                diverged_at=merged.diverged_at, train_loss=merged.train_loss,
                val=merged.val, loss_curve=merged.loss_curve, val_curve=merged.val_curve,
                errors=merged.errors, groups=merged.groups, meta=merged.meta,
-               params=merged._params, model=merged._model, split=merged._split,
-               key=merged._key, group_of=merged.group_of, fold_of=merged.fold_of,
-               **extras)
+               group_of=merged.group_of, fold_of=merged.fold_of,
+               **trained_from(merged)._asdict(), **extras)

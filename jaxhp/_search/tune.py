@@ -13,25 +13,28 @@ work exactly as for a sweep.
 
 from __future__ import annotations
 
-import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxhp import _engine as engine
 from jaxhp import _population as population
-from jaxhp._data import Split, part_size
+from jaxhp._checkpoint import fingerprint
+from jaxhp._data import Split, check_split
 from jaxhp._engine import table_from
-from jaxhp._hparams import Field, HParams
-from jaxhp._model import Model
-from jaxhp._record import GroupInfo
+from jaxhp._hosts import open_checkpoint
+from jaxhp._hparams import Field, HParams, tunable_dtype
+from jaxhp._model import Model, function_hash, model_fingerprint
+from jaxhp._record import ChunkRecord
 from jaxhp._result import SweepResult
-from jaxhp._search.common import replace_columns
+from jaxhp._search.common import build, check_int, group_firsts, replace_columns
 from jaxhp._search.hypergrad import (
     check_mode,
     check_objective,
@@ -44,7 +47,7 @@ from jaxhp._search.hypergrad import (
     to_coords,
     value_and_grad_fn,
 )
-from jaxhp._train import check_key, resolve_loop, run_pure, validate
+from jaxhp._train import check_key, resolve_loop, run_pure
 
 
 def coord_bounds(f: Field) -> tuple[float, float]:
@@ -59,10 +62,10 @@ def _finite(tree) -> jax.Array:
                               for x in jax.tree_util.tree_leaves(tree)]))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cfg", "objective", "mode", "solver",
-                                             "optimizer", "steps", "keep"))
 def _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0, lo, hi, hp,
              train_part, val_part, keys):
+    """Every start's whole descent (pure; ``vmap`` over the starts, the leading axis of
+    ``z0`` and ``hp``): ``(z, zs, vs, gs, v_final, pick, runs)`` per start."""
     vg = value_and_grad_fn(model, cfg, objective, mode, solver)
     plain = cfg._replace(remat=None)  # no gradient through the final evaluation
 
@@ -124,6 +127,47 @@ class TuneResult(SweepResult):
     EXTRAS = ("trajectory",)
 
 
+_DEFAULT_OPTIMIZER = optax.adam(0.1)  # one object: its program is cached across calls
+_SPECS = (engine.POP, engine.SHARED, engine.SHARED, engine.POP, engine.SHARED,
+          engine.SHARED, engine.SHARED)
+
+
+def _program(model, cfg, objective, mode, solver, optimizer, steps, keep) -> Callable:
+    """``(z0, lo, hi, hp, train, val, keys) -> outputs`` of :func:`_descend`: the
+    program of a static group, its chunk of starts on the leading axis."""
+
+    def program(z0, lo, hi, hp, train_part, val_part, keys):
+        return _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0,
+                        lo, hi, hp, train_part, val_part, keys)
+
+    return program
+
+
+def start_bytes(model: Model, hp: HParams, cfg, mode: str, n_wrt: int, seeds: int) -> int:
+    """Estimated device bytes of one start (all its seeds): a training member's
+    (:func:`jaxhp._engine.member_bytes`) times what the mode keeps at once: reverse
+    mode the carries its backward pass stores (every ``remat`` steps and one block,
+    else every step), forward mode a primal and a tangent per field, implicit mode the
+    conjugate-gradient vectors."""
+    member = engine.member_bytes(model, hp, cfg, 1, False)
+    if mode == "reverse":
+        k = cfg.remat
+        stored = (math.ceil(cfg.steps / k) + k) if k else cfg.steps
+    elif mode == "forward":
+        stored = 2 * n_wrt
+    else:
+        stored = 6
+    return int(seeds * member * (2 + stored))
+
+
+class _Plan(NamedTuple):
+    """A static group's program and chunks, fixed before anything runs."""
+
+    cfg: Any
+    chunk: int
+    n_chunks: int
+
+
 def tune_gradient(
     model: Model,
     starts: Any,
@@ -141,6 +185,15 @@ def tune_gradient(
     keep: str = "final",
     solver: str = "cg",
     solver_steps: int = 100,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int | str | None = None,
+    memory_budget: int | None = None,
+    max_chunk: int | None = None,
+    on_error: str = "record",
+    progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    on_chunk: Callable[[ChunkRecord], Any] | None = None,
 ) -> TuneResult:
     """Gradient descent on hyperparameters from many starting settings at once.
 
@@ -148,14 +201,18 @@ def tune_gradient(
     ``steps`` outer steps of ``optimizer``, in hypergradient coordinates (the
     logarithm for ``log=True`` fields, the value otherwise); after every step
     each field is clipped into its valid range (open bounds nudged inside).
-    All starts run as one compiled ``vmap``. A start whose run diverges or
-    whose hypergradient is not finite keeps its current values for that step.
+    A start whose run diverges or whose hypergradient is not finite keeps its
+    current values for that step. Starts are independent: they run on the
+    engine as a sweep's settings do, in chunks (one compiled ``vmap`` of the
+    whole descent per static group), sharded over the devices; starts that
+    differ in a static field form static groups, each tuned by its own
+    program, with selection across all of them.
 
     Args:
       model: the model's functions.
       starts: the starting settings: a search space (``jaxhp.random(...)``,
         filled from ``base`` or the model's defaults), a list of settings, or
-        a batched setting. All must share their static fields.
+        a batched setting.
       split: the data; training reads ``train``, the objective ``val``.
       key: the base PRNG key; seed ``s`` trains with ``fold_in(key, s)``, as
         in :func:`jaxhp.sweep`.
@@ -177,6 +234,24 @@ def tune_gradient(
         (the point with the lowest objective along it).
       solver, solver_steps: implicit mode's linear solve (see
         :func:`hypergradient`).
+      devices: devices to shard each chunk of starts over (default:
+        ``jax.devices()``, as in :func:`jaxhp.sweep`).
+      chunk_size: starts per compiled call (``"all"``: one call per static
+        group; default: from the memory budget and an estimate of one start's
+        memory, :func:`start_bytes`).
+      memory_budget, max_chunk: as in :func:`jaxhp.sweep`.
+      on_error: ``"record"`` (a failing static group is marked ``failed``, the
+        others run; a warning quotes the first error) or ``"raise"``.
+      progress: a tqdm bar over the starts (``None``: only on a terminal).
+      checkpoint_dir: save every finished chunk there (atomically, with a lock
+        and a fingerprint that includes a hash of the descent's program, so a
+        changed optimizer or objective is refused); the same call again
+        resumes after the last finished chunk and gives bit-identical results.
+        overwrite: start afresh in that folder.
+      on_chunk: called with a :class:`~jaxhp.ChunkRecord` after each chunk
+        (its rows' final settings and their last evaluation; ``step`` is the
+        training steps), before the chunk is checkpointed. An exception in it
+        stops the search as :class:`~jaxhp.CallbackError`.
 
     Returns:
       A :class:`TuneResult` with one row per start (its final, or best,
@@ -188,11 +263,13 @@ def tune_gradient(
       (``{field: (n_starts, steps)}``, in coordinates), ``log_fields``,
       ``train_steps`` (training steps run: starts x seeds x (steps + 1) x
       ``hp.steps``; one more run per start and seed with ``keep="best"``),
-      ``picked``, ``compile_s`` and ``run_s``. ``save``/``load`` keep it.
+      ``picked`` (``-1`` for the starts of a failed group), ``compile_s`` and
+      ``run_s``. ``save``/``load`` keep it. A failed group's rows are its
+      starting settings, ``failed``, with NaN trajectories.
 
     Raises:
       ValueError: for bad ``wrt``, ``mode``, ``objective``, ``steps``,
-        ``keep`` or starts with different static fields.
+        ``keep``, seeds or chunk options, before anything compiles.
 
     Example:
       >>> starts = [LinearHP(learning_rate=lr, l2=l2, steps=200)
@@ -203,82 +280,235 @@ def tune_gradient(
     """
     check_mode(mode)
     check_stateful(model, mode)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"`steps`={steps!r}: must be an integer >= 1 (outer steps)")
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ValueError(f"`seeds`={seeds!r}: must be an integer >= 1")
+    check_int("steps", steps, 1, why=" (outer steps)")
+    check_int("seeds", seeds, 1)
     if keep not in ("final", "best"):
         raise ValueError(f"`keep`={keep!r}: must be 'final' or 'best'")
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
+    engine.check_chunking(chunk_size, memory_budget, max_chunk)
+    reporter = engine.ChunkReporter(on_chunk, "tune_gradient", np.arange(seeds))
     table = table_from(starts, model, base, caller="tune_gradient")
     if not len(table):
         raise ValueError("tune_gradient(): no starting settings")
-    if table.n_groups > 1:
-        i = int(np.argmax(table.groups != 0))
-        raise ValueError(f"starts[{i}] differs from starts[0] in its static fields "
-                         f"({table.group_statics[table.groups[i]]} vs "
-                         f"{table.group_statics[0]}); gradient-based tuning runs one "
-                         "program: group the starts by static fields")
-    n = len(table)
-    batch = table.batch(np.arange(n))
-    first = batch[0]
     key = check_key(key)
-    validate(model, first, split)
-    names = resolve_wrt(type(first), wrt)
-    check_objective(model, first, split, objective)
+    n_train = check_split(split)[0]
+    names = resolve_wrt(table.cls, wrt)
+    groups = [table.rows(g) for g in range(table.n_groups)]
+    firsts = group_firsts(table)
+    cfgs = []
+    for first in firsts:
+        cfg = resolve_loop(first, n_train, None, None)
+        cfgs.append(cfg._replace(remat=resolve_remat(remat, cfg.steps)) if mode == "reverse"
+                    else cfg)
+    failures, errors = engine.validate_groups(model, firsts, split, on_error)
+    healthy = [gi for gi in range(len(groups)) if gi not in failures]
+    if healthy:
+        check_objective(model, firsts[healthy[0]], split, objective)
     if isinstance(objective, str) and model.direction(objective) == "max":
         raise ValueError(f"`objective`={objective!r}: the model declares it 'max' (higher "
                          "is better), and tune_gradient minimises its objective; pass a "
                          "metric to minimise (e.g. 'loss' or a cross entropy), or a "
                          "callable(params, val_part, hp) returning minus the metric")
-    cfg = resolve_loop(first, part_size(split.train), None, None)
-    if mode == "reverse":
-        cfg = cfg._replace(remat=resolve_remat(remat, cfg.steps))
     slv = make_solver(solver, solver_steps, 0.0, None)
-    optimizer = optax.adam(0.1) if optimizer is None else optimizer
-    fields = type(first).fields()
+    optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
+    fields = table.cls.fields()
     bounds = {n: coord_bounds(fields[n]) for n in names}
-    z0 = {n: jnp.clip(v, *bounds[n]) for n, v in to_coords(batch, names).items()}
-    lo = {n: jnp.asarray(b[0], z0[n].dtype) for n, b in bounds.items()}
-    hi = {n: jnp.asarray(b[1], z0[n].dtype) for n, b in bounds.items()}
+    dtype = tunable_dtype()
+    lo = {n: np.asarray(b[0], dtype) for n, b in bounds.items()}
+    hi = {n: np.asarray(b[1], dtype) for n, b in bounds.items()}
     seed_ids = np.arange(seeds, dtype=np.uint32)
-    keys = population.member_keys(key, seed_ids)
-    args = (model, cfg, objective, mode, slv, optimizer, steps, keep, z0, lo, hi, batch,
-            split.train, split.val, keys)
-    t0 = time.perf_counter()
-    compiled = _descend.lower(*args).compile()
-    t1 = time.perf_counter()
-    z, zs, vs, gs, v_final, pick, runs = jax.device_get(
-        jax.block_until_ready(compiled(*args[8:])))
-    t2 = time.perf_counter()
-    to_np = lambda t: {n: np.asarray(a) for n, a in t.items()}
-    coords = {n: np.concatenate([np.asarray(zs[n]), np.asarray(z[n])[:, None]], axis=1)
-              for n in names}
-    objective_traj = np.concatenate([np.asarray(vs), np.asarray(v_final)[:, None]], axis=1)
-    values = {n: np.exp(c) if fields[n].log else c for n, c in coords.items()}
-    pick = np.asarray(pick)
-    final = replace_columns(table, **{f: fields[f].project(values[f][np.arange(n), pick])
-                                      for f in names})
-    builder = SweepResult.builder(final, seed_ids, model=model, split=split, key=key,
-                                  devices=jax.local_devices()[:1])
-    # (starts, seeds, ...) -> (seeds, starts, ...), as the builder takes a chunk
-    builder.add(np.arange(n), jax.tree_util.tree_map(lambda a: np.swapaxes(a, 0, 1), runs),
-                n, group=0)
-    info = GroupInfo(statics=first.statics(), n_settings=n, chunk_size=n, n_chunks=1,
-                     steps=cfg.steps, compile_s=t1 - t0, run_s=t2 - t1, compiled=1,
-                     chunks_computed=1)
-    builder.groups.append(info)
-    res = builder.build()
-    res.meta["search"] = {"method": "tune_gradient", "mode": mode, "steps": steps,
-                          "keep": keep, "objective": objective if isinstance(objective, str)
-                          else getattr(objective, "__qualname__", "callable")}
+    devices, mesh = engine.mesh_for(devices)
+    plans: dict[int, _Plan] = {}
+    for gi in healthy:
+        idx = groups[gi]
+        try:
+            per = start_bytes(model, firsts[gi], cfgs[gi], mode, len(names), seeds)
+        except Exception as e:  # noqa: BLE001 - a user function failed for this group
+            if on_error == "raise":
+                raise
+            failures[gi] = f"{type(e).__name__}: {e}"
+            errors.append(e)
+            continue
+        c = engine.plan_chunks(len(idx), 1, per, len(devices), chunk_size, memory_budget,
+                               max_chunk)
+        plans[gi] = _Plan(cfgs[gi], c, math.ceil(len(idx) / c))
+    statics = (model, objective, mode, slv, optimizer, steps, keep)
+    shared = engine.put((lo, hi), mesh) + engine.put(
+        (split.train, split.val, population.member_keys(key, seed_ids)), mesh)
+    bar = engine.progress_bar(sum(len(groups[gi]) for gi in plans), progress,
+                              desc="tune_gradient", unit="start")
+    ckpt = None
+    if checkpoint_dir is not None:
+        try:
+            ckpt = _open_checkpoint(checkpoint_dir, overwrite, mesh, starts, table, model,
+                                    firsts, plans, groups, split, seed_ids, key, names,
+                                    statics, shared)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        reporter.folder = str(ckpt.folder)
+    n = len(table)
+    outs = _Outputs(n, names, steps)
+    infos = []
+    try:
+        for gi, idx in enumerate(groups):
+            info = engine.new_group_info(dict(table.group_statics[gi]), len(idx), 0, 0,
+                                         firsts[gi].steps, [])
+            with engine.failure_policy(
+                    info, on_error, errors, ckpt,
+                    lambda: f"{len(ckpt.done)} finished chunk(s) are saved in "
+                            f"{ckpt.folder}; run the same call to resume"):
+                if gi not in plans:
+                    raise engine.GroupFailed(failures[gi])
+                _run_group(table, idx, gi, plans[gi], statics, names, fields, shared, mesh,
+                           info, outs, ckpt, reporter, bar)
+            infos.append(info)
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    engine.report_failures(infos, errors)
+    return _result(model, split, key, table, seed_ids, names, fields, infos, groups, outs,
+                   devices, search={
+                       "method": "tune_gradient", "mode": mode, "steps": steps,
+                       "keep": keep, "objective": objective if isinstance(objective, str)
+                       else getattr(objective, "__qualname__", "callable")})
+
+
+def _open_checkpoint(folder, overwrite, mesh, starts, table, model, firsts, plans, groups,
+                     split, seed_ids, key, names, statics, shared):
+    """The checkpoint of a tuning: its fingerprint holds, per static group, the hash of
+    the descent's program (what the optimizer, the objective and the mode compute)."""
+    programs = {}
+    for gi, plan in sorted(plans.items()):
+        hp = population.take_settings(table.batch(groups[gi][:1]), np.zeros(plan.chunk,
+                                                                             np.int64))
+        z0 = {n: np.zeros(plan.chunk, shared[0][n].dtype) for n in names}
+        programs[str(gi)] = function_hash(_program(statics[0], plan.cfg, *statics[1:]),
+                                          z0, *shared[:2], hp, *shared[2:])
+    loop = {"search": "tune_gradient", "wrt": list(names), "outer_steps": statics[5],
+            "mode": statics[2], "keep": statics[6], "solver": list(statics[3]),
+            "remat": {str(gi): p.cfg.remat for gi, p in plans.items()}}
+    model_fp = model_fingerprint(model, [firsts[gi] for gi in sorted(plans)], split.train)
+    model_fp["tune_gradient.program_sha256"] = programs  # (named apart in a mismatch)
+    return open_checkpoint(folder, fingerprint(
+        space=starts, settings=table, model_fp=model_fp,
+        split=split, seed_ids=seed_ids, key=key, loop=loop,
+        plan=[[len(groups[gi]), p.chunk, p.n_chunks] for gi, p in sorted(plans.items())]),
+        overwrite=overwrite, mesh=mesh)
+
+
+class _Outputs:
+    """The descent's outputs of every start, filled chunk by chunk (rows in table order;
+    a failed group's rows stay NaN, ``picked`` -1)."""
+
+    def __init__(self, n: int, names, steps: int):
+        nan = lambda *shape: np.full(shape, np.nan, tunable_dtype())  # as the program's
+        self.coords = {f: nan(n, steps + 1) for f in names}
+        self.objective = nan(n, steps + 1)
+        self.grad = {f: nan(n, steps) for f in names}
+        self.picked = np.full(n, -1, np.int64)
+        self.runs: list[tuple] = []  # (group, rows, Run with leaves (seeds, rows, ...))
+
+    def add(self, gi: int, rows, out) -> None:
+        z, zs, vs, gs, v_final, pick, runs = out
+        for f in self.coords:
+            self.coords[f][rows] = np.concatenate([zs[f], z[f][:, None]], axis=1)
+            self.grad[f][rows] = gs[f]
+        self.objective[rows] = np.concatenate([vs, v_final[:, None]], axis=1)
+        self.picked[rows] = pick
+        # (starts, seeds, ...) -> (seeds, starts, ...), as a result takes a chunk
+        self.runs.append((gi, rows, jax.tree_util.tree_map(lambda a: np.swapaxes(a, 0, 1),
+                                                           runs)))
+
+
+def _final_values(out, names, fields) -> dict[str, np.ndarray]:
+    """The picked iterate's value of each tuned field, projected into its range."""
+    z, zs, _, _, _, pick, _ = out
+    rows = np.arange(len(pick))
+    return {f: fields[f].project(np.exp(c) if fields[f].log else c) for f, c in (
+        (f, np.concatenate([zs[f], z[f][:, None]], axis=1)[rows, pick]) for f in names)}
+
+
+def _run_group(table, idx, gi, plan, statics, names, fields, shared, mesh, info, outs, ckpt,
+               reporter, bar):
+    """A static group's starts, chunk by chunk (computed, or loaded from ``ckpt``)."""
+    group_hp = table.batch(idx)  # straight from the columns
+    z_all = {f: np.asarray(v) for f, v in to_coords(group_hp, names).items()}
+    z_all = {f: np.clip(v, shared[0][f], shared[1][f]).astype(v.dtype)
+             for f, v in z_all.items()}
+    fn = _program(statics[0], plan.cfg, *statics[1:])
+    name = ("tune_gradient", statics[0], plan.cfg, *statics[1:])
+    info.chunk_size = plan.chunk
+    n, c = len(idx), plan.chunk
+    for ci, start in enumerate(range(0, n, c)):
+        m = min(c, n - start)
+        hp = engine.pad_axis(population.take_settings(group_hp, np.arange(start, start + m)),
+                             c)
+        z0 = engine.pad_axis({f: v[start:start + m] for f, v in z_all.items()}, c)
+        if mesh is not None:
+            hp, z0 = engine.put(hp, mesh, engine.POP), engine.put(z0, mesh, engine.POP)
+        args = (z0, *shared[:2], hp, *shared[2:])
+        if ckpt is not None and ckpt.has(gi, ci):
+            out = ckpt.load(gi, ci, jax.eval_shape(fn, *args))
+            info.chunks_loaded += 1
+            loaded = True
+        else:
+            compiled, dt = engine.CACHE.get(name, fn, args, mesh, _SPECS)
+            info.compile_s += dt
+            info.compiled += int(dt > 0)
+            t0 = time.perf_counter()
+            out = jax.device_get(jax.block_until_ready(compiled(*args)))
+            info.run_s += time.perf_counter() - t0
+            info.chunks_computed += 1
+            loaded = False
+        full, out = out, jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], out)
+        rows = idx[start:start + m]
+        if reporter:  # before the chunk is saved: a callback error leaves it unsaved
+            runs = out[6]
+            cols = {k: col[rows] for k, col in table.columns.items()}
+            cols.update(_final_values(out, names, fields))
+            reporter.report(group=gi, chunk=ci, step=plan.cfg.steps, rows=rows,
+                            settings=cols, val=jax.tree_util.tree_map(
+                                lambda a: np.swapaxes(a, 0, 1), runs.val),
+                            train_loss=np.swapaxes(runs.train_loss, 0, 1),
+                            diverged_at=np.swapaxes(runs.diverged_at, 0, 1), loaded=loaded)
+        if ckpt is not None and not loaded:
+            ckpt.save(gi, ci, full)  # padded, as its program returned it
+        outs.add(gi, rows, out)
+        if bar is not None:
+            bar.update(m)
+    info.n_chunks = math.ceil(n / c)
+
+
+def _result(model, split, key, table, seed_ids, names, fields, infos, groups, outs,
+            devices, search) -> TuneResult:
+    """The result: one row per start, its picked iterate's setting as trained by the
+    descent's last evaluation; a failed group's rows keep their starting setting."""
+    n = len(table)
+    rows = np.arange(n)
+    ok = outs.picked >= 0
+    values = {f: np.exp(c) if fields[f].log else c for f, c in outs.coords.items()}
+    final = replace_columns(table, **{
+        f: np.where(ok, fields[f].project(np.where(ok, v[rows, np.maximum(outs.picked, 0)],
+                                                   table.columns[f])),
+                    table.columns[f]).astype(table.columns[f].dtype)
+        for f, v in values.items()})
+    failed = [(gi, groups[gi], info.error) for gi, info in enumerate(infos) if info.error]
+    cfg_steps = {gi: info.steps for gi, info in enumerate(infos)}
+    train_steps = sum(len(r) * len(seed_ids) * (search["steps"] + 1
+                                                + (search["keep"] == "best"))
+                      * cfg_steps[gi] for gi, r, _ in outs.runs)
     trajectory = {
-        "values": values, "objective": objective_traj, "grad": to_np(gs),
-        "log_fields": tuple(n for n in names if fields[n].log), "picked": pick,
-        "train_steps": int(n * seeds * (steps + 1 + (keep == "best")) * cfg.steps),
-        "compile_s": t1 - t0, "run_s": t2 - t1, "mode": mode,
+        "values": values, "objective": outs.objective, "grad": outs.grad,
+        "log_fields": tuple(f for f in names if fields[f].log), "picked": outs.picked,
+        "train_steps": int(train_steps),
+        "compile_s": float(sum(i.compile_s for i in infos)),
+        "run_s": float(sum(i.run_s for i in infos)), "mode": search["mode"],
     }
-    return TuneResult(settings=res.table, seed_ids=res.seed_ids, status=res.status,
-                      diverged_at=res.diverged_at, train_loss=res.train_loss, val=res.val,
-                      loss_curve=res.loss_curve, val_curve=res.val_curve, errors=res.errors,
-                      groups=res.groups, meta=res.meta, model=model, split=split, key=key,
-                      group_of=res.group_of, trajectory=trajectory)
+    return build(final, seed_ids, outs.runs, infos, model=model, split=split, key=key,
+                 search=search, result_cls=TuneResult, failed=failed, devices=devices,
+                 trajectory=trajectory)
