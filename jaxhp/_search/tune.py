@@ -4,9 +4,11 @@ Every outer step computes the hypergradient of each start (``vmap`` over the
 starts of :func:`jaxhp._search.hypergrad.value_and_grad_fn`), takes an Optax step in
 the hypergradient coordinates (log space for ``log=True`` fields) and
 projects back into each field's valid range. The whole descent is one
-compiled program (``lax.scan`` over outer steps); its last evaluation (the
-run of every seed at each start's final point) is the result's row, so no
-second sweep retrains the final settings. The result is a :class:`TuneResult`
+compiled program (``lax.scan`` over outer steps) per static group, run by the
+engine over chunks of starts (padded and sharded over the devices, each
+finished chunk checkpointed); its last evaluation (the run of every seed at
+each start's final point) is the result's row, so no second sweep retrains
+the final settings. The result is a :class:`TuneResult`
 (a :class:`~jaxhp.SweepResult`): selection and the single test evaluation
 work exactly as for a sweep.
 """
