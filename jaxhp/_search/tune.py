@@ -162,6 +162,21 @@ def start_bytes(model: Model, hp: HParams, cfg, mode: str, n_wrt: int, seeds: in
     return int(seeds * member * (2 + stored))
 
 
+def _chunk(n: int, seeds: int, member: int, per_start: int, n_devices: int, chunk_size,
+           memory_budget, max_chunk) -> int:
+    """Starts per compiled call: a sweep's chunk of training members (the working set of
+    a step, :func:`jaxhp._engine.plan_chunks`), automatic chunks also capped so that
+    what the mode stores (``per_start`` bytes a start) fits the memory budget; a device
+    multiple, evened out over the chunks."""
+    c = engine.plan_chunks(n, seeds, member, n_devices, chunk_size, memory_budget, max_chunk)
+    if chunk_size is not None:
+        return c
+    cap = engine.chunk_cap(n, 1, per_start, n_devices, memory_budget, None)
+    c = max(1, min(c, cap))
+    c = math.ceil(n / math.ceil(n / c))  # equal chunks
+    return int(math.ceil(c / n_devices) * n_devices)
+
+
 class _Plan(NamedTuple):
     """A static group's program and chunks, fixed before anything runs."""
 
@@ -325,6 +340,7 @@ def tune_gradient(
     for gi in healthy:
         idx = groups[gi]
         try:
+            member = engine.member_bytes(model, firsts[gi], cfgs[gi], 1, False)
             per = start_bytes(model, firsts[gi], cfgs[gi], mode, len(names), seeds)
         except Exception as e:  # noqa: BLE001 - a user function failed for this group
             if on_error == "raise":
@@ -332,8 +348,8 @@ def tune_gradient(
             failures[gi] = f"{type(e).__name__}: {e}"
             errors.append(e)
             continue
-        c = engine.plan_chunks(len(idx), 1, per, len(devices), chunk_size, memory_budget,
-                               max_chunk)
+        c = _chunk(len(idx), seeds, member, per, len(devices), chunk_size, memory_budget,
+                   max_chunk)
         plans[gi] = _Plan(cfgs[gi], c, math.ceil(len(idx) / c))
     statics = (model, objective, mode, slv, optimizer, steps, keep)
     shared = engine.put((lo, hi), mesh) + engine.put(
