@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import count_compiles
+from helpers import count_compiles, interrupt_after, on_progress
 
 import jaxhp
 from jaxhp.models import LinearHP, linear_regression
@@ -161,3 +161,15 @@ def test_bad_engine_options_are_refused_before_compiling(diabetes):
 def test_the_chunk_is_planned_from_a_start_s_memory(diabetes):
     r = _tune(_starts(6), diabetes, memory_budget=1)  # room for one start per call
     assert (r.groups[0].chunk_size, r.groups[0].n_chunks) == (1, 6)
+
+
+def test_ctrl_c_keeps_the_finished_chunks(diabetes, tmp_path):
+    """The bar advances once a chunk of starts is saved; Ctrl-C after the second chunk
+    leaves two chunks to load."""
+    folder = tmp_path / "ckpt"
+    with on_progress(interrupt_after(2)) as updates, pytest.raises(KeyboardInterrupt):
+        _tune(_starts(5), diabetes, chunk_size=2, checkpoint_dir=folder, progress=True)
+    assert updates == [2, 2]
+    r = _tune(_starts(5), diabetes, chunk_size=2, checkpoint_dir=folder)
+    assert (r.groups[0].chunks_loaded, r.groups[0].chunks_computed) == (2, 1)
+    _assert_same_tuning(r, _tune(_starts(5), diabetes, chunk_size=2))
