@@ -18,13 +18,8 @@ import numpy as np
 from jaxhp import _result_io
 from jaxhp._checkpoint import data_hash
 from jaxhp._data import Folds, Split
-from jaxhp._hparams import (
-    did_you_mean,
-    pad_alloc,
-)
-from jaxhp._io import (
-    FormatError,
-)
+from jaxhp._hparams import did_you_mean, pad_alloc
+from jaxhp._io import FormatError
 from jaxhp._record import (
     GroupInfo,
     StackedParams,

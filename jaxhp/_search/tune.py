@@ -30,7 +30,6 @@ from jaxhp import _engine as engine
 from jaxhp import _population as population
 from jaxhp._checkpoint import fingerprint
 from jaxhp._data import Split, check_split
-from jaxhp._engine import table_from
 from jaxhp._hosts import open_checkpoint
 from jaxhp._hparams import Field, HParams, tunable_dtype
 from jaxhp._model import Model, function_hash, model_fingerprint
@@ -305,7 +304,7 @@ def tune_gradient(
         raise ValueError(f"`on_error`={on_error!r}: must be 'record' or 'raise'")
     engine.check_chunking(chunk_size, memory_budget, max_chunk)
     reporter = engine.ChunkReporter(on_chunk, "tune_gradient", np.arange(seeds))
-    table = table_from(starts, model, base, caller="tune_gradient")
+    table = engine.table_from(starts, model, base, caller="tune_gradient")
     if not len(table):
         raise ValueError("tune_gradient(): no starting settings")
     key = check_key(key)
