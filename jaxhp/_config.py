@@ -24,7 +24,7 @@ from jaxhp._hparams import did_you_mean
 
 SECTIONS = ("model", "data", "cv", "hparams", "space", "search", "select", "engine")
 TOP_KEYS = ("seed",)
-METHODS = ("sweep", "halving", "hyperband", "pbt")
+METHODS = ("sweep", "halving", "hyperband", "pbt", "gradient")
 SPACE_KINDS = ("grid", "random", "quasirandom")
 DISTRIBUTIONS = ("uniform", "loguniform", "intrange", "choice", "fixed")
 _REFERENCE = ("linear_regression", "softmax_regression", "mlp_classifier")
@@ -34,6 +34,7 @@ _SEARCH_KEYS = {
     "halving": ("min_steps", "eta", "max_steps"),
     "hyperband": ("min_steps", "eta", "max_steps"),
     "pbt": ("steps", "ready_every", "fraction", "perturb", "fields"),
+    "gradient": ("outer_steps", "wrt", "mode", "keep", "learning_rate"),
 }
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -444,6 +445,22 @@ def _resolve_search(s: _Section) -> dict:
                                        and all(isinstance(f, str) for f in fields)):
             s.bad("fields", fields, "must be a list of tunable field names")
         out["fields"] = fields
+    elif method == "gradient":
+        out["outer_steps"] = s.get("outer_steps", 30, kind="int", low=1)
+        wrt = s.get("wrt", None)
+        if wrt is not None and not (isinstance(wrt, list) and wrt
+                                    and all(isinstance(f, str) for f in wrt)):
+            s.bad("wrt", wrt, "must be a list of tunable field names (default: every "
+                  "continuous tunable field)")
+        out["wrt"] = wrt
+        out["mode"] = s.get("mode", "reverse", kind="str",
+                            choices=("reverse", "forward", "implicit"))
+        out["keep"] = s.get("keep", "final", kind="str", choices=("final", "best"))
+        lr = s.get("learning_rate", 0.1, kind="num")
+        if not lr > 0:
+            s.bad("learning_rate", lr, "must be > 0 (the step of Adam on the tuned "
+                  "fields' coordinates: ~10% per step at 0.1 for a log-scaled field)")
+        out["learning_rate"] = float(lr)
     own = _SEARCH_KEYS.get(method, ())
     for k in s.table:
         for other, keys in _SEARCH_KEYS.items():

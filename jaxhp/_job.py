@@ -212,6 +212,24 @@ def _hparams_problem(problem: str, given: dict, cls_name: str) -> str:
     return f"{at('hparams', m.group(1), given[m.group(1)])}: {m.group(2)}"
 
 
+def _gradient_args(search: dict, metric: str, cfg: dict) -> dict:
+    """``tune_gradient``'s arguments from ``[search] method = "gradient"``: the objective is
+    the ``[select]`` metric (declared lower-is-better), Adam steps the tuned fields."""
+    import optax
+
+    if cfg["select"]["mode"] == "max":
+        raise ConfigError(f"{at('select', 'metric', metric)}: method = \"gradient\" "
+                          f"minimises its objective, and the model declares {metric!r} "
+                          "'max'; select a metric to minimise (e.g. \"loss\")")
+    seeds = cfg["search"]["seeds"]
+    if not isinstance(seeds, int):
+        raise ConfigError(f"{at('search', 'seeds', seeds)}: method = \"gradient\" takes a "
+                          "number of seeds (its objective is the mean over seeds 0..n-1)")
+    return {"steps": search["outer_steps"], "wrt": search["wrt"], "mode": search["mode"],
+            "keep": search["keep"], "optimizer": optax.adam(search["learning_rate"]),
+            "objective": metric}
+
+
 def build(cfg: dict, base_dir: str | Path = ".") -> Job:
     """The objects a resolved configuration runs, checked against the model and data
     before anything compiles. Paths (data, a factory's module) are relative to
@@ -296,6 +314,8 @@ def build(cfg: dict, base_dir: str | Path = ".") -> Job:
     search.pop("seeds")
     if method == "sweep":
         kwargs.update(search, select=(metric, cfg["select"]["mode"]))
+    elif method == "gradient":
+        kwargs.update(_gradient_args(search, metric, cfg))
     else:
         kwargs.update(search, metric=metric, mode=cfg["select"]["mode"])
     return Job(cfg, model, split, space, base, jax.random.key(cfg["seed"]), method, kwargs,

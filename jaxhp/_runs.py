@@ -26,7 +26,7 @@ CONFIG, CHECKPOINT, RESULT = "config.json", "checkpoint", "result"
 OUTPUTS = ("result.npz", "result.json", "cv_results.csv", "best_params.npz",
            "best_params.json", "report.md", "test.json", "plots")
 SEARCH_NAMES = {"sweep": "sweep", "halving": "successive_halving", "hyperband": "hyperband",
-                "pbt": "pbt"}
+                "pbt": "pbt", "gradient": "tune_gradient"}
 
 
 def search_function(search: str):
@@ -143,6 +143,11 @@ def write_plots(result: SweepResult, search: str, metric: str, folder: Path) -> 
         fig = Figure(figsize=(7, 4.5))
         jaxhp.plot.pbt_lineage(result, ax=fig.add_subplot())
         save(fig, "pbt_lineage.png")
+    if search == "gradient" and len(result.trajectory["values"]) >= 2:
+        x, y = list(result.trajectory["values"])[:2]  # each start's path, two tuned fields
+        fig = Figure(figsize=(6, 4.6))
+        jaxhp.plot.trajectories(result, x, y, ax=fig.add_subplot())
+        save(fig, "trajectories.png")
     if tunables and search == "sweep":
         fig = Figure(figsize=(5 * len(tunables), 3.8))
         jaxhp.plot.metric_by_field(result, metric, fields=tunables,

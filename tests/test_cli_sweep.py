@@ -141,6 +141,17 @@ ERRORS = [
     ("[space]\nkind = 'random'\nn = 5\nlearning_rate = {loguniform = [0.01, 0.1]}\n"
      "[hparams]\nsteps = 90\n[search]\nmethod = 'hyperband'\nmin_steps = 10",
      "hyperband(): the brackets [9, 5, 3] need 17 settings, the space has 5"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'gradient'\n"
+     "mode = 'backward'", "[search] mode = \"backward\": must be one of"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nouter_steps = 3",
+     "[search] outer_steps = 3: applies to method = \"gradient\""),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'gradient'\n"
+     "learning_rate = 0", "[search] learning_rate = 0: must be > 0"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'gradient'\n"
+     "wrt = ['learnig_rate']", "did you mean `learning_rate`"),
+    ("[space]\nkind = 'grid'\nlearning_rate = [0.1]\n[search]\nmethod = 'gradient'\n"
+     "seeds = [0, 1]", "[search] seeds = [0, 1]: method = \"gradient\" takes a number of "
+     "seeds"),
 ]
 
 
@@ -408,6 +419,59 @@ def test_halving_and_pbt_configs_plan_what_they_run(tmp_path, capsys):
     assert isinstance(jaxhp.SweepResult.load(tmp_path / "pbt" / "result"), jaxhp.PBTResult)
 
 
+def test_gradient_config_plans_what_it_runs(tmp_path, capsys):
+    """``method = "gradient"``: tune_gradient from the space's settings, the [select]
+    metric as the objective; the dry run's numbers are the run's."""
+    config = write(tmp_path, """
+        [model]
+        name = "linear_regression"
+        [data]
+        dataset = "diabetes"
+        [hparams]
+        steps = 30
+        batch_size = 48
+        [space]
+        kind = "quasirandom"
+        n = 5
+        learning_rate = {loguniform = [0.003, 0.3]}
+        l2 = {loguniform = [1e-4, 1.0]}
+        [search]
+        method = "gradient"
+        seeds = 2
+        outer_steps = 3
+        wrt = ["learning_rate", "l2"]
+        learning_rate = 0.2
+        [select]
+        metric = "mse"
+        [engine]
+        chunk_size = 2
+        """, "gradient.toml")
+    rc, out, _ = run(["sweep", config, "--dry-run"], capsys)
+    assert rc == 0 and "search: tune_gradient, 5 settings x 2 seeds" in out
+    (settings, chunk, calls, compiles, member_steps), = plan_numbers(out)
+    rc, out, err = run(["sweep", config, "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert rc == 0, err
+    result = jaxhp.SweepResult.load(tmp_path / "run" / "result")
+    assert isinstance(result, jaxhp.TuneResult)
+    g, = result.groups
+    assert (settings, chunk, calls, compiles) == (5, 2, 3, 1) == (
+        result.n_settings, g.chunk_size, g.n_chunks, g.compiled)
+    assert member_steps == result.meta["search"]["train_steps"] == 5 * 2 * 4 * 30
+    assert result.trajectory["objective"].shape == (5, 4)
+    assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == \
+        ["trajectories.png"]
+    assert result.meta["search"]["objective"] == "mse" and "tune_gradient" in out
+    # each row is its start's last point, as the descent evaluated it (Adam at 0.2 moved it)
+    np.testing.assert_allclose(result.trajectory["objective"][:, -1],
+                               result.val["mse"].mean(axis=1), rtol=1e-6)
+    assert not np.allclose(result.trajectory["values"]["l2"][:, 0],
+                           result.trajectory["values"]["l2"][:, -1])
+    rc, out, err = run(["show", tmp_path / "run"], capsys)
+    assert rc == 0 and "search: tune_gradient" in out, err
+    rc, out, err = run(["test", tmp_path / "run"], capsys)
+    assert rc == 0 and "mse" in out, err
+
+
 # ---------------------------------------------------------------- real processes
 def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -569,6 +633,12 @@ def test_npz_data(tmp_path, capsys):
                       "--dry-run"], capsys)
     assert rc == 2 and "[data] y = \"label\": no array of that name" in err
     assert "(did you mean `labels`?)" in err
+    # gradient tuning minimises: a metric declared 'max' is refused before compiling
+    gradient = body.replace("[select]", "[search]\nmethod = 'gradient'\n[select]")
+    with count_compiles() as compiles:
+        rc, _, err = run(["sweep", write(tmp_path, gradient), "--dry-run"], capsys)
+    assert rc == 2 and compiles.count == 0
+    assert "[select] metric = \"accuracy\": method = \"gradient\" minimises" in err
 
 
 def test_readme_shows_the_shipped_example():

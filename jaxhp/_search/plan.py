@@ -2,7 +2,8 @@
 programs, memory per device and member steps (``jaxhp sweep --dry-run``).
 
 Each search sizes its chunks with the engine's functions (:func:`member_bytes`,
-:func:`plan_chunks`, and :func:`jaxhp._search.halving.search_chunk` for the rungs);
+:func:`plan_chunks`, :func:`jaxhp._search.halving.search_chunk` for the rungs and
+:func:`jaxhp._search.tune.starts_chunk` for gradient tuning's starts);
 this module calls the same functions with the same arguments, before anything
 compiles (only abstract evaluation of the model). The numbers are those of a run
 whose chunk plan is fixed (an explicit ``chunk_size`` or a ``checkpoint_dir``, as
@@ -26,6 +27,8 @@ from jaxhp._folds import check_folds
 from jaxhp._member_steps import check_member_steps, refuse_padded_steps
 from jaxhp._search.common import group_firsts, replace_columns
 from jaxhp._search.halving import hyperband_brackets, rung_budgets, rung_sizes, search_chunk
+from jaxhp._search.hypergrad import resolve_remat, resolve_wrt
+from jaxhp._search.tune import start_bytes, starts_chunk
 from jaxhp._train import resolve_loop
 
 
@@ -90,9 +93,11 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
                 keep_params: bool = False, eval_every: int | None = None,
                 loss_every: int | None = 1, min_steps: int | None = None, eta: int = 3,
                 max_steps: int | None = None, steps: int | None = None,
-                ready_every: int | None = None, **_ignored) -> Plan:
-    """The plan of ``search`` (``"sweep"``, ``"halving"``, ``"hyperband"`` or ``"pbt"``)
-    with the arguments the search function takes; nothing is compiled or trained.
+                ready_every: int | None = None, wrt=None, mode: str = "reverse",
+                keep: str = "final", remat="auto", **_ignored) -> Plan:
+    """The plan of ``search`` (``"sweep"``, ``"halving"``, ``"hyperband"``, ``"pbt"`` or
+    ``"gradient"``, whose ``steps`` are its outer steps, default 30) with the arguments
+    the search function takes; nothing is compiled or trained.
     ``split`` may be :class:`~jaxhp.Folds` for a sweep: every setting then trains
     seeds x folds members (replicas), as :func:`jaxhp.sweep` plans them."""
     seed_ids = engine.check_seeds(seeds)
@@ -168,8 +173,20 @@ def plan_search(model, space, split: Split | Folds, *, search: str = "sweep",
             segments = math.ceil(steps / ready_every)
             out.append(GroupPlan(statics, n, c, math.ceil(n / c) * segments, 1, per,
                                  per * s * c // n_dev, n * s * steps))
+        elif search == "gradient":
+            cfg = resolve_loop(first, n_train, None, None)
+            if mode == "reverse":
+                cfg = cfg._replace(remat=resolve_remat(remat, cfg.steps))
+            names = resolve_wrt(table.cls, wrt)  # as tune_gradient() refuses a bad `wrt`
+            member = engine.member_bytes(model, first, cfg, 1, False)
+            per = start_bytes(model, first, cfg, mode, len(names), s)
+            c = starts_chunk(n, s, member, per, n_dev, chunk_size, memory_budget, max_chunk)
+            outer = 30 if steps is None else steps
+            out.append(GroupPlan(statics, n, c, math.ceil(n / c), 1, per // s,
+                                 per * c // n_dev,
+                                 n * s * (outer + 1 + (keep == "best")) * cfg.steps))
         else:
             raise ValueError(f"`search`={search!r}: must be 'sweep', 'halving', "
-                             "'hyperband' or 'pbt'")
+                             "'hyperband', 'pbt' or 'gradient'")
     return Plan(search, sum(g.n_settings for g in out), len(seed_ids), n_dev, out,
                 1 if folds is None else folds.k)

@@ -161,8 +161,8 @@ def start_bytes(model: Model, hp: HParams, cfg, mode: str, n_wrt: int, seeds: in
     return int(seeds * member * (2 + stored))
 
 
-def _chunk(n: int, seeds: int, member: int, per_start: int, n_devices: int, chunk_size,
-           memory_budget, max_chunk) -> int:
+def starts_chunk(n: int, seeds: int, member: int, per_start: int, n_devices: int,
+                 chunk_size, memory_budget, max_chunk) -> int:
     """Starts per compiled call: a sweep's chunk of training members (the working set of
     a step, :func:`jaxhp._engine.plan_chunks`), automatic chunks also capped so that
     what the mode stores (``per_start`` bytes a start) fits the memory budget; a device
@@ -347,8 +347,8 @@ def tune_gradient(
             failures[gi] = f"{type(e).__name__}: {e}"
             errors.append(e)
             continue
-        c = _chunk(len(idx), seeds, member, per, len(devices), chunk_size, memory_budget,
-                   max_chunk)
+        c = starts_chunk(len(idx), seeds, member, per, len(devices), chunk_size,
+                         memory_budget, max_chunk)
         plans[gi] = _Plan(cfgs[gi], c, math.ceil(len(idx) / c))
     statics = (model, objective, mode, slv, optimizer, steps, keep)
     shared = engine.put((lo, hi), mesh) + engine.put(
@@ -519,6 +519,7 @@ def _result(model, split, key, table, seed_ids, names, fields, infos, groups, ou
     train_steps = sum(len(r) * len(seed_ids) * (search["steps"] + 1
                                                 + (search["keep"] == "best"))
                       * cfg_steps[gi] for gi, r, _ in outs.runs)
+    search["train_steps"] = int(train_steps)  # as every search's meta records it
     trajectory = {
         "values": values, "objective": outs.objective, "grad": outs.grad,
         "log_fields": tuple(f for f in names if fields[f].log), "picked": outs.picked,
