@@ -641,6 +641,15 @@ def test_npz_data(tmp_path, capsys):
     assert "[select] metric = \"accuracy\": method = \"gradient\" minimises" in err
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.toml")))
+def test_every_shipped_example_plans(name, capsys):
+    """Each example config is valid and plans (a dry run compiles nothing)."""
+    with count_compiles() as compiles:
+        rc, out, err = run(["sweep", ROOT / "examples" / name, "--dry-run"], capsys)
+    assert rc == 0, err
+    assert "nothing is trained" in out and compiles.count == 0
+
+
 def test_readme_shows_the_shipped_example():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From the shell: `jaxhp sweep CONFIG.toml`")[1]
