@@ -14,11 +14,14 @@
   Both are compiled (warmed) first, then timed round-robin; the speed-up is
   ``t(1 device) / t(2 devices)`` of the minima, and the target compares
   halving's speed-up with the hand-written program's.
+- ``tune`` (``--only tune``): the same with ``jaxhp.tune_gradient`` on the MLP
+  (16 starts, 2 outer steps in reverse mode, the learning rate tuned) in place of
+  halving: the chunks of starts are sharded over the devices as a sweep's are.
 
 Every figure comes from this run; the JSON records the machine, the commit (a
 dirty tree is flagged) and every repetition.
 
-Usage: python bench/bench_engine.py [--reps 5] [--huge] [--only host|devices]
+Usage: python bench/bench_engine.py [--reps 5] [--huge] [--only host|devices|tune]
        [--out bench/results/engine.json]
 """
 
@@ -114,6 +117,34 @@ def devices_job(n: int, reps: int) -> dict:
             "halving_member_steps": first.meta["search"]["train_steps"]}
 
 
+def tune_devices_job(n: int, reps: int) -> dict:
+    """tune_gradient vs the hand-written program on the MLP, in this process's devices."""
+    import jax
+
+    import jaxhp
+    from bench import jax_impls, tasks
+
+    task = tasks.get("mlp")
+    devices = jax.local_devices()
+    hand = jax_impls.prepare_vmap(task, n, "curve", devices=devices)  # the same settings
+    space = task.space(n)
+    kw = dict(key=jax.random.key(0), base=task.base, steps=2, wrt=("learning_rate",),
+              objective="loss", progress=False, devices=devices)
+    first = jaxhp.tune_gradient(task.model, space, task.split, **kw)
+    t_hand, t_tune = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        hand.time_once()
+        t_hand.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        jaxhp.tune_gradient(task.model, space, task.split, **kw)
+        t_tune.append(time.perf_counter() - t0)
+    return {"n": n, "n_devices": len(devices), "hand_s": spread(t_hand),
+            "tune_s": spread(t_tune), "tune_compile_s": first.trajectory["compile_s"],
+            "tune_chunk": first.groups[0].chunk_size,
+            "tune_train_steps": first.trajectory["train_steps"]}
+
+
 def in_subprocess(job: dict, n_devices: int | None = None) -> dict:
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(FORCE)]
@@ -133,7 +164,33 @@ def run_job(job: dict) -> dict:
         return memory_job(job["n"])
     if job["kind"] == "devices":
         return devices_job(job["n"], job["reps"])
+    if job["kind"] == "tune":
+        return tune_devices_job(job["n"], job["reps"])
     raise ValueError(job["kind"])
+
+
+def _tune_section(args, out: dict) -> int:
+    """``--only tune``: tune_gradient's 2-device speed-up against the hand-written one."""
+    from bench.common import write_json
+
+    dev = {nd: in_subprocess({"kind": "tune", "n": 16, "reps": args.reps}, nd)
+           for nd in (1, 2)}
+    out["tune_devices"] = dev
+    if all("hand_s" in d for d in dev.values()):
+        s_hand = dev[1]["hand_s"]["min"] / dev[2]["hand_s"]["min"]
+        s_tune = dev[1]["tune_s"]["min"] / dev[2]["tune_s"]["min"]
+        med = dev[1]["tune_s"]["median"] / dev[2]["tune_s"]["median"]
+        print(f"tune devices (MLP, 16 starts): hand-written speed-up {s_hand:.2f}x, "
+              f"tune_gradient {s_tune:.2f}x (median {med:.2f}x; {s_tune / s_hand:.2f} of "
+              "the hand-written one)", flush=True)
+        out["targets"]["tune_2dev_speedup_vs_hand"] = {
+            "value": s_tune / s_hand, "hand_speedup": s_hand, "tune_speedup": s_tune,
+            "tune_speedup_median": med}
+    else:
+        print(f"tune devices: failed {dev}", flush=True)
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -142,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--huge", action="store_true", help="also N=1,000,000 (minutes)")
     ap.add_argument("--mlp-n", type=int, default=81)
     ap.add_argument("--out", default=str(ROOT / "bench/results/engine.json"))
-    ap.add_argument("--only", choices=("host", "devices"),
+    ap.add_argument("--only", choices=("host", "devices", "tune"),
                     help="run one section (default: both)")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -156,6 +213,8 @@ def main(argv=None) -> int:
     print(f"commit {machine['git_commit']}, {machine['cpu_model']}, {machine['cores']} cores, "
           f"load {machine['load_average']}", flush=True)
     out: dict = {"machine": machine, "host": [], "targets": {}}
+    if args.only == "tune":
+        return _tune_section(args, out)
     sizes = () if args.only == "devices" else (1024, 100_000) + ((1_000_000,) if args.huge
                                                                    else ())
     for n in sizes:
