@@ -173,3 +173,26 @@ def test_ctrl_c_keeps_the_finished_chunks(diabetes, tmp_path):
     r = _tune(_starts(5), diabetes, chunk_size=2, checkpoint_dir=folder)
     assert (r.groups[0].chunks_loaded, r.groups[0].chunks_computed) == (2, 1)
     _assert_same_tuning(r, _tune(_starts(5), diabetes, chunk_size=2))
+
+
+class _PaddedMLP(jaxhp.models.MLPHP):
+    width: int = jaxhp.static(16, low=1, integer=True, pad_to=16)
+
+
+def test_a_padded_group_is_tuned_by_one_program_each_row_its_own_width(digits):
+    """Widths 3 and 12 allocated at 16 share one program; each row equals its final
+    setting trained alone at its own width."""
+    small = jaxhp.Split(*({k: np.asarray(v)[:n] for k, v in part.items()}
+                          for part, n in ((digits.train, 96), (digits.val, 48),
+                                          (digits.test, 48))))
+    model = jaxhp.models.mlp_classifier(64, 10)
+    base = _PaddedMLP(steps=4, batch_size=16, depth=1, learning_rate=1e-2)
+    starts = jaxhp.grid(width=[3, 12])
+    r = jaxhp.tune_gradient(model, starts, small, key=KEY, base=base, wrt="learning_rate",
+                            objective="ce", steps=2, optimizer=OPT)
+    g, = r.groups
+    assert g.statics["width"] == "padded to 16" and r.compile_count == 1
+    assert [r.setting(i).width for i in range(2)] == [3, 12]
+    for i in range(2):
+        solo = jaxhp.train(model, r.setting(i), small, key=jax.random.fold_in(KEY, 0))
+        np.testing.assert_allclose(r.val["ce"][i, 0], solo.val["ce"], rtol=1e-5)
