@@ -289,3 +289,18 @@ def test_pbt_refuses_a_padded_field_before_compiling():
             jaxhp.pbt(_toy_model(), jaxhp.grid(width=[2, 5], learning_rate=[0.1, 0.2]),
                       jaxhp.Split(part, part, part), key=KEY, ready_every=2)
     assert c.count == 0
+
+
+def test_successive_halving_runs_a_padded_group_each_row_its_own_width(small):
+    """Four widths allocated at 16 in one group and one program; a row (at the rung where
+    it stopped) equals its setting trained alone at its own width."""
+    model = mlp_classifier(64, 10)
+    base = PaddedMLP(steps=6, batch_size=16, depth=1, learning_rate=1e-2)
+    r = jaxhp.successive_halving(model, jaxhp.grid(width=[3, 5, 9, 12]), small, key=KEY,
+                                 base=base, min_steps=2, max_steps=6, eta=2, metric="ce")
+    g, = r.groups
+    assert g.statics["width"] == "padded to 16" and r.compile_count == 1
+    assert sorted(r.setting(i).width for i in range(4)) == [3, 5, 9, 12]
+    for i in (0, 3):  # the narrowest, padded the most, and the widest
+        solo = jaxhp.train(model, r.setting(i), small, key=jax.random.fold_in(KEY, 0))
+        np.testing.assert_allclose(r.val["ce"][i, 0], solo.val["ce"], rtol=1e-5)
