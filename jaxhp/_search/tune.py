@@ -379,8 +379,8 @@ def tune_gradient(
                             f"{ckpt.folder}; run the same call to resume"):
                 if gi not in plans:
                     raise engine.GroupFailed(failures[gi])
-                _run_group(table, idx, gi, plans[gi], statics, names, fields, shared, mesh,
-                           info, outs, ckpt, reporter, bar)
+                _run_group(table, idx, gi, plans[gi], statics, names, fields, (lo, hi),
+                           shared, mesh, info, outs, ckpt, reporter, bar)
             infos.append(info)
     finally:
         if bar is not None:
@@ -450,12 +450,14 @@ def _final_values(out, names, fields) -> dict[str, np.ndarray]:
         (f, np.concatenate([zs[f], z[f][:, None]], axis=1)[rows, pick]) for f in names)}
 
 
-def _run_group(table, idx, gi, plan, statics, names, fields, shared, mesh, info, outs, ckpt,
-               reporter, bar):
-    """A static group's starts, chunk by chunk (computed, or loaded from ``ckpt``)."""
+def _run_group(table, idx, gi, plan, statics, names, fields, bounds, shared, mesh, info, outs,
+               ckpt, reporter, bar):
+    """A static group's starts, chunk by chunk (computed, or loaded from ``ckpt``);
+    ``bounds``: the coordinates' ``(lo, hi)`` on the host (``shared`` holds them on the
+    devices, of every process over several)."""
     group_hp = table.batch(idx)  # straight from the columns
     z_all = {f: np.asarray(v) for f, v in to_coords(group_hp, names).items()}
-    z_all = {f: np.clip(v, shared[0][f], shared[1][f]).astype(v.dtype)
+    z_all = {f: np.clip(v, bounds[0][f], bounds[1][f]).astype(v.dtype)
              for f, v in z_all.items()}
     fn = _program(statics[0], plan.cfg, *statics[1:])
     name = ("tune_gradient", statics[0], plan.cfg, *statics[1:])
