@@ -1,8 +1,8 @@
 """Searches over two processes (JAX's distributed runtime, CPU, gloo) equal one process.
 
 Two processes on 127.0.0.1, each with 2 forced CPU devices, call
-``jax.distributed.initialize`` and run the same sweep (and successive halving and
-PBT) sharded over the 4 devices of both; one process with 4 forced CPU devices runs
+``jax.distributed.initialize`` and run the same sweep (and successive halving, PBT
+and gradient tuning) sharded over the 4 devices of both; one process with 4 forced CPU devices runs
 the same calls. The gathered results of both processes must be identical, and equal
 the single process's. An audit hook (``sys.addaudithook``) records every file each
 process opens for writing, renames or removes under the shared folder: only process
@@ -122,6 +122,11 @@ SCRIPT = textwrap.dedent("""
     p = jaxhp.pbt(model, settings(8, 30), split, key=key, seeds=2, ready_every=10,
                   metric="mse")
     out_d["pbt"] = {"mse": p.val["mse"].tolist(), "lineage": p.lineage.tolist()}
+    t = jaxhp.tune_gradient(model, settings(5, 20), split, key=key, seeds=2, steps=2,
+                            wrt=("learning_rate", "l2"), objective="mse")
+    out_d["tune"] = {"mse": t.val["mse"].tolist(),
+                     "objective": t.trajectory["objective"].tolist(),
+                     "chunk": t.groups[0].chunk_size, "n_devices": t.meta["n_devices"]}
     out_d["writes"] = writes
     with open(out, "w") as f:
         json.dump(out_d, f)
@@ -185,7 +190,7 @@ def test_two_processes_shard_one_sweep_and_equal_one_process(runs):
     assert p0["process_count"] == 2 and one["process_count"] == 1
     assert p0["device_count"] == 4 and p0["local_device_count"] == 2
     assert one["device_count"] == 4
-    for key in ("sweep", "resumed", "halving", "pbt"):  # every process holds it all
+    for key in ("sweep", "resumed", "halving", "pbt", "tune"):  # every process holds it all
         assert p0[key] == p1[key], key
     two = p0["sweep"]
     assert two["n_devices"] == 4 and two["n_processes"] == 2
@@ -205,6 +210,15 @@ def test_halving_and_pbt_over_two_processes_equal_one_process(runs):
     _close(p0["halving"]["mse"], one["halving"]["mse"])
     assert p0["pbt"]["lineage"] == one["pbt"]["lineage"]
     _close(p0["pbt"]["mse"], one["pbt"]["mse"])
+
+
+@pytest.mark.slow
+def test_tune_gradient_over_two_processes_equals_one_process(runs):
+    """Five starts in a chunk padded to the 4 devices of both processes."""
+    p0, one = runs["two"][0], runs["one"]
+    assert p0["tune"]["n_devices"] == 4 and p0["tune"]["chunk"] % 4 == 0
+    _close(p0["tune"]["objective"], one["tune"]["objective"])
+    _close(p0["tune"]["mse"], one["tune"]["mse"])
 
 
 @pytest.mark.slow
