@@ -161,6 +161,10 @@ def test_bad_engine_options_are_refused_before_compiling(diabetes):
 def test_the_chunk_is_planned_from_a_start_s_memory(diabetes):
     r = _tune(_starts(6), diabetes, memory_budget=1)  # room for one start per call
     assert (r.groups[0].chunk_size, r.groups[0].n_chunks) == (1, 6)
+    r = _tune(_starts(6), diabetes, max_chunk=4)  # a sweep's cap, evened out: 2 x 3
+    assert (r.groups[0].chunk_size, r.groups[0].n_chunks) == (3, 2)
+    r = _tune(_starts(6), diabetes)  # the ridge is small: one call
+    assert (r.groups[0].chunk_size, r.groups[0].n_chunks) == (6, 1)
 
 
 def test_ctrl_c_keeps_the_finished_chunks(diabetes, tmp_path):
