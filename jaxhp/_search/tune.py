@@ -133,15 +133,28 @@ _SPECS = (engine.POP, engine.SHARED, engine.SHARED, engine.POP, engine.SHARED,
           engine.SHARED, engine.SHARED)
 
 
-def _program(model, cfg, objective, mode, solver, optimizer, steps, keep) -> Callable:
-    """``(z0, lo, hi, hp, train, val, keys) -> outputs`` of :func:`_descend`: the
-    program of a static group, its chunk of starts on the leading axis."""
+class _Descent(NamedTuple):
+    """What the descent of every static group shares (hashable: its program's name)."""
 
-    def program(z0, lo, hi, hp, train_part, val_part, keys):
-        return _descend(model, cfg, objective, mode, solver, optimizer, steps, keep, z0,
-                        lo, hi, hp, train_part, val_part, keys)
+    model: Model
+    objective: Any
+    mode: str
+    solver: Any
+    optimizer: Any
+    steps: int
+    keep: str
 
-    return program
+    def program(self, cfg) -> Callable:
+        """``(z0, lo, hi, hp, train, val, keys) -> outputs`` of :func:`_descend`: the
+        program of a static group (loop ``cfg``), its chunk of starts on the leading
+        axis."""
+        model, objective, mode, solver, optimizer, steps, keep = self
+
+        def program(z0, lo, hi, hp, train_part, val_part, keys):
+            return _descend(model, cfg, objective, mode, solver, optimizer, steps, keep,
+                            z0, lo, hi, hp, train_part, val_part, keys)
+
+        return program
 
 
 def start_bytes(model: Model, hp: HParams, cfg, mode: str, n_wrt: int, seeds: int) -> int:
@@ -350,7 +363,7 @@ def tune_gradient(
         c = starts_chunk(len(idx), seeds, member, per, len(devices), chunk_size,
                          memory_budget, max_chunk)
         plans[gi] = _Plan(cfgs[gi], c, math.ceil(len(idx) / c))
-    statics = (model, objective, mode, slv, optimizer, steps, keep)
+    descent = _Descent(model, objective, mode, slv, optimizer, steps, keep)
     shared = engine.put((lo, hi), mesh) + engine.put(
         (split.train, split.val, population.member_keys(key, seed_ids)), mesh)
     bar = engine.progress_bar(sum(len(groups[gi]) for gi in plans), progress,
@@ -358,9 +371,9 @@ def tune_gradient(
     ckpt = None
     if checkpoint_dir is not None:
         try:
-            ckpt = _open_checkpoint(checkpoint_dir, overwrite, mesh, starts, table, model,
-                                    firsts, plans, groups, split, seed_ids, key, names,
-                                    statics, shared)
+            ckpt = _open_checkpoint(checkpoint_dir, overwrite, mesh, starts, table, firsts,
+                                    plans, groups, split, seed_ids, key, names, descent,
+                                    shared)
         except BaseException:
             if bar is not None:
                 bar.close()
@@ -379,7 +392,7 @@ def tune_gradient(
                             f"{ckpt.folder}; run the same call to resume"):
                 if gi not in plans:
                     raise engine.GroupFailed(failures[gi])
-                _run_group(table, idx, gi, plans[gi], statics, names, fields, (lo, hi),
+                _run_group(table, idx, gi, plans[gi], descent, names, fields, (lo, hi),
                            shared, mesh, info, outs, ckpt, reporter, bar)
             infos.append(info)
     finally:
@@ -395,8 +408,8 @@ def tune_gradient(
                        else getattr(objective, "__qualname__", "callable")})
 
 
-def _open_checkpoint(folder, overwrite, mesh, starts, table, model, firsts, plans, groups,
-                     split, seed_ids, key, names, statics, shared):
+def _open_checkpoint(folder, overwrite, mesh, starts, table, firsts, plans, groups, split,
+                     seed_ids, key, names, descent, shared):
     """The checkpoint of a tuning: its fingerprint holds, per static group, the hash of
     the descent's program (what the optimizer, the objective and the mode compute)."""
     programs = {}
@@ -404,12 +417,13 @@ def _open_checkpoint(folder, overwrite, mesh, starts, table, model, firsts, plan
         hp = population.take_settings(table.batch(groups[gi][:1]), np.zeros(plan.chunk,
                                                                              np.int64))
         z0 = {n: np.zeros(plan.chunk, shared[0][n].dtype) for n in names}
-        programs[str(gi)] = function_hash(_program(statics[0], plan.cfg, *statics[1:]),
-                                          z0, *shared[:2], hp, *shared[2:])
-    loop = {"search": "tune_gradient", "wrt": list(names), "outer_steps": statics[5],
-            "mode": statics[2], "keep": statics[6], "solver": list(statics[3]),
+        programs[str(gi)] = function_hash(descent.program(plan.cfg), z0, *shared[:2], hp,
+                                          *shared[2:])
+    loop = {"search": "tune_gradient", "wrt": list(names), "outer_steps": descent.steps,
+            "mode": descent.mode, "keep": descent.keep, "solver": list(descent.solver),
             "remat": {str(gi): p.cfg.remat for gi, p in plans.items()}}
-    model_fp = model_fingerprint(model, [firsts[gi] for gi in sorted(plans)], split.train)
+    model_fp = model_fingerprint(descent.model, [firsts[gi] for gi in sorted(plans)],
+                                 split.train)
     model_fp["tune_gradient.program_sha256"] = programs  # (named apart in a mismatch)
     return open_checkpoint(folder, fingerprint(
         space=starts, settings=table, model_fp=model_fp,
@@ -450,7 +464,7 @@ def _final_values(out, names, fields) -> dict[str, np.ndarray]:
         (f, np.concatenate([zs[f], z[f][:, None]], axis=1)[rows, pick]) for f in names)}
 
 
-def _run_group(table, idx, gi, plan, statics, names, fields, bounds, shared, mesh, info, outs,
+def _run_group(table, idx, gi, plan, descent, names, fields, bounds, shared, mesh, info, outs,
                ckpt, reporter, bar):
     """A static group's starts, chunk by chunk (computed, or loaded from ``ckpt``);
     ``bounds``: the coordinates' ``(lo, hi)`` on the host (``shared`` holds them on the
@@ -459,8 +473,8 @@ def _run_group(table, idx, gi, plan, statics, names, fields, bounds, shared, mes
     z_all = {f: np.asarray(v) for f, v in to_coords(group_hp, names).items()}
     z_all = {f: np.clip(v, bounds[0][f], bounds[1][f]).astype(v.dtype)
              for f, v in z_all.items()}
-    fn = _program(statics[0], plan.cfg, *statics[1:])
-    name = ("tune_gradient", statics[0], plan.cfg, *statics[1:])
+    fn = descent.program(plan.cfg)
+    name = ("tune_gradient", plan.cfg, *descent)
     info.chunk_size = plan.chunk
     n, c = len(idx), plan.chunk
     for ci, start in enumerate(range(0, n, c)):
